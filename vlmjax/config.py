@@ -1,0 +1,148 @@
+"""Loading and validating experiment configs (ml_collections ConfigDicts).
+
+Every config file starts from `base_config()` and changes what it needs. `validate` runs before
+anything is compiled and raises `ConfigError` with a one-line message naming the key at fault:
+unknown keys, wrong types, unknown registry names, batch sizes the mesh cannot split, missing files.
+"""
+import inspect
+import os
+
+import ml_collections
+import jax.numpy as jnp
+
+from vlmjax import registry
+
+# Sections whose keys are free-form: they are checked against the constructor they configure.
+OPEN_SECTIONS = ("model", "objectives", "evals", "data.fields", "data.files")
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 256              # global batch, split over data×fsdp devices
+  c.total_steps = 1000
+  c.total_epochs = 0.0            # if > 0, overrides total_steps: epochs of the train split
+
+  c.data = dict(
+      name="vlmjax_shapes",       # a registered dataset: vlmjax_shapes, tfds, csv, jsonl
+      data_dir="",                # TFDS folder ('' = ./data/tfds for vlmjax_shapes)
+      builder_config="default",   # vlmjax_shapes size: default or tiny
+      tfds_name="",               # for name='tfds'
+      fields={},                  # record key -> dataset feature path, for name='tfds'
+      files={},                   # split -> CSV/JSONL path, for name='csv'/'jsonl'
+      image_root="",
+      image_key="image_path",
+      caption_key="caption",
+      train_split="train",
+      num_threads=2,
+  )
+  c.input = dict(image_size=64, max_text_len=32, crop_min=1.0, brightness=0.0)
+  c.tokenizer = dict(path="", vocab_size=1000, train_examples=20000)
+
+  c.model = dict(name="dual_encoder", image=dict(variant="S/16"), text=dict(variant="S"), embed_dim=384)
+  c.objectives = dict(clip=dict(weight=1.0))
+  c.precision = dict(compute_dtype="float32")  # params are always float32; bfloat16 on accelerators
+
+  c.optimizer = dict(
+      learning_rate=1e-3, b1=0.9, b2=0.98, eps=1e-6,
+      weight_decay=0.1, wd_exclude="logit_scale|logit_bias",  # and every tensor with ndim < 2
+      warmup_steps=100, end_learning_rate=0.0, grad_clip_norm=1.0,
+      frozen="",                  # regex over param paths ('image/.*') whose updates are zero
+  )
+  c.mesh = dict(data=1, fsdp=-1, tensor=1)  # FSDP over all devices by default
+  c.sharding_rules = ()                     # ((logical, mesh axes), ...); () = sharding.DEFAULT_RULES
+
+  c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
+  c.log_every_steps = 10
+  c.eval_every_steps = 0          # 0: evaluate only at the end
+  c.progress_bar = True
+  c.evals = dict(
+      zeroshot=dict(type="zeroshot", split="test"),
+      retrieval=dict(type="retrieval", split="test", num_examples=1000),
+  )
+  return c
+
+
+def _flatten(d, prefix=""):
+  for key, value in d.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, (ml_collections.ConfigDict, dict)) and not any(
+        path == s or path.startswith(s + ".") for s in OPEN_SECTIONS):
+      yield from _flatten(value, path + ".")
+    else:
+      yield path, value
+
+
+def _check_against_base(config):
+  base = dict(_flatten(base_config()))
+  for path, value in _flatten(config):
+    if any(path == s or path.startswith(s + ".") for s in OPEN_SECTIONS):
+      continue
+    if path not in base:
+      close = [k for k in base if k.rsplit(".", 1)[-1] == path.rsplit(".", 1)[-1] or
+               k.startswith(path.rsplit(".", 1)[0] + ".")]
+      hint = f" (did you mean one of: {', '.join(close[:6])})" if close else ""
+      raise ConfigError(f"config: unknown key '{path}'{hint}")
+    expected = base[path]
+    if expected is not None and value is not None:
+      ok = isinstance(value, type(expected)) or (isinstance(expected, float) and isinstance(value, int)) \
+          or (isinstance(expected, (tuple, list)) and isinstance(value, (tuple, list)))
+      if not ok or (isinstance(expected, int) and isinstance(value, bool) != isinstance(expected, bool)):
+        raise ConfigError(f"config: '{path}' must be {type(expected).__name__}, got "
+                          f"{type(value).__name__} {value!r}")
+
+
+def _check_kwargs(what: str, target, kwargs: dict, provided=()):
+  """Keys of `kwargs` must be parameters of `target` (a function, class or dataclass Module)."""
+  params = inspect.signature(target).parameters
+  if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+    return
+  for key in kwargs:
+    if key not in params or key in provided:
+      raise ConfigError(f"config: unknown key '{what}.{key}' (known: "
+                        f"{', '.join(k for k in params if k not in provided and k not in ('parent', 'name'))})")
+
+
+def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
+  """Raises ConfigError on the first problem. `batch_ways` = data × fsdp mesh size."""
+  _check_against_base(config)
+  try:
+    model_cls = registry.get("model", config.model.name)
+    model_kwargs = {k: v for k, v in config.model.items() if k != "name"}
+    _check_kwargs("model", model_cls, model_kwargs, provided=("vocab_size", "dtype"))
+    for name, cfg in config.objectives.items():
+      objective = registry.get("objective", name)
+      if "weight" not in cfg:
+        raise ConfigError(f"config: objectives.{name} needs a 'weight'")
+      _check_kwargs(f"objectives.{name}", objective, {k: v for k, v in cfg.items() if k != "weight"})
+    for name, cfg in config.evals.items():
+      if "type" not in cfg:
+        raise ConfigError(f"config: evals.{name} needs a 'type' (one of {', '.join(registry.names('evaluator'))})")
+      _check_kwargs(f"evals.{name}", registry.get("evaluator", cfg.type),
+                    {k: v for k, v in cfg.items() if k != "type"}, provided=("name",))
+    registry.get("dataset", config.data.name)
+  except registry.RegistryError as e:
+    raise ConfigError(f"config: {e}") from None
+  if not config.objectives:
+    raise ConfigError("config: 'objectives' is empty; name at least one (e.g. clip=dict(weight=1.0))")
+  if config.total_steps <= 0 and config.total_epochs <= 0:
+    raise ConfigError("config: 'total_steps' (or 'total_epochs') must be positive")
+  if config.batch_size <= 0 or config.batch_size % batch_ways:
+    raise ConfigError(f"config: 'batch_size' {config.batch_size} is not divisible by the mesh's "
+                      f"data×fsdp = {batch_ways} ways (devices: {num_devices})")
+  if config.batch_size % process_count:
+    raise ConfigError(f"config: 'batch_size' {config.batch_size} is not divisible by the "
+                      f"{process_count} processes")
+  if config.tokenizer.path and not os.path.isfile(config.tokenizer.path):
+    raise ConfigError(f"config: 'tokenizer.path' file '{config.tokenizer.path}' does not exist")
+  if config.input.max_text_len < 3:
+    raise ConfigError("config: 'input.max_text_len' must be at least 3 (BOS, a token, EOS)")
+  try:
+    jnp.dtype(config.precision.compute_dtype)
+  except TypeError:
+    raise ConfigError(f"config: 'precision.compute_dtype' '{config.precision.compute_dtype}' "
+                      "is not a dtype (float32, bfloat16)") from None

@@ -1,0 +1,68 @@
+"""Dual encoder (CLIP / ALIGN / SigLIP style): an image tower and a text tower meeting in one space."""
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from vlmjax import registry
+from vlmjax.models import layers
+from vlmjax.models.sizes import decode_variant
+from vlmjax.models.text import TextTransformer
+from vlmjax.models.vit import ViT
+
+
+def l2_normalize(x, axis=-1, eps=1e-6):
+  x = x.astype(jnp.float32)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
+
+
+class DualEncoder(nn.Module):
+  """images [B, H, W, 3], texts [B, T] -> dict of
+
+  - `image_embeds` [B, E], `text_embeds` [B, E]: projected, L2-normalised, float32;
+  - `image_tokens` [B, N, E], `text_tokens` [B, T, E], `text_mask` [B, T]: projected token
+    embeddings (not normalised) for token-wise objectives;
+  - `logit_scale` []: θ, the log of the contrastive temperature's inverse (scale = exp θ);
+  - `logit_bias` []: b, for sigmoid losses.
+
+  Either input may be None; its outputs are then absent.
+  """
+  image: dict
+  text: dict
+  embed_dim: int
+  vocab_size: int
+  logit_scale_init: float = float(np.log(1 / 0.07))
+  logit_bias_init: float = -10.0
+  dtype: jnp.dtype = jnp.float32
+
+  batch_keys = {"images": "image", "texts": "text"}  # call argument -> batch key
+
+  def setup(self):
+    image = {**decode_variant(self.image.get("variant", "S/16")), **{
+        k: v for k, v in self.image.items() if k != "variant"}}
+    text = {**decode_variant(self.text.get("variant", "S")), **{
+        k: v for k, v in self.text.items() if k != "variant"}}
+    self.image_tower = ViT(**image, dtype=self.dtype, name="image")
+    self.text_tower = TextTransformer(vocab_size=self.vocab_size, **text, dtype=self.dtype, name="text")
+    projection = lambda name: nn.Dense(
+        self.embed_dim, use_bias=False, dtype=self.dtype, name=name,
+        kernel_init=layers.kernel_init(("embed", "proj")))
+    self.image_proj = projection("image_proj")
+    self.text_proj = projection("text_proj")
+    self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init), ())
+    self.logit_bias = self.param("logit_bias", nn.initializers.constant(self.logit_bias_init), ())
+
+  def __call__(self, images=None, texts=None, train: bool = False):
+    out = {"logit_scale": self.logit_scale, "logit_bias": self.logit_bias}
+    if images is not None:
+      pooled, tokens = self.image_tower(images, train)
+      out["image_embeds"] = l2_normalize(self.image_proj(pooled))
+      out["image_tokens"] = self.image_proj(tokens).astype(jnp.float32)
+    if texts is not None:
+      pooled, tokens, mask = self.text_tower(texts, train)
+      out["text_embeds"] = l2_normalize(self.text_proj(pooled))
+      out["text_tokens"] = self.text_proj(tokens).astype(jnp.float32)
+      out["text_mask"] = mask
+    return out
+
+
+registry.register("model", "dual_encoder")(DualEncoder)

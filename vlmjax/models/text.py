@@ -1,0 +1,56 @@
+"""Transformer text tower: token ids -> transformer -> pooled embedding and token embeddings."""
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vlmjax.models import layers
+
+
+class TextTransformer(nn.Module):
+  """tokens [B, T] int (0 = padding) -> (pooled [B, D], tokens [B, T, D], token_mask [B, T]).
+
+  `pool`: 'eos' takes the last non-padding token (CLIP's EOT pooling; with `causal` it has seen the
+  whole caption), 'mean' averages the non-padding tokens.
+  """
+  vocab_size: int
+  width: int
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  max_len: int = 64
+  causal: bool = True
+  pool: str = "eos"
+  activation: str = "gelu"
+  dropout: float = 0.0
+  scan: bool = True
+  remat: str = "none"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens, train: bool = False):
+    if self.pool not in ("eos", "mean"):
+      raise ValueError(f"unknown text pool '{self.pool}'; known: eos, mean")
+    if tokens.shape[1] > self.max_len:
+      raise ValueError(f"text length {tokens.shape[1]} exceeds the text tower's max_len {self.max_len}")
+    token_mask = tokens != 0
+    embed = nn.Embed(self.vocab_size, self.width, name="token_embed",
+                     embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                                 ("vocab", "embed")))
+    pos = self.param("pos_embedding",
+                     nn.with_logical_partitioning(nn.initializers.normal(0.01), (None, "length", "embed")),
+                     (1, self.max_len, self.width))
+    x = (embed(tokens) + pos[:, :tokens.shape[1]]).astype(self.dtype)
+    x = nn.Dropout(self.dropout)(x, not train)
+    mask = token_mask[:, None, None, :]  # padding keys are never attended
+    if self.causal:
+      mask = mask & nn.make_causal_mask(tokens, dtype=jnp.bool_)
+    x = layers.Transformer(
+        self.depth, dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,
+                         dropout=self.dropout, dtype=self.dtype),
+        scan=self.scan, remat=self.remat, name="encoder")(x, mask, deterministic=not train)
+    if self.pool == "eos":
+      last = jnp.maximum(token_mask.sum(axis=1) - 1, 0)
+      pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+    else:
+      weights = token_mask[..., None].astype(x.dtype)
+      pooled = (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+    return pooled, x, token_mask

@@ -1,0 +1,129 @@
+"""Train state, optimizer and the jitted train step.
+
+The train state is a plain pytree `{params, opt_state, step, rng}` created already sharded: its
+shapes come from `jax.eval_shape`, its shardings from the params' logical axis names, and
+`jax.jit(init, out_shardings=...)` materialises it in place. The step is jitted with explicit in/out
+shardings and donates the old state.
+"""
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from vlmjax import registry, sharding
+
+
+def path_str(path) -> str:
+  """A pytree key path -> 'image/encoder/blocks/attn/query/kernel' (box wrappers dropped)."""
+  names = []
+  for key in path:
+    name = getattr(key, "key", getattr(key, "name", getattr(key, "idx", None)))
+    if name != "value":  # the field of an nn.Partitioned box
+      names.append(str(name))
+  return "/".join(names)
+
+
+def _path_mask(params, predicate):
+  return jax.tree_util.tree_map_with_path(lambda p, x: predicate(path_str(p), x), params)
+
+
+def make_optimizer(opt, total_steps: int):
+  """AdamW with linear warmup + cosine decay, global-norm clipping, decay only on matrices (not on
+  biases, norms, or paths matching `wd_exclude`), and zero updates for paths matching `frozen`."""
+  warmup_steps = min(opt.warmup_steps, total_steps - 1)
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=opt.learning_rate, warmup_steps=max(warmup_steps, 0),
+      decay_steps=max(total_steps, warmup_steps + 1), end_value=opt.end_learning_rate)
+  exclude = re.compile(opt.wd_exclude) if opt.wd_exclude else None
+  decay_mask = lambda params: _path_mask(
+      params, lambda p, x: x.ndim >= 2 and not (exclude and exclude.search(p)))
+  tx = optax.chain(
+      optax.clip_by_global_norm(opt.grad_clip_norm) if opt.grad_clip_norm else optax.identity(),
+      optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
+                  mask=decay_mask))
+  if opt.frozen:
+    frozen = re.compile(opt.frozen)
+    labels = lambda params: _path_mask(params, lambda p, x: "frozen" if frozen.search(p) else "trained")
+    tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
+  return tx, schedule
+
+
+def build_model(config, vocab_size: int):
+  kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
+  return registry.get("model", config.model.name)(
+      **kwargs, vocab_size=vocab_size, dtype=jnp.dtype(config.precision.compute_dtype))
+
+
+def build_objectives(config):
+  """{name: (weight, objective)} from `config.objectives`."""
+  out = {}
+  for name, cfg in config.objectives.items():
+    kwargs = {k: v for k, v in cfg.to_dict().items() if k != "weight"}
+    out[name] = (float(cfg.weight), registry.get("objective", name)(**kwargs))
+  return out
+
+
+def model_inputs(model, batch, train: bool):
+  """The model's call arguments from a batch, by the model's `batch_keys` ({arg: batch key})."""
+  return {arg: batch[key] for arg, key in model.batch_keys.items()} | {"train": train}
+
+
+def create_train_state(model, tx, sample_batch, seed: int, mesh, rules):
+  """-> (state, state_shardings). `sample_batch` holds arrays (or shapes) with batch dimension 1."""
+
+  def init(rng):
+    init_rng, train_rng = jax.random.split(rng)
+    params = model.init({"params": init_rng}, **model_inputs(model, sample_batch, False))["params"]
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+            "rng": train_rng}
+
+  rng = jax.random.PRNGKey(seed)
+  abstract = jax.eval_shape(init, rng)
+  shardings = sharding.logical_shardings(abstract, mesh, rules)
+  with jax.set_mesh(mesh):
+    state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
+  return state, shardings
+
+
+def abstract_train_state(model, tx, sample_batch, mesh, rules):
+  """ShapeDtypeStructs with shardings, the restore target for a checkpoint on this mesh."""
+  def init(rng):
+    params = model.init({"params": rng}, **model_inputs(model, sample_batch, False))["params"]
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng}
+
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+  shardings = sharding.logical_shardings(abstract, mesh, rules)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      nn.meta.unbox(abstract), shardings), shardings
+
+
+def make_train_step(model, objectives, tx, schedule, mesh, state_shardings):
+  """-> jitted `step(state, batch) -> (state, metrics)`; the input state is donated."""
+
+  def loss_fn(params, batch, rng):
+    outputs = model.apply({"params": params}, **model_inputs(model, batch, True), rngs={"dropout": rng})
+    total, metrics = 0.0, {}
+    for name, (weight, objective) in objectives.items():
+      loss, extra = objective(outputs, batch)
+      total = total + weight * loss
+      metrics[f"{name}/loss"] = loss
+      metrics.update({f"{name}/{k}": v for k, v in extra.items()})
+    return total, metrics
+
+  def train_step(state, batch):
+    rng = jax.random.fold_in(state["rng"], state["step"])
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    for _, objective in objectives.values():
+      # Projections after the update (e.g. CLIP's temperature clamp), not inside the forward.
+      if hasattr(objective, "project_params"):
+        params = objective.project_params(params)
+    metrics.update(loss=loss, grad_norm=optax.global_norm(grads), learning_rate=schedule(state["step"]))
+    new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
+    return new_state, metrics
+
+  return jax.jit(train_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
