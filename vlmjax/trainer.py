@@ -127,3 +127,10 @@ def make_train_step(model, objectives, tx, schedule, mesh, state_shardings):
 
   return jax.jit(train_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+
+
+def sample_batch(config) -> dict:
+  """A batch of one with the shapes the input pipeline produces, for init and eval_shape."""
+  size = config.input.image_size
+  return {"image": jnp.zeros((1, size, size, 3), jnp.float32),
+          "text": jnp.zeros((1, config.input.max_text_len), jnp.int32)}

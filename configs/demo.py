@@ -1,0 +1,35 @@
+"""The demo: a small CLIP on the built-in `vlmjax_shapes` dataset, trained on a laptop CPU.
+
+  python -m vlmjax.train --config configs/demo.py --workdir workdirs/demo
+
+`make demo` runs exactly this. Expected result: see README.md (zero-shot top-1 on `test`
+single-object scenes and on `test_unseen`, retrieval R@1/5/10).
+"""
+from vlmjax.config import base_config
+
+
+def get_config(arg=None):
+  del arg
+  c = base_config()
+  c.batch_size = 128
+  c.total_steps = 1500
+  c.data.builder_config = "default"
+  c.input = dict(image_size=64, max_text_len=24, crop_min=0.85, brightness=0.1)
+  c.tokenizer.vocab_size = 256
+
+  c.model.image = dict(variant="mu/8", width=128, depth=4, mlp_dim=512, num_heads=4, pool="gap")
+  c.model.text = dict(variant="mu", width=128, depth=3, mlp_dim=512, num_heads=4, max_len=24)
+  c.model.embed_dim = 128
+  c.objectives = dict(clip=dict(weight=1.0))
+
+  c.optimizer.learning_rate = 2e-3
+  c.optimizer.weight_decay = 0.05
+  c.optimizer.warmup_steps = 100
+  c.checkpoint.every_steps = 500
+  c.log_every_steps = 25
+  c.evals = dict(
+      zeroshot=dict(type="zeroshot", split="test"),
+      zeroshot_unseen=dict(type="zeroshot", split="test_unseen"),
+      retrieval=dict(type="retrieval", split="test", num_examples=1000),
+  )
+  return c

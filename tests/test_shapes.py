@@ -1,0 +1,171 @@
+"""Tests for the `vlmjax_shapes` TFDS builder (vlmjax/data/shapes.py).
+
+Builds the `tiny` config (32x32, 512/128/128/128 examples, ~2 s) into
+temporary directories and reads it back through the TFDS random-access data
+source, which must work without TensorFlow.
+"""
+
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from vlmjax.data import shapes
+
+TINY_SIZES = {'train': 512, 'validation': 128, 'test': 128, 'test_unseen': 128}
+
+
+@pytest.fixture(scope='module')
+def tiny_dirs(tmp_path_factory):
+    """The `tiny` config built twice, into two unrelated data dirs."""
+    first = shapes.build(str(tmp_path_factory.mktemp('tfds_a')), 'tiny')
+    second = shapes.build(str(tmp_path_factory.mktemp('tfds_b')), 'tiny')
+    return first, second
+
+
+@pytest.fixture(scope='module')
+def sources(tiny_dirs):
+    builder = tfds.builder_from_directory(tiny_dirs[0])
+    return {split: builder.as_data_source(split) for split in shapes.SPLITS}
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _pairs(example) -> list[tuple[str, str]]:
+    """(colour, shape) names of the objects of a decoded example."""
+    objects = example['objects']
+    return [
+        (shapes.COLORS[c], shapes.SHAPES[s])
+        for c, s in zip(objects['color'], objects['shape'])
+    ]
+
+
+def test_vocabulary():
+    assert len(shapes.CLASS_NAMES) == 36
+    assert len(shapes.UNSEEN) == 6
+    # One held-out pair per colour and per shape.
+    assert sorted(c for c, _ in shapes.UNSEEN) == sorted(shapes.COLORS)
+    assert sorted(s for _, s in shapes.UNSEEN) == sorted(shapes.SHAPES)
+    assert shapes.NEGATIVE_KINDS == ('attribute', 'relation', 'count')
+    prompts = shapes.zero_shot_prompts('orange circle')
+    assert len(prompts) >= 3
+    assert all('orange circle' in p for p in prompts)
+    assert 'an orange circle.' in prompts
+
+
+def test_split_lengths_and_image(tiny_dirs, sources):
+    assert pathlib.Path(tiny_dirs[0]).name == '1.0.0'
+    for split, n in TINY_SIZES.items():
+        assert len(sources[split]) == n
+    image = sources['train'][0]['image']
+    assert image.shape == (32, 32, 3)
+    assert image.dtype == np.uint8
+    # A real picture, not a blank canvas.
+    assert image.std() > 5
+
+
+def test_registered_name_reads_back(tiny_dirs):
+    data_dir = str(pathlib.Path(tiny_dirs[0]).parents[2])
+    source = tfds.data_source('vlmjax_shapes/tiny', data_dir=data_dir, split='validation', download=False)
+    assert len(source) == TINY_SIZES['validation']
+
+
+def test_deterministic(tiny_dirs, sources):
+    # Same files, byte for byte, from two independent builds.
+    for split in shapes.SPLITS:
+        a = sorted(pathlib.Path(tiny_dirs[0]).glob(f'*-{split}.array_record*'))
+        b = sorted(pathlib.Path(tiny_dirs[1]).glob(f'*-{split}.array_record*'))
+        assert [p.name for p in a] == [p.name for p in b] and a
+        for pa, pb in zip(a, b):
+            assert pa.read_bytes() == pb.read_bytes(), pa.name
+    # Record i on disk is make_example(seed, split, i): order is not shuffled.
+    other = tfds.builder_from_directory(tiny_dirs[1]).as_data_source('train')
+    for index in (0, 1, 7, 300):
+        stored, again = sources['train'][index], other[index]
+        expected = shapes.make_example(0, 'train', index, image_size=32)
+        np.testing.assert_array_equal(stored['image'], again['image'])
+        np.testing.assert_array_equal(stored['image'], expected['image'])
+        assert _text(stored['caption']) == expected['caption']
+        assert _text(stored['long_caption']) == expected['long_caption']
+
+
+def test_no_unseen_pairs_outside_test_unseen(sources):
+    unseen_names = [f'{c} {s}' for c, s in shapes.UNSEEN]
+    for split in ('train', 'validation', 'test'):
+        for i in range(len(sources[split])):
+            example = sources[split][i]
+            assert not set(_pairs(example)) & shapes.UNSEEN
+            # The held-out combinations are absent from the text too.
+            texts = [example['caption'], example['long_caption'], *example['negative_captions']]
+            for text in texts:
+                assert not any(name in _text(text) for name in unseen_names), text
+
+
+def test_test_unseen_is_single_unseen_objects(sources):
+    source = sources['test_unseen']
+    seen_labels = set()
+    for i in range(len(source)):
+        example = source[i]
+        assert example['num_objects'] == 1
+        color, shape = _pairs(example)[0]
+        assert (color, shape) in shapes.UNSEEN
+        assert shapes.CLASS_NAMES[example['label']] == f'{color} {shape}'
+        seen_labels.add(int(example['label']))
+    assert len(seen_labels) == 6  # All six held-out classes occur.
+
+
+def test_labels_captions_and_negatives(sources):
+    source = sources['train']
+    num_single = 0
+    for i in range(len(source)):
+        example = source[i]
+        caption = _text(example['caption'])
+        long_caption = _text(example['long_caption'])
+        negatives = [_text(n) for n in example['negative_captions']]
+        pairs = _pairs(example)
+        assert example['num_objects'] == len(pairs)
+        assert 1 <= len(pairs) <= 4
+        assert len(caption.split()) < 20
+        # Every object is named '<colour> <shape>' in both captions.
+        for color, shape in pairs:
+            assert f'{color} {shape}' in caption
+            assert f'{color} {shape}' in long_caption
+        if len(pairs) == 1:
+            num_single += 1
+            assert shapes.CLASS_NAMES[example['label']] == ' '.join(pairs[0])
+            assert 'There is one object.' in long_caption
+        else:
+            assert example['label'] == -1
+            assert f'There are {shapes.NUMBER_WORDS[len(pairs)]} objects.' in long_caption
+        # Three hard negatives, none equal to a true statement.
+        assert len(negatives) == len(shapes.NEGATIVE_KINDS) == 3
+        assert len(set(negatives)) == 3
+        assert caption not in negatives
+        attribute, relation, count = negatives
+        assert relation not in long_caption.lower()
+        assert count not in long_caption.lower()
+        assert count.startswith('there ')
+    # Even indices are single-object scenes: an exact 50/50 mix.
+    assert num_single == len(source) // 2
+
+
+def test_overrides_get_their_own_config(tmp_path):
+    dataset_dir = shapes.build(str(tmp_path), 'tiny', num_train=8, num_validation=4, num_test=4, num_test_unseen=4)
+    name = pathlib.Path(dataset_dir).parent.name
+    assert name.startswith('tiny_') and name != 'tiny'
+    builder = tfds.builder_from_directory(dataset_dir)
+    assert len(builder.as_data_source('train')) == 8
+    # The first records equal those of the full tiny config (same seed).
+    expected = shapes.make_example(0, 'train', 3, image_size=32)
+    np.testing.assert_array_equal(builder.as_data_source('train')[3]['image'], expected['image'])
+    # Readable by name too: TFDS falls back to the files for unknown configs.
+    source = tfds.data_source(f'vlmjax_shapes/{name}', data_dir=str(tmp_path), split='test', download=False)
+    assert len(source) == 4
+
+
+def test_tensorflow_not_needed():
+    assert 'tensorflow' not in sys.modules

@@ -1,0 +1,595 @@
+"""`vlmjax_shapes`: a procedurally generated shapes dataset for vision-language work.
+
+Every image shows 1-4 coloured shapes on a textured background.  Each example
+carries a short caption, a longer multi-sentence description, three hard
+negative captions (attribute swap, relation swap, wrong count) and the
+ground-truth object list.
+
+Six (colour, shape) pairs -- `UNSEEN` -- never appear in `train`,
+`validation` or `test` (neither in images nor in any caption text); the
+`test_unseen` split consists only of single-object scenes showing exactly
+those pairs, so zero-shot classification on it measures compositional
+generalisation (the model has seen every colour and every shape, just never
+these combinations).
+
+Everything is generated locally from a seed; nothing is downloaded.  Each
+example depends only on `(seed, split, index)` through
+`np.random.default_rng([seed, split_id, index])`, and the files are written
+in generation order (`disable_shuffling=True`), so record `i` of a split is
+exactly `make_example(seed, split, i, image_size)`.
+
+The dataset is stored as array_record and is meant to be read through the
+random-access data source API, which does not need TensorFlow:
+
+    from vlmjax.data import shapes
+    dataset_dir = shapes.build('/tmp/tfds', 'tiny')
+    ds = tfds.builder_from_directory(dataset_dir).as_data_source('train')
+    # or, equivalently (the builder is registered on import):
+    ds = tfds.data_source('vlmjax_shapes/tiny', data_dir='/tmp/tfds')
+
+Without TensorFlow installed TFDS cannot encode numpy images, so the
+generator yields PNG bytes (see `_png_bytes`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+
+from etils import epath
+import numpy as np
+from PIL import Image, ImageDraw
+import tensorflow_datasets as tfds
+
+# ---------------------------------------------------------------------------
+# Vocabulary.
+# ---------------------------------------------------------------------------
+
+SHAPES = ('circle', 'square', 'triangle', 'star', 'cross', 'diamond')
+COLORS = ('red', 'green', 'blue', 'yellow', 'purple', 'orange')
+SIZES = ('small', 'large')
+
+# Class `k` is the single-object scene "<colour> <shape>"; shape-major order so
+# that the classes of one shape are contiguous.
+CLASS_NAMES = [f'{c} {s}' for s in SHAPES for c in COLORS]
+
+# Held-out (colour, shape) pairs: a Latin-square diagonal, so every colour and
+# every shape is held out exactly once and still appears with 5 other partners.
+UNSEEN = frozenset({
+    ('orange', 'circle'),
+    ('red', 'square'),
+    ('green', 'triangle'),
+    ('blue', 'star'),
+    ('yellow', 'cross'),
+    ('purple', 'diamond'),
+})
+
+# Order of the three strings in the `negative_captions` feature.
+NEGATIVE_KINDS = ('attribute', 'relation', 'count')
+
+SPLITS = ('train', 'validation', 'test', 'test_unseen')
+# Part of the RNG seed, so the splits are independent streams.
+SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
+
+# Base RGB values, far apart from each other (the closest pair, red/orange,
+# differs by 100 in green); each object gets +-15 jitter per channel on top.
+COLOR_RGB = {
+    'red': (220, 35, 35),
+    'green': (35, 175, 60),
+    'blue': (40, 80, 235),
+    'yellow': (245, 225, 35),
+    'purple': (150, 55, 205),
+    'orange': (250, 135, 20),
+}
+COLOR_JITTER = 15
+
+# Object "radius" as a fraction of the image side.  Each shape is drawn so
+# that it fits inside a circle of about this radius (see `_shape_polygon`).
+SIZE_RADIUS = {'small': 0.10, 'large': 0.17}
+# Centres are kept at least this many combined radii apart, so shapes never
+# overlap (square corners poke out to ~1.1 r; see `_shape_polygon`).
+MIN_SEPARATION = 1.15
+# Objects are drawn at this many times the image resolution and box-filtered
+# down, which gives cheap antialiasing; small stars stay recognisable at 64px.
+SUPERSAMPLE = 4
+
+NUMBER_WORDS = ('zero', 'one', 'two', 'three', 'four', 'five')
+MAX_OBJECTS = 4
+
+# ---------------------------------------------------------------------------
+# Scene sampling.
+# ---------------------------------------------------------------------------
+
+
+def _allowed_pairs(split: str) -> list[tuple[str, str]]:
+    """The (colour, shape) pairs objects of `split` may use."""
+    all_pairs = [(c, s) for s in SHAPES for c in COLORS]
+    if split == 'test_unseen':
+        return [p for p in all_pairs if p in UNSEEN]
+    return [p for p in all_pairs if p not in UNSEEN]
+
+
+def _sample_objects(rng: np.random.Generator, split: str, num_objects: int) -> list[dict]:
+    """Samples `num_objects` non-overlapping objects with distinct (colour, shape).
+
+    Distinct (colour, shape) pairs keep every caption unambiguous: "the red
+    circle" always refers to one object.  Positions use rejection sampling;
+    if a scene gets stuck (four large objects can box each other in) it is
+    restarted from scratch, which stays deterministic because it only
+    consumes more of the same RNG stream.
+    """
+    pairs = _allowed_pairs(split)
+    while True:
+        chosen = rng.choice(len(pairs), size=num_objects, replace=False)
+        objects = []
+        for pair_index in chosen:
+            color, shape = pairs[pair_index]
+            size = SIZES[rng.integers(len(SIZES))]
+            radius = SIZE_RADIUS[size]
+            for _ in range(100):
+                # Keep the whole shape inside the frame.
+                x, y = rng.uniform(radius, 1.0 - radius, size=2)
+                if all(
+                    math.hypot(x - o['x'], y - o['y'])
+                    >= MIN_SEPARATION * (radius + SIZE_RADIUS[o['size']])
+                    for o in objects
+                ):
+                    break
+            else:
+                break  # No room left for this object: restart the scene.
+            objects.append(dict(shape=shape, color=color, size=size, x=float(x), y=float(y)))
+        if len(objects) == num_objects:
+            return objects
+
+
+# ---------------------------------------------------------------------------
+# Rendering.
+# ---------------------------------------------------------------------------
+
+
+def _background(rng: np.random.Generator, image_size: int) -> np.ndarray:
+    """A random smooth gradient plus low-amplitude noise and/or stripes.
+
+    Colours are low-saturation greys (channels within +-20 of a common level)
+    so that no background can be mistaken for one of the saturated object
+    colours; the texture is there so that the model cannot find objects by
+    looking for "anything that is not flat".
+    """
+    def muted_color():
+        level = rng.uniform(70, 180)
+        return level + rng.uniform(-20, 20, size=3)
+
+    coords = (np.arange(image_size) + 0.5) / image_size
+    yy, xx = np.meshgrid(coords, coords, indexing='ij')
+    angle = rng.uniform(0, 2 * np.pi)
+    t = xx * np.cos(angle) + yy * np.sin(angle)
+    t = (t - t.min()) / (t.max() - t.min() + 1e-6)
+    image = muted_color() * (1 - t[..., None]) + muted_color() * t[..., None]
+
+    texture = rng.integers(3)  # 0: noise, 1: stripes, 2: both.
+    if texture in (0, 2):
+        image += rng.normal(0, rng.uniform(2, 7), size=image.shape)
+    if texture in (1, 2):
+        stripe_angle = rng.uniform(0, np.pi)
+        period_px = rng.uniform(3, 10)
+        phase = (xx * np.cos(stripe_angle) + yy * np.sin(stripe_angle)) * image_size
+        image += rng.uniform(3, 9) * np.sin(2 * np.pi * phase / period_px + rng.uniform(0, 2 * np.pi))[..., None]
+    return image
+
+
+def _star_points(cx, cy, r, num_points=5, inner_ratio=0.45):
+    points = []
+    for k in range(2 * num_points):
+        rad = r if k % 2 == 0 else r * inner_ratio
+        angle = -np.pi / 2 + k * np.pi / num_points  # First tip points up.
+        points.append((cx + rad * np.cos(angle), cy + rad * np.sin(angle)))
+    return points
+
+
+def _shape_polygon(shape: str, cx: float, cy: float, r: float):
+    """Polygon vertices (pixels) of `shape` centred at (cx, cy), radius r.
+
+    Radii are tuned so the shapes look about equally big: the square's
+    half-side is 0.8 r (corners at 1.13 r), the triangle is shifted down a
+    bit so its visual centre sits on (cx, cy).
+    """
+    if shape == 'square':
+        h = 0.8 * r
+        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    if shape == 'triangle':
+        top = cy - 0.95 * r
+        bottom = cy + 0.75 * r
+        half_width = 1.0 * r
+        return [(cx, top), (cx + half_width, bottom), (cx - half_width, bottom)]
+    if shape == 'star':
+        return _star_points(cx, cy, 1.1 * r)
+    if shape == 'cross':
+        a, w = 1.0 * r, 0.36 * r  # Arm length, arm half-width.
+        return [
+            (cx - w, cy - a), (cx + w, cy - a), (cx + w, cy - w), (cx + a, cy - w),
+            (cx + a, cy + w), (cx + w, cy + w), (cx + w, cy + a), (cx - w, cy + a),
+            (cx - w, cy + w), (cx - a, cy + w), (cx - a, cy - w), (cx - w, cy - w),
+        ]
+    if shape == 'diamond':
+        a = 1.1 * r
+        return [(cx, cy - a), (cx + 0.8 * a, cy), (cx, cy + a), (cx - 0.8 * a, cy)]
+    raise ValueError(f'Unknown polygon shape {shape!r}')
+
+
+def _object_mask(obj: dict, image_size: int) -> np.ndarray:
+    """Antialiased coverage mask in [0, 1] of one object, shape (S, S)."""
+    big = image_size * SUPERSAMPLE
+    mask = Image.new('L', (big, big), 0)
+    draw = ImageDraw.Draw(mask)
+    cx, cy, r = obj['x'] * big, obj['y'] * big, SIZE_RADIUS[obj['size']] * big
+    if obj['shape'] == 'circle':
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    else:
+        draw.polygon(_shape_polygon(obj['shape'], cx, cy, r), fill=255)
+    mask = mask.resize((image_size, image_size), Image.Resampling.BOX)
+    return np.asarray(mask, dtype=np.float32) / 255.0
+
+
+def render_scene(rng: np.random.Generator, objects: list[dict], image_size: int) -> np.ndarray:
+    """Draws `objects` on a random textured background; returns uint8 (S, S, 3)."""
+    image = _background(rng, image_size)
+    for obj in objects:
+        jitter = rng.integers(-COLOR_JITTER, COLOR_JITTER + 1, size=3)
+        color = np.clip(np.array(COLOR_RGB[obj['color']]) + jitter, 0, 255)
+        alpha = _object_mask(obj, image_size)[..., None]
+        image = image * (1 - alpha) + color * alpha
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    """PNG-encodes an image; TFDS needs TensorFlow to encode numpy arrays itself."""
+    buffer = io.BytesIO()
+    # Fixed compression settings so the bytes are reproducible across runs.
+    Image.fromarray(image).save(buffer, format='PNG', compress_level=6, optimize=False)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# Language.
+# ---------------------------------------------------------------------------
+
+
+def _article(next_word: str) -> str:
+    return 'an' if next_word[0] in 'aeiou' else 'a'
+
+
+def _with_article(phrase: str) -> str:
+    return f'{_article(phrase)} {phrase}'
+
+
+def _name(obj: dict) -> str:
+    """'<colour> <shape>', which identifies an object within its scene."""
+    return f"{obj['color']} {obj['shape']}"
+
+
+def _describe(obj: dict, with_size: bool) -> str:
+    """'a large red circle' or 'a red circle'."""
+    phrase = f"{obj['size']} {_name(obj)}" if with_size else _name(obj)
+    return _with_article(phrase)
+
+
+def _grid_cell(x: float, y: float) -> tuple[str, str]:
+    """(row, column) of a point on a 3x3 grid; row in top/middle/bottom."""
+    row = 'top' if y < 1 / 3 else ('bottom' if y > 2 / 3 else 'middle')
+    col = 'left' if x < 1 / 3 else ('right' if x > 2 / 3 else 'center')
+    return row, col
+
+
+def _position_phrase(row: str, col: str) -> str:
+    """'in the top left', 'at the top', 'on the left', 'in the center'."""
+    if row == 'middle' and col == 'center':
+        return 'in the center'
+    if row == 'middle':
+        return f'on the {col}'
+    if col == 'center':
+        return f'at the {row}'
+    return f'in the {row} {col}'
+
+
+_MIRROR = {'top': 'bottom', 'bottom': 'top', 'left': 'right', 'right': 'left',
+           'middle': 'middle', 'center': 'center'}
+
+
+def _mirrored_cell(row: str, col: str) -> tuple[str, str]:
+    """The opposite grid cell (top left -> bottom right); the centre maps to a corner."""
+    if (row, col) == ('middle', 'center'):
+        return ('top', 'left')
+    return _MIRROR[row], _MIRROR[col]
+
+
+def _relation(a: dict, b: dict) -> str:
+    """Spatial relation of `a` with respect to `b` along the dominant axis.
+
+    Image y grows downwards, so a smaller y means "above".
+    """
+    dx, dy = a['x'] - b['x'], a['y'] - b['y']
+    if abs(dx) >= abs(dy):
+        return 'left of' if dx < 0 else 'right of'
+    return 'above' if dy < 0 else 'below'
+
+
+_REVERSED_RELATION = {'left of': 'right of', 'right of': 'left of', 'above': 'below', 'below': 'above'}
+
+
+def _count_sentence(n: int) -> str:
+    if n == 1:
+        return 'there is one object.'
+    return f'there are {NUMBER_WORDS[n]} objects.'
+
+
+def _capitalize(sentence: str) -> str:
+    return sentence[0].upper() + sentence[1:]
+
+
+def _caption(objects: list[dict], template: dict) -> str:
+    """Short caption; `template` fixes the wording so negatives can reuse it.
+
+    template keys: 'with_size' (one bool per object), 'with_position' (single
+    object only: append the grid position), 'with_count' (multi-object only:
+    prefix "three objects:").
+    """
+    parts = [_describe(o, s) for o, s in zip(objects, template['with_size'])]
+    if len(objects) == 1:
+        text = parts[0]
+        if template['with_position']:
+            text += ' ' + _position_phrase(*_grid_cell(objects[0]['x'], objects[0]['y']))
+        return text + '.'
+    listing = ', '.join(parts[:-1]) + ' and ' + parts[-1]
+    if template['with_count']:
+        listing = f'{NUMBER_WORDS[len(objects)]} objects: {listing}'
+    return listing + '.'
+
+
+def _long_caption(objects: list[dict]) -> str:
+    """One sentence per object, one per ordered pair (i < j), then the count."""
+    sentences = []
+    for o in objects:
+        position = _position_phrase(*_grid_cell(o['x'], o['y']))
+        sentences.append(f'there is {_describe(o, True)} {position}.')
+    for i in range(len(objects)):
+        for j in range(i + 1, len(objects)):
+            a, b = objects[i], objects[j]
+            sentences.append(f'the {_name(a)} is {_relation(a, b)} the {_name(b)}.')
+    sentences.append(_count_sentence(len(objects)))
+    return ' '.join(_capitalize(s) for s in sentences)
+
+
+def _attribute_negative(rng, objects, template, split) -> str:
+    """The caption with colours swapped between two objects.
+
+    Only pairs with different colours AND different shapes are swapped:
+    swapping within same-shape objects ("red circle and blue circle") would
+    just reorder a true description.  Single-object scenes (and scenes with no
+    such pair) instead get one object's colour replaced.  Outside
+    `test_unseen` the result never names an UNSEEN pair, so train text never
+    mentions the held-out combinations either.
+    """
+    def ok(objs):
+        return split == 'test_unseen' or all((o['color'], o['shape']) not in UNSEEN for o in objs)
+
+    candidates = []
+    for i in range(len(objects)):
+        for j in range(i + 1, len(objects)):
+            a, b = objects[i], objects[j]
+            if a['color'] == b['color'] or a['shape'] == b['shape']:
+                continue
+            swapped = [dict(o) for o in objects]
+            swapped[i]['color'], swapped[j]['color'] = b['color'], a['color']
+            if ok(swapped):
+                candidates.append(swapped)
+    if not candidates:
+        present = {_name(o) for o in objects}
+        for i, obj in enumerate(objects):
+            for color in COLORS:
+                changed = [dict(o) for o in objects]
+                changed[i]['color'] = color
+                # The new name must not describe any object actually present.
+                if color != obj['color'] and _name(changed[i]) not in present and ok(changed):
+                    candidates.append(changed)
+    chosen = candidates[rng.integers(len(candidates))]
+    return _caption(chosen, template)
+
+
+def _relation_negative(rng, objects, template) -> str:
+    """A false spatial statement: a reversed pair relation, or a mirrored position."""
+    if len(objects) == 1:
+        obj = objects[0]
+        row, col = _mirrored_cell(*_grid_cell(obj['x'], obj['y']))
+        return f"{_describe(obj, template['with_size'][0])} {_position_phrase(row, col)}."
+    i, j = sorted(rng.choice(len(objects), size=2, replace=False))
+    a, b = objects[i], objects[j]
+    return f'the {_name(a)} is {_REVERSED_RELATION[_relation(a, b)]} the {_name(b)}.'
+
+
+def _count_negative(rng, num_objects: int) -> str:
+    wrong = [n for n in range(1, MAX_OBJECTS + 2) if n != num_objects]
+    return _count_sentence(int(wrong[rng.integers(len(wrong))]))
+
+
+# ---------------------------------------------------------------------------
+# Examples.
+# ---------------------------------------------------------------------------
+
+
+def make_example(seed: int, split: str, index: int, image_size: int = 64) -> dict:
+    """Generates example `index` of `split`; a pure function of its arguments.
+
+    Returns a dict with the builder's feature keys, except that `image` is a
+    uint8 numpy array (the builder PNG-encodes it).  Even indices are
+    single-object scenes and odd ones 2-4 objects (test_unseen: all single),
+    which gives an exact 50/50 mix.
+    """
+    rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
+    single = split == 'test_unseen' or index % 2 == 0
+    num_objects = 1 if single else int(rng.integers(2, MAX_OBJECTS + 1))
+    objects = _sample_objects(rng, split, num_objects)
+    image = render_scene(rng, objects, image_size)
+
+    template = dict(
+        with_size=[bool(rng.integers(2)) for _ in objects],
+        with_position=bool(rng.integers(2)),
+        with_count=bool(rng.integers(2)),
+    )
+    negatives = [
+        _attribute_negative(rng, objects, template, split),
+        _relation_negative(rng, objects, template),
+        _count_negative(rng, num_objects),
+    ]
+    label = CLASS_NAMES.index(_name(objects[0])) if single else -1
+    return dict(
+        image=image,
+        caption=_caption(objects, template),
+        long_caption=_long_caption(objects),
+        negative_captions=negatives,
+        objects=objects,
+        label=label,
+        num_objects=num_objects,
+    )
+
+
+def zero_shot_prompts(class_name: str) -> list[str]:
+    """Prompt templates for zero-shot classification of `class_name` ('red circle')."""
+    return [
+        f'{_with_article(class_name)}.',
+        f'a photo of {_with_article(class_name)}.',
+        f'a small {class_name}.',
+        f'a large {class_name}.',
+        f'there is {_with_article(class_name)}.',
+    ]
+
+
+# ---------------------------------------------------------------------------
+# TFDS builder.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class ShapesConfig(tfds.core.BuilderConfig):
+    """Split sizes, image size and seed of one `vlmjax_shapes` variant."""
+
+    num_train: int = 20000
+    num_validation: int = 1000
+    num_test: int = 2000
+    num_test_unseen: int = 1000
+    image_size: int = 64
+    seed: int = 0
+
+    def split_sizes(self) -> dict[str, int]:
+        return {
+            'train': self.num_train,
+            'validation': self.num_validation,
+            'test': self.num_test,
+            'test_unseen': self.num_test_unseen,
+        }
+
+
+class VlmjaxShapes(tfds.core.GeneratorBasedBuilder):
+    """Synthetic coloured-shapes scenes with captions and hard negatives."""
+
+    VERSION = tfds.core.Version('1.0.0')
+    RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+    BUILDER_CONFIGS = [
+        ShapesConfig(name='default', description='20k train images at 64x64.'),
+        ShapesConfig(
+            name='tiny',
+            description='Small 32x32 variant for tests.',
+            num_train=512, num_validation=128, num_test=128, num_test_unseen=128,
+            image_size=32,
+        ),
+    ]
+    DEFAULT_BUILDER_CONFIG_NAME = 'default'
+    # TFDS 4.9.x derives this from the package via `importlib_resources`, which
+    # is not installed on Python >= 3.9 (it is only a dependency below 3.9) and
+    # then crashes download_and_prepare.  It is only used to look for a
+    # checksums file next to the code; there is none, as nothing is downloaded.
+    code_path = epath.Path(__file__)
+
+    def __init__(self, *, file_format='array_record', **kwargs):
+        # TFDS defaults to tfrecord, whose data source needs TensorFlow;
+        # array_record gives random access without it.
+        super().__init__(file_format=file_format, **kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        # Build DatasetInfo directly: `dataset_info_from_configs` looks for
+        # metadata files in the builder's package folder, which we do not have.
+        size = self.builder_config.image_size
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=tfds.features.FeaturesDict({
+                'image': tfds.features.Image(shape=(size, size, 3), encoding_format='png'),
+                'caption': tfds.features.Text(),
+                'long_caption': tfds.features.Text(),
+                'negative_captions': tfds.features.Sequence(tfds.features.Text(), length=len(NEGATIVE_KINDS)),
+                'objects': tfds.features.Sequence(tfds.features.FeaturesDict({
+                    'shape': tfds.features.ClassLabel(names=SHAPES),
+                    'color': tfds.features.ClassLabel(names=COLORS),
+                    'size': tfds.features.ClassLabel(names=SIZES),
+                    'x': tfds.features.Scalar(dtype=np.float32),
+                    'y': tfds.features.Scalar(dtype=np.float32),
+                })),
+                'label': tfds.features.Scalar(dtype=np.int64),
+                'num_objects': tfds.features.Scalar(dtype=np.int64),
+            }),
+            supervised_keys=None,
+            # Keep generation order on disk, so record i of a split is
+            # make_example(seed, split, i); training pipelines shuffle anyway.
+            # (A DatasetInfo argument, not a builder attribute.)
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(class_names=CLASS_NAMES, unseen=sorted(UNSEEN)),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # Nothing to download.
+        return {
+            split: self._generate_examples(split, n)
+            for split, n in self.builder_config.split_sizes().items()
+        }
+
+    def _generate_examples(self, split: str, num_examples: int):
+        config = self.builder_config
+        for index in range(num_examples):
+            example = make_example(config.seed, split, index, config.image_size)
+            example['image'] = _png_bytes(example['image'])
+            yield index, example
+
+
+def build(data_dir: str, config: str = 'default', **overrides) -> str:
+    """Generates the dataset under `data_dir` (no-op if already there).
+
+    `overrides` replace fields of the named config, e.g.
+    `build(d, 'tiny', num_train=64)`.  Such a variant gets its own config name,
+    `<config>_<8 hex digits of a hash of the overrides>`, so different
+    variants never collide on disk; it can be read back through the returned
+    directory or with `tfds.data_source('vlmjax_shapes/<that name>', ...)`.
+
+    Returns the prepared dataset directory
+    (`<data_dir>/vlmjax_shapes/<config>/1.0.0`), which is what
+    `tfds.builder_from_directory(...).as_data_source(split)` takes.
+    """
+    builder_config = next(
+        (c for c in VlmjaxShapes.BUILDER_CONFIGS if c.name == config), None
+    )
+    if builder_config is None:
+        raise ValueError(f'Unknown config {config!r}; known: {[c.name for c in VlmjaxShapes.BUILDER_CONFIGS]}')
+    if overrides:
+        digest = hashlib.sha1(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
+        builder_config = dataclasses.replace(
+            builder_config,
+            name=f'{config}_{digest}',
+            description=f'{config} with overrides {overrides}',
+            **overrides,
+        )
+    builder = VlmjaxShapes(data_dir=data_dir, config=builder_config)
+    # The file format comes from the builder (array_record by default); this
+    # tfds version's DownloadConfig has no `file_format` argument.
+    builder.download_and_prepare()
+    return str(builder.data_dir)

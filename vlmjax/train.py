@@ -1,0 +1,137 @@
+"""Train a model from a config file.
+
+  python -m vlmjax.train --config configs/demo.py --workdir DIR [--config.batch_size=64 ...]
+
+Wires the pieces a config names: data source -> grain pipeline -> global sharded batch -> jitted
+step -> metrics / checkpoints / evaluators. A workdir with checkpoints is resumed from the newest.
+"""
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+import jax
+import numpy as np
+from ml_collections import config_flags
+
+from vlmjax import config as config_lib, evaluate, registry, sharding, trainer
+from vlmjax.checkpoint import Checkpointer
+from vlmjax.data import pipeline, sources
+from vlmjax.data.tokenizer import Tokenizer
+from vlmjax.metrics import MetricWriter, Progress
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (path.py[:arg]).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the tokenizer go.")
+
+
+def get_tokenizer(config, workdir: str, train_source) -> Tokenizer:
+  """The config's tokenizer; else the workdir's; else one trained on the training captions."""
+  if config.tokenizer.path:
+    return Tokenizer.load(config.tokenizer.path)
+  path = os.path.join(workdir, "tokenizer.model")
+  if os.path.exists(path):
+    return Tokenizer.load(path)
+  count = min(config.tokenizer.train_examples, len(train_source))
+  logging.info("Training a %d-piece SentencePiece tokenizer on %d captions", config.tokenizer.vocab_size, count)
+  tokenizer = Tokenizer.train((train_source[i]["caption"] for i in range(count)), config.tokenizer.vocab_size)
+  if jax.process_index() == 0:
+    tokenizer.save(path)
+  return tokenizer
+
+
+def total_steps(config, num_train_examples: int) -> int:
+  if config.total_epochs > 0:
+    return max(1, int(config.total_epochs * num_train_examples // config.batch_size))
+  return config.total_steps
+
+
+def train(config, workdir: str) -> dict:
+  """Trains (or resumes) to the end; returns the final evaluation results."""
+  try:
+    mesh = sharding.make_mesh(config.mesh)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"config: {e}") from None
+  config_lib.validate(config, mesh.size, sharding.batch_axes_size(mesh), jax.process_count())
+  rules = sharding.rules_from_config(config.sharding_rules)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=1))
+
+  train_source = sources.make_source(config.data, config.data.train_split)
+  tokenizer = get_tokenizer(config, workdir, train_source)
+  steps = total_steps(config, len(train_source))
+  model = trainer.build_model(config, tokenizer.vocab_size)
+  objectives = trainer.build_objectives(config)
+  tx, schedule = trainer.make_optimizer(config.optimizer, steps)
+
+  preprocess = pipeline.Preprocess(tokenizer, config.input.image_size, config.input.max_text_len, train=True,
+                                   crop_min=config.input.crop_min, brightness=config.input.brightness)
+  data_iter = iter(pipeline.train_dataset(
+      train_source, preprocess, config.batch_size // jax.process_count(), config.seed,
+      jax.process_index(), jax.process_count(), config.data.num_threads))
+
+  checkpointer = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep,
+                              config.checkpoint.async_save)
+  sample = trainer.sample_batch(config)
+  if checkpointer.latest_step() is not None:
+    abstract, state_shardings = trainer.abstract_train_state(model, tx, sample, mesh, rules)
+    logging.info("Resuming from step %d in %s", checkpointer.latest_step(), checkpointer.directory)
+    state = checkpointer.restore(abstract, data_iter)
+  else:
+    state, state_shardings = trainer.create_train_state(model, tx, sample, config.seed, mesh, rules)
+  train_step = trainer.make_train_step(model, objectives, tx, schedule, mesh, state_shardings)
+
+  writer = MetricWriter(workdir)
+  start = int(state["step"])
+  progress = Progress(start, steps, config.batch_size, config.progress_bar)
+  for step in range(start, steps):
+    batch = sharding.global_batch(next(data_iter), mesh)
+    with jax.set_mesh(mesh):
+      state, metrics = train_step(state, batch)
+    done = step + 1
+    if done % config.log_every_steps == 0 or done == steps:
+      metrics = jax.device_get(metrics)
+      examples_per_sec = progress.update(done, float(metrics["loss"]))
+      writer.write(done, {**metrics, "examples_per_sec": examples_per_sec})
+      if not np.isfinite(metrics["loss"]):
+        raise FloatingPointError(f"train: loss is {metrics['loss']} at step {done}")
+    if checkpointer.should_save(done, steps):
+      checkpointer.save(done, state, data_iter)
+    if config.eval_every_steps and done % config.eval_every_steps == 0 and done != steps:
+      writer.write(done, evaluate.run_evals(config, model, state["params"], mesh, tokenizer))
+  progress.close()
+  checkpointer.close()
+
+  results = evaluate.run_evals(config, model, state["params"], mesh, tokenizer) if config.evals else {}
+  writer.write(steps, results)
+  writer.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "eval_results.json"), "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=1)
+  return results
+
+
+USER_ERRORS = (config_lib.ConfigError, registry.RegistryError, FileNotFoundError, KeyError)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.config is None or FLAGS.workdir is None:
+    print("vlmjax.train: error: --config and --workdir are required", file=sys.stderr)
+    sys.exit(2)
+  try:
+    results = train(FLAGS.config, FLAGS.workdir)
+  except USER_ERRORS as e:
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"vlmjax.train: error: {message}", file=sys.stderr)
+    sys.exit(2)
+  if results and jax.process_index() == 0:
+    print(evaluate.format_table(results))
+
+
+if __name__ == "__main__":
+  jax.config.config_with_absl()
+  app.run(main)
