@@ -46,8 +46,12 @@ def total_steps(config, num_train_examples: int) -> int:
   return config.total_steps
 
 
-def train(config, workdir: str) -> dict:
-  """Trains (or resumes) to the end; returns the final evaluation results."""
+def train(config, workdir: str, stop_after_steps: int | None = None) -> dict:
+  """Trains (or resumes) to `total_steps`; returns the final evaluation results.
+
+  With `stop_after_steps`, stops after that step as a preemption would: the state is checkpointed
+  and no evaluation runs; calling again with the same workdir continues the run.
+  """
   try:
     mesh = sharding.make_mesh(config.mesh)
   except ValueError as e:
@@ -77,7 +81,7 @@ def train(config, workdir: str) -> dict:
   sample = trainer.sample_batch(config)
   if checkpointer.latest_step() is not None:
     abstract, state_shardings = trainer.abstract_train_state(model, tx, sample, mesh, rules)
-    logging.info("Resuming from step %d in %s", checkpointer.latest_step(), checkpointer.directory)
+    print(f"Resuming from step {checkpointer.latest_step()} in {checkpointer.directory}", flush=True)
     state = checkpointer.restore(abstract, data_iter)
   else:
     state, state_shardings = trainer.create_train_state(model, tx, sample, config.seed, mesh, rules)
@@ -97,12 +101,18 @@ def train(config, workdir: str) -> dict:
       writer.write(done, {**metrics, "examples_per_sec": examples_per_sec})
       if not np.isfinite(metrics["loss"]):
         raise FloatingPointError(f"train: loss is {metrics['loss']} at step {done}")
-    if checkpointer.should_save(done, steps):
+    stopping = done == stop_after_steps
+    if checkpointer.should_save(done, steps) or stopping:
       checkpointer.save(done, state, data_iter)
     if config.eval_every_steps and done % config.eval_every_steps == 0 and done != steps:
       writer.write(done, evaluate.run_evals(config, model, state["params"], mesh, tokenizer))
+    if stopping:
+      break
   progress.close()
   checkpointer.close()
+  if stop_after_steps is not None and stop_after_steps < steps:
+    writer.close()
+    return {}
 
   results = evaluate.run_evals(config, model, state["params"], mesh, tokenizer) if config.evals else {}
   writer.write(steps, results)
@@ -119,6 +129,8 @@ USER_ERRORS = (config_lib.ConfigError, registry.RegistryError, FileNotFoundError
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # keep the console to the progress bar and results
   if FLAGS.config is None or FLAGS.workdir is None:
     print("vlmjax.train: error: --config and --workdir are required", file=sys.stderr)
     sys.exit(2)

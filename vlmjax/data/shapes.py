@@ -456,10 +456,13 @@ def make_example(seed: int, split: str, index: int, image_size: int = 64) -> dic
 
 
 def zero_shot_prompts(class_name: str) -> list[str]:
-    """Prompt templates for zero-shot classification of `class_name` ('red circle')."""
+    """Prompt templates for zero-shot classification of `class_name` ('red circle').
+
+    They use the captions' own words: a model trained only on these captions has never seen
+    'a photo of', so such a prompt would only add noise to the ensemble.
+    """
     return [
         f'{_with_article(class_name)}.',
-        f'a photo of {_with_article(class_name)}.',
         f'a small {class_name}.',
         f'a large {class_name}.',
         f'there is {_with_article(class_name)}.',
@@ -593,3 +596,17 @@ def build(data_dir: str, config: str = 'default', **overrides) -> str:
     # tfds version's DownloadConfig has no `file_format` argument.
     builder.download_and_prepare()
     return str(builder.data_dir)
+
+
+def main(argv=None):
+    """python -m vlmjax.data.shapes --data_dir DIR [--config default|tiny]: build the dataset."""
+    import argparse
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument('--data_dir', default='data/tfds')
+    parser.add_argument('--config', default='default', choices=[c.name for c in VlmjaxShapes.BUILDER_CONFIGS])
+    args = parser.parse_args(argv)
+    print(f'vlmjax_shapes/{args.config} is in {build(args.data_dir, args.config)}')
+
+
+if __name__ == '__main__':
+    main()

@@ -31,11 +31,11 @@ class Tokenizer:
 
   @classmethod
   def train(cls, texts, vocab_size: int) -> "Tokenizer":
-    """Trains a unigram SentencePiece model on `texts` (an iterable of strings)."""
+    """Trains a BPE SentencePiece model on `texts` (an iterable of strings)."""
     proto = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=proto, vocab_size=vocab_size,
-        model_type="unigram", pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
+        model_type="bpe", pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
         hard_vocab_limit=False,  # a small, repetitive caption corpus may not support vocab_size
         character_coverage=1.0, num_threads=1, minloglevel=2, normalization_rule_name="nmt_nfkc_cf")
     return cls(proto.getvalue())

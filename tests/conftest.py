@@ -1,0 +1,71 @@
+"""Shared fixtures. Every test sees 8 fake CPU devices (set before jax is imported anywhere)."""
+import os
+
+os.environ["XLA_FLAGS"] = " ".join(
+    f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8") if f)
+os.environ["JAX_PLATFORMS"] = "cpu"
+
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+  """A TFDS data_dir holding the `tiny` builder config of the built-in dataset (~1 s to build)."""
+  from vlmjax.data import shapes
+  data_dir = tmp_path_factory.mktemp("tfds")
+  shapes.build(str(data_dir), "tiny")
+  return str(data_dir)
+
+
+def tiny_config(data_dir: str, **overrides):
+  """base_config() shrunk to a model and data that train in well under a second per step on CPU."""
+  from vlmjax.config import base_config
+  c = base_config()
+  c.seed = 0
+  c.batch_size = 16
+  c.total_steps = 10
+  c.data.data_dir = data_dir
+  c.data.builder_config = "tiny"
+  c.data.num_threads = 1
+  c.input = dict(image_size=32, max_text_len=16, crop_min=1.0, brightness=0.0)
+  c.tokenizer.vocab_size = 128
+  c.tokenizer.train_examples = 512
+  c.model.image = dict(variant="mu/8", width=32, depth=1, mlp_dim=64, num_heads=2, pool="gap")
+  c.model.text = dict(variant="mu", width=32, depth=1, mlp_dim=64, num_heads=2, max_len=16)
+  c.model.embed_dim = 32
+  c.objectives = dict(clip=dict(weight=1.0))
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.warmup_steps = 2
+  c.mesh = dict(data=1, fsdp=1, tensor=1)
+  c.checkpoint = dict(every_steps=0, keep=3, async_save=False)
+  c.log_every_steps = 1
+  c.progress_bar = False
+  c.evals = dict()
+  for key, value in overrides.items():
+    target = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return c
+
+
+@pytest.fixture
+def make_tiny_config(tiny_data_dir):
+  return lambda **overrides: tiny_config(tiny_data_dir, **overrides)
+
+
+def single_device_mesh():
+  import jax
+  from vlmjax import sharding
+  return sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+
+
+@pytest.fixture(scope="session")
+def python():
+  return sys.executable
