@@ -12,20 +12,20 @@ def get_config(arg=None):
   del arg
   c = base_config()
   c.batch_size = 128
-  c.total_steps = 1500
+  c.total_steps = 600
   c.data.builder_config = "default"
   c.input = dict(image_size=64, max_text_len=24, crop_min=0.85, brightness=0.1)
   c.tokenizer.vocab_size = 256
 
   c.model.image = dict(variant="mu/8", width=128, depth=4, mlp_dim=512, num_heads=4, pool="gap")
-  c.model.text = dict(variant="mu", width=128, depth=3, mlp_dim=512, num_heads=4, max_len=24)
+  c.model.text = dict(variant="mu", width=128, depth=2, mlp_dim=512, num_heads=4, max_len=24)
   c.model.embed_dim = 128
   c.objectives = dict(clip=dict(weight=1.0))
 
-  c.optimizer.learning_rate = 2e-3
+  c.optimizer.learning_rate = 1e-3
   c.optimizer.weight_decay = 0.05
-  c.optimizer.warmup_steps = 100
-  c.checkpoint.every_steps = 500
+  c.optimizer.warmup_steps = 60
+  c.checkpoint.every_steps = 200
   c.log_every_steps = 25
   c.evals = dict(
       zeroshot=dict(type="zeroshot", split="test"),

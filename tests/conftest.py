@@ -6,7 +6,6 @@ os.environ["XLA_FLAGS"] = " ".join(
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import pathlib  # noqa: E402
-import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -67,5 +66,13 @@ def single_device_mesh():
 
 
 @pytest.fixture(scope="session")
-def python():
-  return sys.executable
+def tiny_source(tiny_data_dir):
+  """The tiny train split through the registered `vlmjax_shapes` source."""
+  from vlmjax.data import sources
+  return sources.make_source(tiny_config(tiny_data_dir).data, "train")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_source):
+  from vlmjax.data.tokenizer import Tokenizer
+  return Tokenizer.train((tiny_source[i]["caption"] for i in range(len(tiny_source))), 128)

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import single_device_mesh, tiny_config
 from vlmjax import sharding, trainer
 from vlmjax.checkpoint import Checkpointer
 from vlmjax.data.tokenizer import Tokenizer
@@ -25,22 +25,23 @@ STOP = 20
 def _config(data_dir):
   # Crop and brightness augmentation on, so the data RNG must be restored too, not only the order.
   return tiny_config(data_dir, **{
-      "total_steps": TOTAL, "checkpoint.every_steps": 10, "log_every_steps": 1, "evals": {},
+      "total_steps": TOTAL, "checkpoint.every_steps": 10, "checkpoint.async_save": True, "log_every_steps": 1, "evals": {},
       "mesh": dict(data=1, fsdp=-1, tensor=1),  # all 8 fake devices: the checkpoint is sharded
       "input.crop_min": 0.8, "input.brightness": 0.1, "optimizer.warmup_steps": 5})
 
 
-def _final_params(config, workdir, step=TOTAL):
+def _final_params(config, workdir, step=TOTAL, mesh=None, host=True):
   tokenizer = Tokenizer.load(os.path.join(workdir, "tokenizer.model"))
   model = trainer.build_model(config, tokenizer.vocab_size)
   tx, _ = trainer.make_optimizer(config.optimizer, config.total_steps)
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
   abstract, _ = trainer.abstract_train_state(model, tx, trainer.sample_batch(config), mesh,
                                              sharding.rules_from_config(config.sharding_rules))
   checkpointer = Checkpointer(workdir, 0, 3, async_save=False)
   try:
     assert checkpointer.latest_step() == step
-    return jax.device_get(checkpointer.restore_params(abstract["params"], step))
+    params = checkpointer.restore_params(abstract["params"], step)
+    return jax.device_get(params) if host else params
   finally:
     checkpointer.close()
 
@@ -104,3 +105,13 @@ def test_resumed_final_params_equal_exactly(runs):
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(pa), jax.tree.leaves(pb)):
     np.testing.assert_array_equal(y, x, err_msg=trainer.path_str(path))
   assert runs["results_a"] == runs["results_b"] == {}
+
+
+def test_checkpoint_restores_onto_another_mesh(runs):
+  """Saved FSDP-sharded over 8 devices, restored onto 1 device and onto a (2, 2, 2) mesh."""
+  reference = _final_params(runs["config"], runs["a"])
+  for mesh in (single_device_mesh(), sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))):
+    params = _final_params(runs["config"], runs["a"], mesh=mesh, host=False)
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(reference), jax.tree.leaves(params)):
+      assert y.sharding.mesh.shape == mesh.shape, trainer.path_str(path)
+      np.testing.assert_array_equal(np.asarray(y), x, err_msg=trainer.path_str(path))

@@ -88,7 +88,7 @@ COLOR_JITTER = 15
 
 # Object "radius" as a fraction of the image side.  Each shape is drawn so
 # that it fits inside a circle of about this radius (see `_shape_polygon`).
-SIZE_RADIUS = {'small': 0.10, 'large': 0.17}
+SIZE_RADIUS = {'small': 0.13, 'large': 0.20}
 # Centres are kept at least this many combined radii apart, so shapes never
 # overlap (square corners poke out to ~1.1 r; see `_shape_polygon`).
 MIN_SEPARATION = 1.15
