@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_WORKDIR ?= workdirs/demo
 
-.PHONY: demo test test-all install clean
+.PHONY: demo test test-fast install clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,12 +22,13 @@ demo: $(STAMP)
 	$(BIN)/python -m vlmjax.evaluate --workdir $(DEMO_WORKDIR)
 	$(BIN)/python -m vlmjax.export --workdir $(DEMO_WORKDIR) --out $(DEMO_WORKDIR)/bundle
 
-# The fast suite (what CI runs); slow end-to-end tests are marked and run by `make test-all`.
+# The whole suite, slow end-to-end tests included (about 5 minutes on 2 cores); `make test-fast`
+# skips the tests marked slow.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
-
-test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) workdirs *.egg-info

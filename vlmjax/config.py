@@ -4,6 +4,7 @@ Every config file starts from `base_config()` and changes what it needs. `valida
 anything is compiled and raises `ConfigError` with a one-line message naming the key at fault:
 unknown keys, wrong types, unknown registry names, batch sizes the mesh cannot split, missing files.
 """
+import difflib
 import inspect
 import os
 
@@ -11,6 +12,7 @@ import ml_collections
 import jax.numpy as jnp
 
 from vlmjax import registry
+from vlmjax.models.sizes import decode_variant
 
 # Sections whose keys are free-form: they are checked against the constructor they configure.
 OPEN_SECTIONS = ("model", "objectives", "evals", "data.fields", "data.files")
@@ -83,8 +85,7 @@ def _check_against_base(config):
     if any(path == s or path.startswith(s + ".") for s in OPEN_SECTIONS):
       continue
     if path not in base:
-      close = [k for k in base if k.rsplit(".", 1)[-1] == path.rsplit(".", 1)[-1] or
-               k.startswith(path.rsplit(".", 1)[0] + ".")]
+      close = difflib.get_close_matches(path, list(base), n=3, cutoff=0.6)
       hint = f" (did you mean one of: {', '.join(close[:6])})" if close else ""
       raise ConfigError(f"config: unknown key '{path}'{hint}")
     expected = base[path]
@@ -114,6 +115,13 @@ def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
     model_cls = registry.get("model", config.model.name)
     model_kwargs = {k: v for k, v in config.model.items() if k != "name"}
     _check_kwargs("model", model_cls, model_kwargs, provided=("vocab_size", "dtype"))
+    for tower, tower_cls in getattr(model_cls, "towers", {}).items():
+      tower_cfg = dict(config.model.get(tower) or {})
+      try:
+        decode_variant(tower_cfg.pop("variant", "S"))
+      except ValueError as e:
+        raise ConfigError(f"config: model.{tower}.variant: {e}") from None
+      _check_kwargs(f"model.{tower}", tower_cls, tower_cfg, provided=("vocab_size", "dtype"))
     for name, cfg in config.objectives.items():
       objective = registry.get("objective", name)
       if "weight" not in cfg:

@@ -15,6 +15,7 @@ import ml_collections
 
 from vlmjax import config as config_lib, registry, sharding, trainer
 from vlmjax.checkpoint import Checkpointer
+from vlmjax.metrics import quiet_absl_logging
 from vlmjax.data.tokenizer import Tokenizer
 from vlmjax.evals.common import EvalContext, Embedder
 
@@ -67,6 +68,7 @@ def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
 
 def main(argv):
   del argv
+  quiet_absl_logging()
   try:
     results = evaluate_workdir(FLAGS.workdir, FLAGS.step)
   except (FileNotFoundError, config_lib.ConfigError, ValueError) as e:

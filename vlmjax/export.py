@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 
 from vlmjax import evaluate, sharding, trainer
 from vlmjax.checkpoint import Checkpointer
+from vlmjax.metrics import quiet_absl_logging
 from vlmjax.data.tokenizer import Tokenizer
 
 
@@ -76,6 +77,7 @@ def load_bundle(bundle: str, mesh=None):
 
 def main(argv):
   del argv
+  quiet_absl_logging()
   try:
     out = export(FLAGS.workdir, FLAGS.out, FLAGS.step, FLAGS.dtype)
   except (FileNotFoundError, ValueError) as e:

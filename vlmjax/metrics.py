@@ -67,3 +67,11 @@ class Progress:
 
   def close(self):
     self.bar.close()
+
+
+def quiet_absl_logging():
+  """Command-line entry points log warnings and up unless --verbosity is given: the console is for
+  the progress bar and results, not orbax's and tfds's INFO lines."""
+  from absl import flags, logging
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)

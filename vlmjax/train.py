@@ -7,6 +7,7 @@ step -> metrics / checkpoints / evaluators. A workdir with checkpoints is resume
 """
 import json
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -18,7 +19,7 @@ from vlmjax import config as config_lib, evaluate, registry, sharding, trainer
 from vlmjax.checkpoint import Checkpointer
 from vlmjax.data import pipeline, sources
 from vlmjax.data.tokenizer import Tokenizer
-from vlmjax.metrics import MetricWriter, Progress
+from vlmjax.metrics import MetricWriter, Progress, quiet_absl_logging
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (path.py[:arg]).", lock_config=True)
@@ -123,27 +124,50 @@ def train(config, workdir: str, stop_after_steps: int | None = None) -> dict:
   return results
 
 
-USER_ERRORS = (config_lib.ConfigError, registry.RegistryError, FileNotFoundError, KeyError)
+USER_ERRORS = (config_lib.ConfigError, registry.RegistryError, OSError, KeyError)
+
+
+def fail(message) -> None:
+  """One line on stderr naming the culprit, exit status 2; never a traceback for a user's mistake."""
+  text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+  print(f"vlmjax.train: error: {text}", file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  """absl parsing, but errors in --config / --config.key=value become one line naming the argument.
+
+  ml_collections reads the config file and applies overrides while the flags are parsed, before
+  `main` runs, so its errors (unknown key, wrong type, missing file) are caught here.
+  """
+  try:
+    return FLAGS(argv)
+  except Exception as e:  # absl and ml_collections raise many types for bad arguments
+    message = str(e).splitlines()[-1] if str(e).strip() else type(e).__name__
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    named = [a for a in overrides if a.removeprefix("--config.").rsplit(".", 1)[-1] in str(e)]
+    culprit = named[0] if named else None
+    if isinstance(e, AttributeError) and culprit:
+      suggestion = re.search(r'Did you mean "([^"]+)"', str(e))
+      hint = f" (did you mean '{suggestion.group(1)}'?)" if suggestion else ""
+      fail(f"config: unknown key '{culprit.removeprefix('--config.')}'{hint}")
+    fail(f"config: {culprit + ': ' if culprit else ''}{message}")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # keep the console to the progress bar and results
+  quiet_absl_logging()
   if FLAGS.config is None or FLAGS.workdir is None:
-    print("vlmjax.train: error: --config and --workdir are required", file=sys.stderr)
-    sys.exit(2)
+    fail("--config and --workdir are required")
   try:
     results = train(FLAGS.config, FLAGS.workdir)
   except USER_ERRORS as e:
-    message = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f"vlmjax.train: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    fail(e.args[0] if isinstance(e, KeyError) and e.args else e)
   if results and jax.process_index() == 0:
     print(evaluate.format_table(results))
 
 
 if __name__ == "__main__":
   jax.config.config_with_absl()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -35,6 +35,7 @@ class DualEncoder(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   batch_keys = {"images": "image", "texts": "text"}  # call argument -> batch key
+  towers = {"image": ViT, "text": TextTransformer}   # config.model.<tower> -> its module, for validation
 
   def setup(self):
     image = {**decode_variant(self.image.get("variant", "S/16")), **{

@@ -192,3 +192,22 @@ class Transformer(nn.Module):
     if self.final_norm:
       x = Norm(self.block.get("norm", "layer"), "final_norm")(x)
     return x
+
+
+class Tower(nn.Module):
+  """What the image and text towers share: a transformer stack's size and how it is run."""
+  width: int
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  activation: str = "gelu"
+  dropout: float = 0.0
+  scan: bool = True
+  remat: str = "none"
+  dtype: jnp.dtype = jnp.float32
+
+  def encoder(self) -> Transformer:
+    return Transformer(
+        self.depth, dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,
+                         dropout=self.dropout, dtype=self.dtype),
+        scan=self.scan, remat=self.remat, name="encoder")

@@ -5,25 +5,16 @@ import jax.numpy as jnp
 from vlmjax.models import layers
 
 
-class TextTransformer(nn.Module):
+class TextTransformer(layers.Tower, kw_only=True):
   """tokens [B, T] int (0 = padding) -> (pooled [B, D], tokens [B, T, D], token_mask [B, T]).
 
   `pool`: 'eos' takes the last non-padding token (CLIP's EOT pooling; with `causal` it has seen the
   whole caption), 'mean' averages the non-padding tokens.
   """
   vocab_size: int
-  width: int
-  depth: int
-  mlp_dim: int
-  num_heads: int
   max_len: int = 64
   causal: bool = True
   pool: str = "eos"
-  activation: str = "gelu"
-  dropout: float = 0.0
-  scan: bool = True
-  remat: str = "none"
-  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, tokens, train: bool = False):
@@ -43,10 +34,7 @@ class TextTransformer(nn.Module):
     mask = token_mask[:, None, None, :]  # padding keys are never attended
     if self.causal:
       mask = mask & nn.make_causal_mask(tokens, dtype=jnp.bool_)
-    x = layers.Transformer(
-        self.depth, dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,
-                         dropout=self.dropout, dtype=self.dtype),
-        scan=self.scan, remat=self.remat, name="encoder")(x, mask, deterministic=not train)
+    x = self.encoder()(x, mask, deterministic=not train)
     if self.pool == "eos":
       last = jnp.maximum(token_mask.sum(axis=1) - 1, 0)
       pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]

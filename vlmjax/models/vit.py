@@ -5,24 +5,15 @@ import jax.numpy as jnp
 from vlmjax.models import layers
 
 
-class ViT(nn.Module):
+class ViT(layers.Tower):
   """images [B, H, W, 3] float in [-1, 1] -> (pooled [B, D], tokens [B, N, D]).
 
   `pool`: 'cls' (class token, CLIP), 'gap' (mean of patch tokens) or 'map' is not offered; the
   returned tokens exclude the class token. `pre_norm` is CLIP's LayerNorm before the transformer.
   """
-  width: int
-  depth: int
-  mlp_dim: int
-  num_heads: int
   patch_size: int = 16
   pool: str = "gap"
   pre_norm: bool = False
-  activation: str = "gelu"
-  dropout: float = 0.0
-  scan: bool = True
-  remat: str = "none"
-  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images, train: bool = False):
@@ -46,10 +37,7 @@ class ViT(nn.Module):
     if self.pre_norm:
       x = layers.Norm("layer", "pre_norm")(x).astype(self.dtype)
     x = nn.Dropout(self.dropout)(x, not train)
-    x = layers.Transformer(
-        self.depth, dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,
-                         dropout=self.dropout, dtype=self.dtype),
-        scan=self.scan, remat=self.remat, name="encoder")(x, deterministic=not train)
+    x = self.encoder()(x, deterministic=not train)
     if self.pool == "cls":
       return x[:, 0], x[:, 1:]
     return x.mean(axis=1), x
