@@ -5,7 +5,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from conftest import single_device_mesh
-from test_contrastive import VOCAB, _random_batch
+from test_contrastive import _random_batch, _setup
 from vlmjax import sharding, trainer
 
 STEPS = 3
@@ -17,13 +17,7 @@ def test_eight_fake_devices():
 
 
 def _run(config, mesh, batches):
-  model = trainer.build_model(config, VOCAB)
-  objectives = trainer.build_objectives(config)
-  tx, schedule = trainer.make_optimizer(config.optimizer, config.total_steps)
-  rules = sharding.rules_from_config(config.sharding_rules)
-  state, shardings = trainer.create_train_state(model, tx, trainer.sample_batch(config), config.seed, mesh,
-                                                rules)
-  step = trainer.make_train_step(model, objectives, tx, schedule, mesh, shardings)
+  _, _, state, step = _setup(config, mesh)
   losses = []
   for batch in batches:
     with jax.set_mesh(mesh):
