@@ -5,35 +5,57 @@ import jax.numpy as jnp
 from vlmjax.models import layers
 
 
+def sincos2d(height: int, width: int, dim: int, temperature: float = 10_000.0):
+  """Fixed 2-D sine-cosine position embedding (MoCo v3 / big_vision) -> [1, height*width, dim]."""
+  if dim % 4:
+    raise ValueError(f"sincos2d position embedding needs a width divisible by 4, got {dim}")
+  y, x = jnp.mgrid[:height, :width]
+  omega = 1.0 / temperature ** (jnp.arange(dim // 4) / (dim // 4 - 1 or 1))
+  y = y.reshape(-1)[:, None] * omega[None, :]
+  x = x.reshape(-1)[:, None] * omega[None, :]
+  return jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)[None]
+
+
 class ViT(layers.Tower):
   """images [B, H, W, 3] float in [-1, 1] -> (pooled [B, D], tokens [B, N, D]).
 
-  `pool`: 'cls' (class token, CLIP), 'gap' (mean of patch tokens) or 'map' is not offered; the
-  returned tokens exclude the class token. `pre_norm` is CLIP's LayerNorm before the transformer.
+  `pool`: 'cls' (class token, CLIP) or 'gap' (mean of patch tokens); the returned tokens exclude
+  the class token. `posemb`: 'learn' (one learned vector per position, the class token's included,
+  as in CLIP) or 'sincos2d' (fixed, big_vision's default; it converges faster from scratch on small
+  data since nothing about 2-D layout has to be learned). `pre_norm` is CLIP's LayerNorm before the
+  transformer.
   """
   patch_size: int = 16
   pool: str = "gap"
+  posemb: str = "learn"
   pre_norm: bool = False
 
   @nn.compact
   def __call__(self, images, train: bool = False):
     if self.pool not in ("cls", "gap"):
       raise ValueError(f"unknown ViT pool '{self.pool}'; known: cls, gap")
+    if self.posemb not in ("learn", "sincos2d"):
+      raise ValueError(f"unknown ViT posemb '{self.posemb}'; known: learn, sincos2d")
     p = self.patch_size
     x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="patch_embed",
                 kernel_init=layers.kernel_init((None, None, "patch", "embed"),
                                                nn.initializers.lecun_normal()),
                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(
                     images.astype(self.dtype))
+    grid_h, grid_w = x.shape[1:3]
     x = x.reshape(x.shape[0], -1, self.width)
+    if self.posemb == "sincos2d":
+      x = x + sincos2d(grid_h, grid_w, self.width).astype(x.dtype)
     if self.pool == "cls":
       cls = self.param("cls", nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
                        (1, 1, self.width))
       x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.width)).astype(x.dtype), x], 1)
-    pos = self.param("pos_embedding",
-                     nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "length", "embed")),
-                     (1, x.shape[1], self.width))
-    x = (x + pos).astype(self.dtype)
+    if self.posemb == "learn":
+      x = x + self.param(
+          "pos_embedding",
+          nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "length", "embed")),
+          (1, x.shape[1], self.width)).astype(x.dtype)
+    x = x.astype(self.dtype)
     if self.pre_norm:
       x = layers.Norm("layer", "pre_norm")(x).astype(self.dtype)
     x = nn.Dropout(self.dropout)(x, not train)

@@ -43,3 +43,31 @@ class ClipObjective:
 
 
 registry.register("objective", "clip")(ClipObjective)
+
+
+def siglip_loss(image_embeds, text_embeds, logit_scale, logit_bias):
+  """Pairwise sigmoid loss (SigLIP).
+
+  image_embeds [B, D], text_embeds [B, D] (L2-normalised), logit_scale t' [], logit_bias b [] -> [].
+  L = −(1/B) Σ_i Σ_j log σ(z_ij (exp(t')·u_i·v_j + b)), z = +1 on the diagonal and −1 off it;
+  normalised by B (rows), not B².
+  """
+  logits = jnp.exp(logit_scale) * jnp.einsum(
+      "id,jd->ij", image_embeds, text_embeds, preferred_element_type=jnp.float32) + logit_bias
+  signs = 2.0 * jnp.eye(logits.shape[0]) - 1.0
+  return -jax.nn.log_sigmoid(signs * logits).sum() / logits.shape[0]
+
+
+class SiglipObjective:
+  """SigLIP sigmoid loss. The model's `logit_scale`/`logit_bias` params are t' and b; initialise
+  them to ln 10 and −10 (`model.logit_scale_init`, `model.logit_bias_init`). Not clamped, as in
+  big_vision."""
+
+  def __call__(self, outputs, batch):
+    del batch
+    loss = siglip_loss(outputs["image_embeds"], outputs["text_embeds"], outputs["logit_scale"],
+                       outputs["logit_bias"])
+    return loss, {"logit_scale": jnp.exp(outputs["logit_scale"]), "logit_bias": outputs["logit_bias"]}
+
+
+registry.register("objective", "siglip")(SiglipObjective)

@@ -1,0 +1,44 @@
+"""Model behaviour a user relies on: padding is invisible, position embeddings as configured."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlmjax.models.text import TextTransformer
+from vlmjax.models.vit import ViT, sincos2d
+
+TOWER = dict(width=32, depth=2, mlp_dim=64, num_heads=2)
+
+
+def test_text_tower_ignores_padding():
+  """Extra padding after EOS changes neither the pooled embedding nor the real tokens' outputs."""
+  for pool, causal in (("eos", True), ("mean", False)):
+    model = TextTransformer(vocab_size=50, max_len=16, pool=pool, causal=causal, **TOWER)
+    short = jnp.array([[2, 7, 9, 3, 0, 0, 0, 0]])
+    long = jnp.array([[2, 7, 9, 3, 0, 0, 0, 0, 0, 0, 0, 0]])
+    params = model.init(jax.random.PRNGKey(0), long)
+    pooled_a, tokens_a, _ = model.apply(params, short)
+    pooled_b, tokens_b, _ = model.apply(params, long)
+    np.testing.assert_allclose(pooled_a, pooled_b, atol=1e-5)
+    np.testing.assert_allclose(tokens_a[:, :4], tokens_b[:, :4], atol=1e-5)
+
+
+def test_all_padding_caption_is_finite():
+  model = TextTransformer(vocab_size=50, max_len=8, **TOWER)
+  tokens = jnp.zeros((2, 8), jnp.int32)
+  params = model.init(jax.random.PRNGKey(0), tokens)
+  pooled, _, mask = model.apply(params, tokens)
+  assert np.isfinite(np.asarray(pooled)).all() and not np.asarray(mask).any()
+
+
+def test_vit_position_embeddings():
+  images = jnp.zeros((1, 32, 32, 3))
+  learned = nn.meta.unbox(ViT(patch_size=8, pool="cls", **TOWER).init(jax.random.PRNGKey(0), images))
+  assert learned["params"]["pos_embedding"].shape == (1, 16 + 1, 32)  # the class token's included
+  fixed = nn.meta.unbox(ViT(patch_size=8, posemb="sincos2d", **TOWER).init(jax.random.PRNGKey(0), images))
+  assert "pos_embedding" not in fixed["params"]
+  table = np.asarray(sincos2d(4, 4, 32))[0]
+  assert table.shape == (16, 32)
+  # Distinct positions get distinct embeddings, and row/column halves encode y and x separately.
+  assert len({tuple(np.round(r, 5)) for r in table}) == 16
+  np.testing.assert_allclose(table[0, :16], table[4, :16])  # same column x=0, different row
