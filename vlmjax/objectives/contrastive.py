@@ -2,12 +2,21 @@
 
 Losses are pure functions of L2-normalised embeddings; the registered objectives adapt them to the
 model's output dict and hold their hyper-parameters. All logits are float32.
+
+Each loss has a global form (one [B, B] matrix, left to GSPMD) and a distributed form written with
+`shard_map` over the batch axes (`data`, `fsdp`) of the mesh in context: CLIP computes its local rows
+against the gathered other modality ([b, B] per device), SigLIP passes text shards around a ring
+with `lax.ppermute` ([b, b] per device). Both give the global loss and gradients.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from vlmjax import registry
+
+BATCH_AXES = ("data", "fsdp")
 
 MAX_LOGIT_SCALE = float(np.log(100.0))  # CLIP clips the scale exp(θ) to at most 100.
 
@@ -26,16 +35,57 @@ def clip_loss(image_embeds, text_embeds, logit_scale):
   return 0.5 * (image_to_text + text_to_image)
 
 
+def _num_shards() -> int:
+  mesh = jax.sharding.get_abstract_mesh()
+  return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
+def _over_batch_shards(per_shard_loss, *arrays_and_scalars):
+  """Runs `per_shard_loss(local arrays..., scalars...)` under shard_map over the batch axes of the
+  mesh in context and averages it over shards. Arrays are [B, ...]; scalars are replicated."""
+  specs = tuple(P(BATCH_AXES) if jnp.ndim(x) else P() for x in arrays_and_scalars)
+  fn = jax.shard_map(lambda *args: lax.pmean(per_shard_loss(*args), BATCH_AXES),
+                     in_specs=specs, out_specs=P(), check_vma=False)
+  return fn(*arrays_and_scalars)
+
+
+def clip_loss_local(image_embeds, text_embeds, logit_scale):
+  """CLIP loss with each device computing only its own rows against the gathered other modality.
+
+  Same arguments and value as `clip_loss`; memory per device is O(b·B) instead of O(B²). The
+  all-gather is differentiable (its transpose is a reduce-scatter), so gradients are the global ones.
+  Must run under a mesh (`jax.set_mesh`) with `data`/`fsdp` axes.
+  """
+
+  def per_shard(u, v, theta):
+    b = u.shape[0]
+    labels = lax.axis_index(BATCH_AXES) * b + jnp.arange(b)
+    all_u = lax.all_gather(u, BATCH_AXES, tiled=True)
+    all_v = lax.all_gather(v, BATCH_AXES, tiled=True)
+    scale = jnp.exp(theta)
+    image_rows = scale * jnp.einsum("id,jd->ij", u, all_v, preferred_element_type=jnp.float32)
+    text_rows = scale * jnp.einsum("id,jd->ij", v, all_u, preferred_element_type=jnp.float32)
+    ce = lambda logits: -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=1), labels[:, None], 1).mean()
+    return 0.5 * (ce(image_rows) + ce(text_rows))
+
+  return _over_batch_shards(per_shard, image_embeds, text_embeds, logit_scale)
+
+
 class ClipObjective:
   """CLIP softmax loss; after every update θ is projected onto [0, ln 100] (not clipped in the forward,
-  which would stop its gradient at the bound while Adam's momentum pushes it further)."""
+  which would stop its gradient at the bound while Adam's momentum pushes it further).
 
-  def __init__(self, max_logit_scale: float = MAX_LOGIT_SCALE):
+  `distributed`: 'global' (one [B, B] matrix) or 'local' (`clip_loss_local`)."""
+
+  def __init__(self, max_logit_scale: float = MAX_LOGIT_SCALE, distributed: str = "global"):
+    if distributed not in ("global", "local"):
+      raise ValueError(f"objectives.clip.distributed must be 'global' or 'local', got '{distributed}'")
     self.max_logit_scale = max_logit_scale
+    self.loss = clip_loss if distributed == "global" else clip_loss_local
 
   def __call__(self, outputs, batch):
     del batch
-    loss = clip_loss(outputs["image_embeds"], outputs["text_embeds"], outputs["logit_scale"])
+    loss = self.loss(outputs["image_embeds"], outputs["text_embeds"], outputs["logit_scale"])
     return loss, {"logit_scale": jnp.exp(outputs["logit_scale"])}
 
   def project_params(self, params):
@@ -58,16 +108,118 @@ def siglip_loss(image_embeds, text_embeds, logit_scale, logit_bias):
   return -jax.nn.log_sigmoid(signs * logits).sum() / logits.shape[0]
 
 
+def siglip_loss_ring(image_embeds, text_embeds, logit_scale, logit_bias):
+  """SigLIP loss with text shards passed around a ring of devices (`lax.ppermute`, D−1 hops).
+
+  Same arguments and value as `siglip_loss`; each device holds one [b, b] block at a time, so
+  memory is O(b²) per device. The diagonal block has the positives; the others are all negatives.
+  Must run under a mesh (`jax.set_mesh`) with `data`/`fsdp` axes.
+  """
+  num_shards = _num_shards()
+  ring = [(i, (i + 1) % num_shards) for i in range(num_shards)]
+
+  def per_shard(u, v, t_prime, bias):
+    scale = jnp.exp(t_prime)
+    block = lambda texts: scale * jnp.einsum(
+        "id,jd->ij", u, texts, preferred_element_type=jnp.float32) + bias
+    logits = block(v)
+    # −log σ(x) = softplus(−x); positives on the diagonal: −log σ(x) = softplus(x) − x.
+    total = jax.nn.softplus(logits).sum() - jnp.trace(logits)
+    for _ in range(num_shards - 1):
+      v = lax.ppermute(v, BATCH_AXES, ring)
+      total = total + jax.nn.softplus(block(v)).sum()
+    return total / u.shape[0]
+
+  return _over_batch_shards(per_shard, image_embeds, text_embeds, logit_scale, logit_bias)
+
+
 class SiglipObjective:
   """SigLIP sigmoid loss. The model's `logit_scale`/`logit_bias` params are t' and b; initialise
   them to ln 10 and −10 (`model.logit_scale_init`, `model.logit_bias_init`). Not clamped, as in
-  big_vision."""
+  big_vision. `distributed`: 'global' or 'ring' (`siglip_loss_ring`)."""
+
+  def __init__(self, distributed: str = "global"):
+    if distributed not in ("global", "ring"):
+      raise ValueError(f"objectives.siglip.distributed must be 'global' or 'ring', got '{distributed}'")
+    self.loss = siglip_loss if distributed == "global" else siglip_loss_ring
 
   def __call__(self, outputs, batch):
     del batch
-    loss = siglip_loss(outputs["image_embeds"], outputs["text_embeds"], outputs["logit_scale"],
-                       outputs["logit_bias"])
+    loss = self.loss(outputs["image_embeds"], outputs["text_embeds"], outputs["logit_scale"],
+                     outputs["logit_bias"])
     return loss, {"logit_scale": jnp.exp(outputs["logit_scale"]), "logit_bias": outputs["logit_bias"]}
 
 
 registry.register("objective", "siglip")(SiglipObjective)
+
+
+NEG = -1e9  # masked similarities: a large finite negative, so an all-padding row stays finite
+
+
+def filip_similarities(image_tokens, text_tokens, text_mask, chunk_size: int = 0):
+  """FILIP's two token-wise similarity matrices.
+
+  image_tokens [B, N, D], text_tokens [B, T, D] (L2-normalised), text_mask bool [B, T] ->
+  (s_image [B, B], s_text [B, B]), both indexed [image i, text j]:
+    s_image[i, j] = mean_k max_{valid r} x_ik·y_jr        (each image token's best text token)
+    s_text[i, j]  = mean_{valid r} max_k x_ik·y_jr        (each valid text token's best image token)
+  With `chunk_size` > 0 the texts are processed `chunk_size` at a time (lax.map), so the [B, b, N, T]
+  token-similarity block never exists at once for the whole batch.
+  """
+
+  def against(texts, mask):  # texts [c, T, D], mask [c, T] -> two [B, c] blocks
+    sims = jnp.einsum("ikd,jrd->ijkr", image_tokens, texts, preferred_element_type=jnp.float32)
+    best_text = jnp.where(mask[None, :, None, :], sims, NEG).max(axis=3)  # [B, c, N]
+    best_image = sims.max(axis=2)                                         # [B, c, T]
+    valid = mask[None].astype(jnp.float32)
+    s_text = (best_image * valid).sum(-1) / jnp.maximum(valid.sum(-1), 1.0)
+    # A caption with no valid token has no best match: its image-side similarity is 0, not −1e9.
+    s_image = jnp.where(mask.any(-1)[None], best_text.mean(-1), 0.0)
+    return s_image, s_text
+
+  batch = text_tokens.shape[0]
+  if not chunk_size or chunk_size >= batch:
+    return against(text_tokens, text_mask)
+  if batch % chunk_size:
+    raise ValueError(f"FILIP chunk_size {chunk_size} does not divide the batch {batch}")
+  chunks = lambda x: x.reshape(batch // chunk_size, chunk_size, *x.shape[1:])
+  s_image, s_text = lax.map(lambda a: against(*a), (chunks(text_tokens), chunks(text_mask)))
+  merge = lambda s: jnp.moveaxis(s, 0, 1).reshape(image_tokens.shape[0], batch)
+  return merge(s_image), merge(s_text)
+
+
+def filip_loss(image_tokens, text_tokens, text_mask, logit_scale, chunk_size: int = 0):
+  """FILIP token-wise contrastive loss.
+
+  image_tokens [B, N, D], text_tokens [B, T, D] (L2-normalised), text_mask [B, T], θ [] -> [].
+  L = ½[CE_rows(s·S_image, I) + CE_cols(s·S_text, I)] with s = exp(θ): image i picks its text among
+  all j by S_image[i, :], text j picks its image among all i by S_text[:, j].
+  """
+  s_image, s_text = filip_similarities(image_tokens, text_tokens, text_mask, chunk_size)
+  scale = jnp.exp(logit_scale)
+  labels = jnp.arange(s_image.shape[0])
+  image_to_text = -jnp.take_along_axis(jax.nn.log_softmax(scale * s_image, axis=1), labels[:, None], 1)
+  text_to_image = -jnp.take_along_axis(jax.nn.log_softmax(scale * s_text, axis=0), labels[None, :], 0)
+  return 0.5 * (image_to_text.mean() + text_to_image.mean())
+
+
+def _l2(x):
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+
+
+class FilipObjective(ClipObjective):
+  """FILIP on the model's projected token embeddings (class token excluded, padding masked); the
+  temperature θ is CLIP's, clamped to [0, ln 100] after each update."""
+
+  def __init__(self, chunk_size: int = 0, max_logit_scale: float = MAX_LOGIT_SCALE):
+    super().__init__(max_logit_scale)
+    self.chunk_size = chunk_size
+
+  def __call__(self, outputs, batch):
+    del batch
+    loss = filip_loss(_l2(outputs["image_tokens"]), _l2(outputs["text_tokens"]), outputs["text_mask"],
+                      outputs["logit_scale"], self.chunk_size)
+    return loss, {"logit_scale": jnp.exp(outputs["logit_scale"])}
+
+
+registry.register("objective", "filip")(FilipObjective)
