@@ -42,7 +42,8 @@ def base_config() -> ml_collections.ConfigDict:
       train_split="train",
       num_threads=2,
   )
-  c.input = dict(image_size=64, max_text_len=32, crop_min=1.0, brightness=0.0)
+  c.input = dict(image_size=64, max_text_len=32, crop_min=1.0, brightness=0.0,
+                 subcaptions=3)  # DreamLIP: sentences sampled from the long caption beside the caption
   c.tokenizer = dict(path="", vocab_size=1000, train_examples=20000)
 
   c.model = dict(name="dual_encoder", image=dict(variant="S/16"), text=dict(variant="S"), embed_dim=384)

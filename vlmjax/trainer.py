@@ -66,8 +66,9 @@ def build_objectives(config):
 
 
 def model_inputs(model, batch, train: bool):
-  """The model's call arguments from a batch, by the model's `batch_keys` ({arg: batch key})."""
-  return {arg: batch[key] for arg, key in model.batch_keys.items()} | {"train": train}
+  """The model's call arguments from a batch, by the model's `batch_keys` ({arg: batch key}); keys
+  the batch does not have are left to the model's defaults."""
+  return {arg: batch[key] for arg, key in model.batch_keys.items() if key in batch} | {"train": train}
 
 
 def create_train_state(model, tx, sample_batch, seed: int, mesh, rules):

@@ -7,6 +7,7 @@ state, so a resumed run sees exactly the batches an uninterrupted run would.
 """
 import dataclasses
 import io
+import re
 
 import grain
 import numpy as np
@@ -26,9 +27,27 @@ def decode_image(image) -> Image.Image:
   return image.convert("RGB")
 
 
+def split_sentences(text: str) -> list[str]:
+  """DreamLIP's split: on newlines, '</s>' and full stops; stripped, empty pieces dropped."""
+  return [s.strip() for s in re.split(r"\n|</s>|[.]", text) if s.strip()]
+
+
+def sample_sentences(text: str, count: int, rng: np.random.Generator) -> list[str]:
+  """`count` sentences of `text`: without replacement when it has enough, else with (every sentence
+  can be drawn: DreamLIP's reference code never draws the last one). No sentence -> empty strings."""
+  sentences = split_sentences(text)
+  if not sentences:
+    return [""] * count
+  picks = rng.choice(len(sentences), size=count, replace=len(sentences) < count)
+  return [sentences[i] + "." for i in picks]
+
+
 @dataclasses.dataclass
 class Preprocess(grain.transforms.RandomMap):
-  """record -> {'image': float32 [S, S, 3] in [-1, 1], 'text': int32 [T], ...passthrough}.
+  """record -> {'image': float32 [S, S, 3] in [-1, 1], 'text': int32 [T], ...passthrough}, and with
+  `negatives`, 'negative_text': int32 [K, T] from the record's `negative_captions`; and with
+  `subcaptions` = K − 1 > 0, 'multi_text': int32 [K, T], the caption then K − 1 sentences sampled
+  from the record's `long_caption` (DreamLIP; without replacement when there are enough).
 
   Training augmentation is deliberately light and label-preserving: a random square crop of
   `crop_min`..1 of the image side (so position words in captions stay true) and a brightness jitter
@@ -41,6 +60,8 @@ class Preprocess(grain.transforms.RandomMap):
   crop_min: float = 1.0
   brightness: float = 0.0
   passthrough: tuple = ()
+  negatives: bool = False
+  subcaptions: int = 0
 
   def random_map(self, record, rng: np.random.Generator):
     image = decode_image(record["image"])
@@ -54,6 +75,11 @@ class Preprocess(grain.transforms.RandomMap):
     if self.train and self.brightness:
       pixels = np.clip(pixels + rng.uniform(-self.brightness, self.brightness), -1.0, 1.0)
     out = {"image": pixels, "text": self.tokenizer.encode([record["caption"]], self.max_len)[0]}
+    if self.negatives:
+      out["negative_text"] = self.tokenizer.encode(record["negative_captions"], self.max_len)
+    if self.subcaptions:
+      out["multi_text"] = self.tokenizer.encode(
+          [record["caption"]] + sample_sentences(record["long_caption"], self.subcaptions, rng), self.max_len)
     for key in self.passthrough:
       out[key] = np.asarray(record[key])
     return out

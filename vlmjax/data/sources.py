@@ -50,8 +50,11 @@ class TfdsSource:
   def __getitem__(self, index):
     record = self.source[int(index)]
     out = {key: _get_path(record, path) for key, path in self.fields.items()}
-    if "caption" in out:
-      out["caption"] = _as_text(out["caption"])
+    for key in ("caption", "long_caption"):
+      if key in out:
+        out[key] = _as_text(out[key])
+    if "negative_captions" in out:
+      out["negative_captions"] = [_as_text([c]) for c in out["negative_captions"]]
     return out
 
 
@@ -94,7 +97,9 @@ def shapes_source(data_config, split: str):
   data_dir = data_config.get("data_dir") or os.path.join("data", "tfds")
   shapes.build(data_dir, data_config.get("builder_config", "default"))
   name = f"vlmjax_shapes/{data_config.get('builder_config', 'default')}"
-  fields = dict(data_config.get("fields") or {"image": "image", "caption": "caption", "label": "label"})
+  fields = dict(data_config.get("fields") or {"image": "image", "caption": "caption", "label": "label",
+                                              "negative_captions": "negative_captions",
+                                              "long_caption": "long_caption"})
   source = TfdsSource(name, split, data_dir, fields)
   source.class_names, source.prompts = shapes.CLASS_NAMES, shapes.zero_shot_prompts
   return source

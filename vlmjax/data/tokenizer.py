@@ -1,7 +1,8 @@
 """SentencePiece tokenizer: trained from the training captions when the config names none, or loaded.
 
 Ids: 0 = padding, 1 = unknown, 2 = BOS, 3 = EOS. `encode` gives fixed-length int32 rows
-`[BOS] pieces [EOS] 0 0 ...`, truncated so EOS is always present (text towers pool at the last token).
+`[BOS] pieces [EOS] 0 0 ...`, truncated so EOS is always present (text towers pool at the last token);
+an empty text gives a row of padding, which objectives treat as "no text".
 """
 import io
 import os
@@ -51,9 +52,11 @@ class Tokenizer:
     return self.sp.get_piece_size()
 
   def encode(self, texts, max_len: int) -> np.ndarray:
-    """list of str -> int32 [N, max_len]."""
+    """list of str -> int32 [N, max_len]; an empty (or blank) text is a row of padding only."""
     out = np.zeros((len(texts), max_len), np.int32)
-    for i, ids in enumerate(self.sp.encode(list(texts))):
+    for i, (text, ids) in enumerate(zip(texts, self.sp.encode(list(texts)))):
+      if not text.strip():
+        continue
       ids = [BOS] + ids[:max_len - 2] + [EOS]
       out[i, :len(ids)] = ids
     return out

@@ -50,13 +50,13 @@ class EvalContext:
   def source(self, split: str):
     return sources.make_source(self.data_config, split)
 
-  def batches(self, split: str, passthrough=(), limit: int = 0):
+  def batches(self, split: str, passthrough=(), limit: int = 0, negatives: bool = False):
     """Preprocessed eval batches of `split` (its first `limit` records when > 0)."""
     source = self.source(split)
     indices = range(min(limit, len(source))) if limit > 0 else None
     preprocess = pipeline.Preprocess(self.tokenizer, self.input_config.image_size,
                                      self.input_config.max_text_len, train=False,
-                                     passthrough=tuple(passthrough))
+                                     passthrough=tuple(passthrough), negatives=negatives)
     return source, pipeline.eval_batches(source, preprocess, self.batch_size, indices)
 
   def tokenize(self, texts):

@@ -22,7 +22,10 @@ class DualEncoder(nn.Module):
   - `image_tokens` [B, N, E], `text_tokens` [B, T, E], `text_mask` [B, T]: projected token
     embeddings (not normalised) for token-wise objectives;
   - `logit_scale` []: θ, the log of the contrastive temperature's inverse (scale = exp θ);
-  - `logit_bias` []: b, for sigmoid losses.
+  - `logit_bias` []: b, for sigmoid losses;
+  - `negative_text_embeds` [B, K, E] when `negative_texts` [B, K, T] (hard-negative captions) is given;
+  - `multi_text_embeds` [B, K, E] and `multi_text_valid` [B, K] when `multi_texts` [B, K, T] (several
+    positive texts per image, DreamLIP) is given; `logit_scale_local` [] with `local_logit_scale`.
 
   Either input may be None; its outputs are then absent.
   """
@@ -32,9 +35,11 @@ class DualEncoder(nn.Module):
   vocab_size: int
   logit_scale_init: float = float(np.log(1 / 0.07))
   logit_bias_init: float = -10.0
+  local_logit_scale: bool = False  # a second temperature, for DreamLIP's grouping loss
   dtype: jnp.dtype = jnp.float32
 
-  batch_keys = {"images": "image", "texts": "text"}  # call argument -> batch key
+  batch_keys = {"images": "image", "texts": "text", "negative_texts": "negative_text",
+                "multi_texts": "multi_text"}  # call argument -> batch key
   towers = {"image": ViT, "text": TextTransformer}   # config.model.<tower> -> its module, for validation
 
   def setup(self):
@@ -51,9 +56,20 @@ class DualEncoder(nn.Module):
     self.text_proj = projection("text_proj")
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init), ())
     self.logit_bias = self.param("logit_bias", nn.initializers.constant(self.logit_bias_init), ())
+    if self.local_logit_scale:
+      self.logit_scale_local = self.param(
+          "logit_scale_local", nn.initializers.constant(self.logit_scale_init), ())
 
-  def __call__(self, images=None, texts=None, train: bool = False):
+  def embed_text_sets(self, texts, train):
+    """[B, K, T] -> [B, K, E], L2-normalised: K texts per example through the one text tower."""
+    batch, k, length = texts.shape
+    pooled, _, _ = self.text_tower(texts.reshape(batch * k, length), train)
+    return l2_normalize(self.text_proj(pooled)).reshape(batch, k, -1)
+
+  def __call__(self, images=None, texts=None, negative_texts=None, multi_texts=None, train: bool = False):
     out = {"logit_scale": self.logit_scale, "logit_bias": self.logit_bias}
+    if self.local_logit_scale:
+      out["logit_scale_local"] = self.logit_scale_local
     if images is not None:
       pooled, tokens = self.image_tower(images, train)
       out["image_embeds"] = l2_normalize(self.image_proj(pooled))
@@ -63,6 +79,11 @@ class DualEncoder(nn.Module):
       out["text_embeds"] = l2_normalize(self.text_proj(pooled))
       out["text_tokens"] = self.text_proj(tokens).astype(jnp.float32)
       out["text_mask"] = mask
+    if negative_texts is not None:
+      out["negative_text_embeds"] = self.embed_text_sets(negative_texts, train)
+    if multi_texts is not None:
+      out["multi_text_embeds"] = self.embed_text_sets(multi_texts, train)
+      out["multi_text_valid"] = (multi_texts != 0).any(axis=-1)
     return out
 
 

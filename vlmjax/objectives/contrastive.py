@@ -153,6 +153,40 @@ class SiglipObjective:
 registry.register("objective", "siglip")(SiglipObjective)
 
 
+def clip_loss_with_negatives(image_embeds, text_embeds, negative_embeds, logit_scale):
+  """CLIP loss where image i's own hard-negative captions are extra columns of its row only.
+
+  image_embeds [B, D], text_embeds [B, D], negative_embeds [B, K, D] (L2-normalised), θ [] -> [].
+  Image→text: softmax over the B captions and image i's K negatives; text→image as in CLIP.
+  """
+  scale = jnp.exp(logit_scale)
+  logits = scale * jnp.einsum("id,jd->ij", image_embeds, text_embeds, preferred_element_type=jnp.float32)
+  negatives = scale * jnp.einsum("id,ikd->ik", image_embeds, negative_embeds,
+                                 preferred_element_type=jnp.float32)
+  labels = jnp.arange(logits.shape[0])
+  rows = jax.nn.log_softmax(jnp.concatenate([logits, negatives], axis=1), axis=1)
+  image_to_text = -jnp.take_along_axis(rows, labels[:, None], 1).mean()
+  text_to_image = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=0), labels[None, :], 0).mean()
+  return 0.5 * (image_to_text + text_to_image)
+
+
+class ClipNegativesObjective(ClipObjective):
+  """CLIP with hard-negative captions (SVLC / Structure-CLIP): the batch carries `negative_text`."""
+  batch_fields = ("negative_text",)
+
+  def __init__(self, max_logit_scale: float = MAX_LOGIT_SCALE):
+    super().__init__(max_logit_scale)
+
+  def __call__(self, outputs, batch):
+    del batch
+    loss = clip_loss_with_negatives(outputs["image_embeds"], outputs["text_embeds"],
+                                    outputs["negative_text_embeds"], outputs["logit_scale"])
+    return loss, {"logit_scale": jnp.exp(outputs["logit_scale"])}
+
+
+registry.register("objective", "clip_negatives")(ClipNegativesObjective)
+
+
 NEG = -1e9  # masked similarities: a large finite negative, so an all-padding row stays finite
 
 

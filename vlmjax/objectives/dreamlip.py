@@ -1,0 +1,100 @@
+"""DreamLIP (Zheng et al. 2024): several positive texts per image, and sub-caption grouping.
+
+Each image has K texts: slot 0 the raw caption, slots 1..K−1 sentences sampled from its long caption
+(`vlmjax.data.pipeline.Preprocess(subcaptions=K-1)`). Slots whose text is all padding are masked out.
+"""
+import jax
+import jax.numpy as jnp
+
+from vlmjax import registry
+from vlmjax.objectives.contrastive import MAX_LOGIT_SCALE, NEG, _l2
+
+
+def masked_clip_loss(image_embeds, text_embeds, valid, logit_scale):
+  """CLIP loss over the pairs whose text is `valid`.
+
+  image_embeds [B, D], text_embeds [B, D] (L2-normalised), valid bool [B], θ [] -> [].
+  Invalid texts are neither positives nor negatives; the mean runs over valid pairs (0 if none).
+  """
+  logits = jnp.exp(logit_scale) * jnp.einsum("id,jd->ij", image_embeds, text_embeds,
+                                             preferred_element_type=jnp.float32)
+  logits = jnp.where(valid[None, :], logits, NEG)
+  labels = jnp.arange(logits.shape[0])
+  image_to_text = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=1), labels[:, None], 1)[:, 0]
+  text_to_image = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=0), labels[None, :], 0)[0]
+  weights = valid.astype(jnp.float32)
+  count = jnp.maximum(weights.sum(), 1.0)
+  return 0.5 * ((image_to_text * weights).sum() + (text_to_image * weights).sum()) / count
+
+
+def multi_positive_loss(image_embeds, text_embeds, text_valid, logit_scale):
+  """Mean over the K slots of the CLIP loss between the images and that slot's texts.
+
+  image_embeds [B, D], text_embeds [B, K, D] (L2-normalised), text_valid [B, K], θ [] -> [].
+  """
+  per_slot = jax.vmap(masked_clip_loss, in_axes=(None, 1, 1, None))(
+      image_embeds, text_embeds, text_valid, logit_scale)
+  slot_used = text_valid.any(axis=0).astype(jnp.float32)
+  return (per_slot * slot_used).sum() / jnp.maximum(slot_used.sum(), 1.0)
+
+
+def grouped_patches(patch_embeds, text_embeds, sigma: float = 0.0):
+  """Each sub-caption's view of its image: patches weighted by min-max similarity, zero below σ.
+
+  patch_embeds [B, P, D], text_embeds [B, K, D] (L2-normalised) -> [B, K, D] (L2-normalised).
+  When all patches are equally similar (max = min) or none passes σ, the weights are uniform.
+  """
+  sims = jnp.einsum("bkd,bpd->bkp", text_embeds, patch_embeds, preferred_element_type=jnp.float32)
+  low, high = sims.min(-1, keepdims=True), sims.max(-1, keepdims=True)
+  spread = high - low
+  weights = jnp.where(spread > 1e-6, (sims - low) / jnp.where(spread > 1e-6, spread, 1.0), 0.0)
+  weights = jnp.where(weights < sigma, 0.0, weights)
+  total = weights.sum(-1, keepdims=True)
+  weights = jnp.where(total > 0, weights / jnp.where(total > 0, total, 1.0), 1.0 / sims.shape[-1])
+  return _l2(jnp.einsum("bkp,bpd->bkd", weights, patch_embeds))
+
+
+def grouping_loss(patch_embeds, text_embeds, text_valid, logit_scale_local, sigma: float = 0.0):
+  """Symmetric InfoNCE over all B·K (grouped image view, sub-caption) pairs, with its own scale.
+
+  patch_embeds [B, P, D], text_embeds [B, K, D] (L2-normalised), text_valid [B, K], θ_local [] -> [].
+  """
+  views = grouped_patches(patch_embeds, text_embeds, sigma)
+  flat = lambda x: x.reshape(-1, x.shape[-1])
+  return masked_clip_loss(flat(views), flat(text_embeds), text_valid.reshape(-1), logit_scale_local)
+
+
+class DreamlipObjective:
+  """λ_mpcl · multi-positive loss + λ_group · grouping loss. The grouping loss needs the model's
+  separate `logit_scale_local` (`model.local_logit_scale=True`); both scales are clamped like CLIP's."""
+  batch_fields = ("multi_text",)
+
+  def __init__(self, mpcl_weight: float = 1.0, grouping_weight: float = 1.0, sigma: float = 0.0,
+               max_logit_scale: float = MAX_LOGIT_SCALE):
+    self.mpcl_weight, self.grouping_weight, self.sigma = mpcl_weight, grouping_weight, sigma
+    self.max_logit_scale = max_logit_scale
+
+  def __call__(self, outputs, batch):
+    texts, valid = outputs["multi_text_embeds"], outputs["multi_text_valid"]
+    mpcl = multi_positive_loss(outputs["image_embeds"], texts, valid, outputs["logit_scale"])
+    metrics = {"mpcl": mpcl, "logit_scale": jnp.exp(outputs["logit_scale"])}
+    loss = self.mpcl_weight * mpcl
+    if self.grouping_weight:
+      if "logit_scale_local" not in outputs:
+        raise ValueError("objectives.dreamlip: the grouping loss needs model.local_logit_scale=True "
+                         "(or set grouping_weight=0)")
+      group = grouping_loss(_l2(outputs["image_tokens"]), texts, valid, outputs["logit_scale_local"],
+                            self.sigma)
+      loss = loss + self.grouping_weight * group
+      metrics.update(grouping=group, logit_scale_local=jnp.exp(outputs["logit_scale_local"]))
+    return loss, metrics
+
+  def project_params(self, params):
+    clip = lambda x: jnp.clip(x, 0.0, self.max_logit_scale)
+    out = {**params, "logit_scale": clip(params["logit_scale"])}
+    if "logit_scale_local" in params:
+      out["logit_scale_local"] = clip(params["logit_scale_local"])
+    return out
+
+
+registry.register("objective", "dreamlip")(DreamlipObjective)
