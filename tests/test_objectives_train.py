@@ -17,6 +17,11 @@ CASES = {
     "clip_negatives": {"objectives": {"clip_negatives": {"weight": 1.0}}},
     "dreamlip": {"objectives": {"dreamlip": {"weight": 1.0, "grouping_weight": 0.5}},
                  "model.local_logit_scale": True, "input.subcaptions": 2},
+    "tcl": {"objectives": {"clip": {"weight": 1.0}, "tcl": {"weight": 0.5}}, "input.crop_min": 0.7,
+            "model.text": dict(variant="mu", width=32, depth=1, mlp_dim=64, num_heads=2, max_len=16,
+                               dropout=0.1)},
+    "lit_structure": {"objectives": {"clip": {"weight": 1.0}, "structure": {"weight": 1.0, "warmup_steps": 2}},
+                      "optimizer.frozen": "^image/"},
 }
 
 

@@ -75,7 +75,8 @@ def train(config, workdir: str, stop_after_steps: int | None = None) -> dict:
   preprocess = pipeline.Preprocess(tokenizer, config.input.image_size, config.input.max_text_len, train=True,
                                    crop_min=config.input.crop_min, brightness=config.input.brightness,
                                    negatives="negative_text" in batch_fields,
-                                   subcaptions=config.input.subcaptions if "multi_text" in batch_fields else 0)
+                                   subcaptions=config.input.subcaptions if "multi_text" in batch_fields else 0,
+                                   second_view="image_view2" in batch_fields)
   data_iter = iter(pipeline.train_dataset(
       train_source, preprocess, config.batch_size // jax.process_count(), config.seed,
       jax.process_index(), jax.process_count(), config.data.num_threads))

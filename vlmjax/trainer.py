@@ -103,11 +103,11 @@ def abstract_train_state(model, tx, sample_batch, mesh, rules):
 def make_train_step(model, objectives, tx, schedule, mesh, state_shardings):
   """-> jitted `step(state, batch) -> (state, metrics)`; the input state is donated."""
 
-  def loss_fn(params, batch, rng):
+  def loss_fn(params, batch, rng, step):
     outputs = model.apply({"params": params}, **model_inputs(model, batch, True), rngs={"dropout": rng})
     total, metrics = 0.0, {}
     for name, (weight, objective) in objectives.items():
-      loss, extra = objective(outputs, batch)
+      loss, extra = objective(outputs, batch, step=step)
       total = total + weight * loss
       metrics[f"{name}/loss"] = loss
       metrics.update({f"{name}/{k}": v for k, v in extra.items()})
@@ -115,7 +115,8 @@ def make_train_step(model, objectives, tx, schedule, mesh, state_shardings):
 
   def train_step(state, batch):
     rng = jax.random.fold_in(state["rng"], state["step"])
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"], batch, rng, state["step"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     for _, objective in objectives.values():

@@ -47,7 +47,8 @@ class Preprocess(grain.transforms.RandomMap):
   """record -> {'image': float32 [S, S, 3] in [-1, 1], 'text': int32 [T], ...passthrough}, and with
   `negatives`, 'negative_text': int32 [K, T] from the record's `negative_captions`; and with
   `subcaptions` = K − 1 > 0, 'multi_text': int32 [K, T], the caption then K − 1 sentences sampled
-  from the record's `long_caption` (DreamLIP; without replacement when there are enough).
+  from the record's `long_caption` (DreamLIP; without replacement when there are enough); and with
+  `second_view`, 'image_view2' (another augmentation draw) and 'text_view2' (TCL).
 
   Training augmentation is deliberately light and label-preserving: a random square crop of
   `crop_min`..1 of the image side (so position words in captions stay true) and a brightness jitter
@@ -62,9 +63,9 @@ class Preprocess(grain.transforms.RandomMap):
   passthrough: tuple = ()
   negatives: bool = False
   subcaptions: int = 0
+  second_view: bool = False
 
-  def random_map(self, record, rng: np.random.Generator):
-    image = decode_image(record["image"])
+  def augment(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
     if self.train and self.crop_min < 1.0:
       w, h = image.size
       side = rng.uniform(self.crop_min, 1.0) * min(w, h)
@@ -74,7 +75,14 @@ class Preprocess(grain.transforms.RandomMap):
     pixels = np.asarray(image, np.float32) / 127.5 - 1.0
     if self.train and self.brightness:
       pixels = np.clip(pixels + rng.uniform(-self.brightness, self.brightness), -1.0, 1.0)
-    out = {"image": pixels, "text": self.tokenizer.encode([record["caption"]], self.max_len)[0]}
+    return pixels
+
+  def random_map(self, record, rng: np.random.Generator):
+    image = decode_image(record["image"])
+    out = {"image": self.augment(image, rng),
+           "text": self.tokenizer.encode([record["caption"]], self.max_len)[0]}
+    if self.second_view:  # TCL: another draw of the same augmentation, and the text again
+      out["image_view2"], out["text_view2"] = self.augment(image, rng), out["text"]
     if self.negatives:
       out["negative_text"] = self.tokenizer.encode(record["negative_captions"], self.max_len)
     if self.subcaptions:

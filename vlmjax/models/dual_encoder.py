@@ -23,6 +23,8 @@ class DualEncoder(nn.Module):
     embeddings (not normalised) for token-wise objectives;
   - `logit_scale` []: θ, the log of the contrastive temperature's inverse (scale = exp θ);
   - `logit_bias` []: b, for sigmoid losses;
+  - `image_features` [B, Wi], `text_features` [B, Wt]: the towers' pooled outputs before projection;
+  - `image_embeds_view2`, `text_embeds_view2` [B, E] for a second image view / text pass (TCL);
   - `negative_text_embeds` [B, K, E] when `negative_texts` [B, K, T] (hard-negative captions) is given;
   - `multi_text_embeds` [B, K, E] and `multi_text_valid` [B, K] when `multi_texts` [B, K, T] (several
     positive texts per image, DreamLIP) is given; `logit_scale_local` [] with `local_logit_scale`.
@@ -39,7 +41,8 @@ class DualEncoder(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   batch_keys = {"images": "image", "texts": "text", "negative_texts": "negative_text",
-                "multi_texts": "multi_text"}  # call argument -> batch key
+                "multi_texts": "multi_text", "images_view2": "image_view2",
+                "texts_view2": "text_view2"}  # call argument -> batch key
   towers = {"image": ViT, "text": TextTransformer}   # config.model.<tower> -> its module, for validation
 
   def setup(self):
@@ -66,19 +69,26 @@ class DualEncoder(nn.Module):
     pooled, _, _ = self.text_tower(texts.reshape(batch * k, length), train)
     return l2_normalize(self.text_proj(pooled)).reshape(batch, k, -1)
 
-  def __call__(self, images=None, texts=None, negative_texts=None, multi_texts=None, train: bool = False):
+  def __call__(self, images=None, texts=None, negative_texts=None, multi_texts=None, images_view2=None,
+               texts_view2=None, train: bool = False):
     out = {"logit_scale": self.logit_scale, "logit_bias": self.logit_bias}
     if self.local_logit_scale:
       out["logit_scale_local"] = self.logit_scale_local
     if images is not None:
       pooled, tokens = self.image_tower(images, train)
+      out["image_features"] = pooled.astype(jnp.float32)
       out["image_embeds"] = l2_normalize(self.image_proj(pooled))
       out["image_tokens"] = self.image_proj(tokens).astype(jnp.float32)
     if texts is not None:
       pooled, tokens, mask = self.text_tower(texts, train)
+      out["text_features"] = pooled.astype(jnp.float32)
       out["text_embeds"] = l2_normalize(self.text_proj(pooled))
       out["text_tokens"] = self.text_proj(tokens).astype(jnp.float32)
       out["text_mask"] = mask
+    if images_view2 is not None:
+      out["image_embeds_view2"] = l2_normalize(self.image_proj(self.image_tower(images_view2, train)[0]))
+    if texts_view2 is not None:  # the same tokens; only dropout makes this pass differ
+      out["text_embeds_view2"] = l2_normalize(self.text_proj(self.text_tower(texts_view2, train)[0]))
     if negative_texts is not None:
       out["negative_text_embeds"] = self.embed_text_sets(negative_texts, train)
     if multi_texts is not None:

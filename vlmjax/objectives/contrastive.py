@@ -83,8 +83,8 @@ class ClipObjective:
     self.max_logit_scale = max_logit_scale
     self.loss = clip_loss if distributed == "global" else clip_loss_local
 
-  def __call__(self, outputs, batch):
-    del batch
+  def __call__(self, outputs, batch, step=None):
+    del batch, step
     loss = self.loss(outputs["image_embeds"], outputs["text_embeds"], outputs["logit_scale"])
     return loss, {"logit_scale": jnp.exp(outputs["logit_scale"])}
 
@@ -143,8 +143,8 @@ class SiglipObjective:
       raise ValueError(f"objectives.siglip.distributed must be 'global' or 'ring', got '{distributed}'")
     self.loss = siglip_loss if distributed == "global" else siglip_loss_ring
 
-  def __call__(self, outputs, batch):
-    del batch
+  def __call__(self, outputs, batch, step=None):
+    del batch, step
     loss = self.loss(outputs["image_embeds"], outputs["text_embeds"], outputs["logit_scale"],
                      outputs["logit_bias"])
     return loss, {"logit_scale": jnp.exp(outputs["logit_scale"]), "logit_bias": outputs["logit_bias"]}
@@ -177,8 +177,8 @@ class ClipNegativesObjective(ClipObjective):
   def __init__(self, max_logit_scale: float = MAX_LOGIT_SCALE):
     super().__init__(max_logit_scale)
 
-  def __call__(self, outputs, batch):
-    del batch
+  def __call__(self, outputs, batch, step=None):
+    del batch, step
     loss = clip_loss_with_negatives(outputs["image_embeds"], outputs["text_embeds"],
                                     outputs["negative_text_embeds"], outputs["logit_scale"])
     return loss, {"logit_scale": jnp.exp(outputs["logit_scale"])}
@@ -249,8 +249,8 @@ class FilipObjective(ClipObjective):
     super().__init__(max_logit_scale)
     self.chunk_size = chunk_size
 
-  def __call__(self, outputs, batch):
-    del batch
+  def __call__(self, outputs, batch, step=None):
+    del batch, step
     loss = filip_loss(_l2(outputs["image_tokens"]), _l2(outputs["text_tokens"]), outputs["text_mask"],
                       outputs["logit_scale"], self.chunk_size)
     return loss, {"logit_scale": jnp.exp(outputs["logit_scale"])}

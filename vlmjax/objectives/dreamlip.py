@@ -74,7 +74,8 @@ class DreamlipObjective:
     self.mpcl_weight, self.grouping_weight, self.sigma = mpcl_weight, grouping_weight, sigma
     self.max_logit_scale = max_logit_scale
 
-  def __call__(self, outputs, batch):
+  def __call__(self, outputs, batch, step=None):
+    del batch, step
     texts, valid = outputs["multi_text_embeds"], outputs["multi_text_valid"]
     mpcl = multi_positive_loss(outputs["image_embeds"], texts, valid, outputs["logit_scale"])
     metrics = {"mpcl": mpcl, "logit_scale": jnp.exp(outputs["logit_scale"])}
