@@ -112,7 +112,8 @@ def siglip_loss_ring(image_embeds, text_embeds, logit_scale, logit_bias):
   """SigLIP loss with text shards passed around a ring of devices (`lax.ppermute`, D−1 hops).
 
   Same arguments and value as `siglip_loss`; each device holds one [b, b] block at a time, so
-  memory is O(b²) per device. The diagonal block has the positives; the others are all negatives.
+  memory is O(b²) per device, plus the D−1 received [b, d] text shards the backward pass needs
+  (O(B·d)). The diagonal block has the positives; the others are all negatives.
   Must run under a mesh (`jax.set_mesh`) with `data`/`fsdp` axes.
   """
   num_shards = _num_shards()
@@ -125,9 +126,17 @@ def siglip_loss_ring(image_embeds, text_embeds, logit_scale, logit_bias):
     logits = block(v)
     # −log σ(x) = softplus(−x); positives on the diagonal: −log σ(x) = softplus(x) − x.
     total = jax.nn.softplus(logits).sum() - jnp.trace(logits)
-    for _ in range(num_shards - 1):
+    # Without remat the backward keeps every hop's [b, b] block (O(b·B), no better than the global
+    # form); recomputing each block from its text shard keeps one at a time. A scan, not a Python
+    # loop: XLA then cannot schedule all the recomputed blocks at once.
+    negatives = jax.checkpoint(lambda texts: jax.nn.softplus(block(texts)).sum())
+
+    def hop(carry, _):
+      total, v = carry
       v = lax.ppermute(v, BATCH_AXES, ring)
-      total = total + jax.nn.softplus(block(v)).sum()
+      return (total + negatives(v), v), None
+
+    (total, _), _ = lax.scan(hop, (total, v), None, length=num_shards - 1)
     return total / u.shape[0]
 
   return _over_batch_shards(per_shard, image_embeds, text_embeds, logit_scale, logit_bias)
