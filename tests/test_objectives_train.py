@@ -14,6 +14,7 @@ CASES = {
     "siglip_ring": {"objectives": {"siglip": {"weight": 1.0, "distributed": "ring"}},
                     "model.logit_scale_init": math.log(10.0), "model.logit_bias_init": -10.0},
     "filip": {"objectives": {"filip": {"weight": 1.0, "chunk_size": 4}}},
+    "filip_local_top": {"objectives": {"filip": {"weight": 1.0, "distributed": "local", "top_token_fraction": 0.25}}},
     "clip_negatives": {"objectives": {"clip_negatives": {"weight": 1.0}}},
     "dreamlip": {"objectives": {"dreamlip": {"weight": 1.0, "grouping_weight": 0.5}},
                  "model.local_logit_scale": True, "input.subcaptions": 2},

@@ -2,25 +2,67 @@
 
 Saving is asynchronous and keeps the last `keep`; restoring reads the newest complete checkpoint onto
 whatever mesh the restore target's shardings name, so a run saved on 8 devices resumes on 1. Orbax
-writes each step to a temporary folder and renames it when complete, so an interrupted save never
-replaces the previous checkpoint.
+writes each step to a temporary folder and renames it when complete, so an interrupted save (even a
+SIGKILL) never replaces the previous checkpoint: a step folder is only listed once complete, and the
+trainer's Checkpointer (`cleanup=True`) deletes the temporary folders an interrupted run left. Nothing
+is unpickled: the state is read with StandardRestore (tensorstore + JSON), the data position is JSON.
+
+Every process writes: its shards of the state, and its own data-iterator file. A checkpoint restores
+onto any number of processes: the state by its shardings, the data position from the files of the
+processes that wrote it (identical by construction, see `pipeline.train_dataset`).
 """
+import dataclasses
+import json
 import os
+import re
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
 
+class DataIteratorHandler(grain.checkpoint.CheckpointHandler):
+  """grain's handler (one `process_{i}-of-{n}.json` per process), restoring onto another process
+  count too: when this process has no file of its own, it reads the others', which must agree."""
+
+  def restore(self, directory, item=None, args=None):
+    item = item or args.item
+    if (directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json").exists():
+      return super().restore(directory, item, args)
+    states = {f.name: f.read_text() for f in directory.glob("process_*-of-*.json")}
+    if len(set(states.values())) != 1:
+      raise ValueError(f"checkpoint: {directory} holds data-iterator states {sorted(states)}, none for "
+                       f"process {jax.process_index()} of {jax.process_count()} and not all equal")
+    item.set_state(json.loads(next(iter(states.values()))))
+    item.start_prefetch()
+    return item
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_save=True)
+@dataclasses.dataclass
+class DataSave(ocp.args.CheckpointArgs):
+  item: object
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class DataRestore(ocp.args.CheckpointArgs):
+  item: object
+
+
 class Checkpointer:
 
-  def __init__(self, workdir: str, every_steps: int, keep: int, async_save: bool = True):
+  def __init__(self, workdir: str, every_steps: int, keep: int, async_save: bool = True,
+               cleanup: bool = False):
+    """`cleanup`: delete incomplete (temporary) step folders; only for the process that writes, not
+    for a reader (evaluate, export) that may look at a workdir a run is still saving into."""
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.every_steps = every_steps
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+            cleanup_tmp_directories=cleanup),
         item_names=("state", "data"))
 
   def latest_step(self) -> int | None:
@@ -32,7 +74,7 @@ class Checkpointer:
   def save(self, step: int, state, data_iterator=None):
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+      items["data"] = DataSave(data_iterator)
     self.manager.save(step, args=ocp.args.Composite(**items))
 
   def restore(self, abstract_state, data_iterator=None, step: int | None = None):
@@ -41,7 +83,7 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      items["data"] = DataRestore(data_iterator)
     return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
   def restore_params(self, abstract_params, step: int | None = None):
@@ -61,3 +103,45 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _select(tree, pattern: str, prefix: str = ""):
+  """The nested-dict subtree of leaves whose '/'-joined path matches `pattern` (re.search)."""
+  out = {}
+  for key, value in tree.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, dict):
+      sub = _select(value, pattern, path + "/")
+      if sub:
+        out[key] = sub
+    elif re.search(pattern, path):
+      out[key] = value
+  return out
+
+
+def _merge(tree, update):
+  return {k: _merge(v, update[k]) if isinstance(v, dict) and k in update else update.get(k, v)
+          for k, v in tree.items()}
+
+
+def init_params_from(workdir: str, params, pattern: str, step: int | None = None):
+  """`params` with the leaves whose path matches `pattern` (e.g. '^image/') replaced by those of the
+  newest checkpoint in another run's `workdir` (LiT: start from a trained tower, then lock it).
+
+  Raises ValueError naming the workdir, or the first param missing from it or of another shape.
+  """
+  wanted = _select(params, pattern)
+  if not wanted:
+    raise ValueError(f"init.params: '{pattern}' matches no parameter of this model")
+  source = Checkpointer(workdir, every_steps=0, keep=1, async_save=False)
+  if source.latest_step() is None:
+    raise ValueError(f"init.workdir: no checkpoint in {source.directory}")
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), wanted)
+  try:
+    loaded = source.restore_params(abstract, step)
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    raise ValueError(f"init.workdir: {workdir} does not hold params matching '{pattern}' with this "
+                     f"model's shapes ({str(e).splitlines()[0][:200]})") from None
+  finally:
+    source.close()
+  return _merge(params, loaded)

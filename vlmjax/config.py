@@ -5,6 +5,7 @@ anything is compiled and raises `ConfigError` with a one-line message naming the
 unknown keys, wrong types, unknown registry names, batch sizes the mesh cannot split, missing files.
 """
 import difflib
+import importlib.util
 import inspect
 import os
 
@@ -26,6 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.batch_size = 256              # global batch, split over data×fsdp devices
+  c.microbatches = 1              # gradient accumulation: run each batch in this many pieces (same result)
   c.total_steps = 1000
   c.total_epochs = 0.0            # if > 0, overrides total_steps: epochs of the train split
 
@@ -41,6 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
       caption_key="caption",
       train_split="train",
       num_threads=2,
+      max_bad_fraction=0.1,       # bad records (corrupt image, empty caption, ...) are skipped; more than
+                                  # this fraction of those read stops the run (docs: README, Reliability)
+      max_caption_chars=1000,     # a longer caption is a bad record (0: no limit)
   )
   c.input = dict(image_size=64, max_text_len=32, crop_min=1.0, brightness=0.0,
                  subcaptions=3)  # DreamLIP: sentences sampled from the long caption beside the caption
@@ -48,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = dict(name="dual_encoder", image=dict(variant="S/16"), text=dict(variant="S"), embed_dim=384)
   c.objectives = dict(clip=dict(weight=1.0))
+  c.init = dict(workdir="", params=".*")  # start the params matching the regex from another run's checkpoint
   c.precision = dict(compute_dtype="float32")  # params are always float32; bfloat16 on accelerators
 
   c.optimizer = dict(
@@ -61,6 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
   c.log_every_steps = 10
+  c.max_consecutive_nonfinite = 10  # NaN/Inf loss or gradients: the update is skipped; this many in a
+                                    # row stops the run (0: never stop)
+  c.peak_flops_per_device = 0.0  # FLOP/s behind the logged 'mfu'; 0: measure a matmul peak, < 0: no MFU
   c.eval_every_steps = 0          # 0: evaluate only at the end
   c.progress_bar = True
   c.evals = dict(
@@ -68,6 +77,17 @@ def base_config() -> ml_collections.ConfigDict:
       retrieval=dict(type="retrieval", split="test", num_examples=1000),
   )
   return c
+
+
+def load_file(path: str, arg=None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file, so one experiment can start from another's file:
+  `load_file(os.path.join(os.path.dirname(__file__), "clip.py"))`."""
+  if not os.path.isfile(path):
+    raise ConfigError(f"config: no config file {path}")
+  spec = importlib.util.spec_from_file_location(f"vlmjax_config_{os.path.basename(path)[:-3]}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def _flatten(d, prefix=""):
@@ -143,11 +163,18 @@ def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
   if config.batch_size <= 0 or config.batch_size % batch_ways:
     raise ConfigError(f"config: 'batch_size' {config.batch_size} is not divisible by the mesh's "
                       f"data×fsdp = {batch_ways} ways (devices: {num_devices})")
+  if config.microbatches < 1 or config.batch_size % (batch_ways * config.microbatches):
+    raise ConfigError(f"config: 'microbatches' {config.microbatches} must be at least 1 and divide the "
+                      f"per-device batch {config.batch_size} / {batch_ways} (data×fsdp)")
   if config.batch_size % process_count:
     raise ConfigError(f"config: 'batch_size' {config.batch_size} is not divisible by the "
                       f"{process_count} processes")
   if config.tokenizer.path and not os.path.isfile(config.tokenizer.path):
     raise ConfigError(f"config: 'tokenizer.path' file '{config.tokenizer.path}' does not exist")
+  if not 0.0 <= config.data.max_bad_fraction < 1.0:
+    raise ConfigError(f"config: 'data.max_bad_fraction' {config.data.max_bad_fraction} must be in [0, 1)")
+  if config.data.max_caption_chars < 0 or config.max_consecutive_nonfinite < 0:
+    raise ConfigError("config: 'data.max_caption_chars' and 'max_consecutive_nonfinite' must be >= 0")
   if config.input.max_text_len < 3:
     raise ConfigError("config: 'input.max_text_len' must be at least 3 (BOS, a token, EOS)")
   try:

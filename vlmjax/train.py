@@ -3,8 +3,11 @@
   python -m vlmjax.train --config configs/demo.py --workdir DIR [--config.batch_size=64 ...]
 
 Wires the pieces a config names: data source -> grain pipeline -> global sharded batch -> jitted
-step -> metrics / checkpoints / evaluators. A workdir with checkpoints is resumed from the newest.
+step -> metrics / checkpoints / evaluators. A workdir with checkpoints is resumed from the newest
+(if its config matches, see `vlmjax.workdir`). SIGTERM/SIGINT checkpoint the current step and exit 0;
+NaN/Inf steps are skipped and bad data records skipped and counted (README, "Reliability").
 """
+import contextlib
 import json
 import os
 import re
@@ -12,18 +15,21 @@ import sys
 
 from absl import app, flags, logging
 import jax
-import numpy as np
 from ml_collections import config_flags
 
-from vlmjax import config as config_lib, evaluate, registry, sharding, trainer
-from vlmjax.checkpoint import Checkpointer
+from vlmjax import config as config_lib, distributed, evaluate, registry, sharding, trainer, workdir as workdir_lib
+from vlmjax.checkpoint import Checkpointer, init_params_from
 from vlmjax.data import pipeline, sources
 from vlmjax.data.tokenizer import Tokenizer
-from vlmjax.metrics import MetricWriter, Progress, quiet_absl_logging
+from vlmjax.metrics import MetricWriter, Progress, drop_metrics_after, quiet_absl_logging, throughput_metrics
+from vlmjax.preemption import Preemption
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (path.py[:arg]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the tokenizer go.")
+flags.DEFINE_integer("stop_after_steps", None, "Checkpoint and stop after this step, as a preemption would.")
+flags.DEFINE_bool("overwrite", False, "Delete the workdir's previous run (checkpoints, metrics, tokenizer, "
+                  "config) and start over, instead of refusing a workdir whose run has another config.")
 
 
 def get_tokenizer(config, workdir: str, train_source) -> Tokenizer:
@@ -47,11 +53,37 @@ def total_steps(config, num_train_examples: int) -> int:
   return config.total_steps
 
 
-def train(config, workdir: str, stop_after_steps: int | None = None) -> dict:
+class NonFiniteError(FloatingPointError):
+  """`max_consecutive_nonfinite` steps in a row had a NaN/Inf loss or gradient."""
+
+
+def check_nonfinite(streak, step: int, limit: int):
+  """Raises NonFiniteError when the step ending at `step` made `streak` skipped steps in a row."""
+  streak = int(streak)
+  if limit and streak >= limit:
+    raise NonFiniteError(
+        f"train: the loss or gradients were NaN/Inf in {streak} steps in a row (steps {step - streak + 1}"
+        f"..{step}, each skipped: the params and checkpoints are finite); stopping at max_consecutive_nonfinite"
+        f" = {limit}: lower optimizer.learning_rate or check the data, then resume")
+
+
+def report_skipped(extras, good_records: int):
+  """One line each for the bad data records and the non-finite steps skipped so far, if any."""
+  extras = jax.device_get(extras)
+  bad = int(extras["bad_records"].sum())
+  if jax.process_index() == 0 and bad:
+    print(f"data: skipped {bad} bad records of {bad + good_records} read ({100 * bad / (bad + good_records):.2f}%): "
+          f"{pipeline.describe_bad_records(extras['bad_records'])}", flush=True)
+  if jax.process_index() == 0 and extras["nonfinite_steps"]:
+    print(f"train: skipped {int(extras['nonfinite_steps'])} steps with a NaN/Inf loss or gradient", flush=True)
+
+
+def train(config, workdir: str, stop_after_steps: int | None = None, overwrite: bool = False) -> dict:
   """Trains (or resumes) to `total_steps`; returns the final evaluation results.
 
   With `stop_after_steps`, stops after that step as a preemption would: the state is checkpointed
-  and no evaluation runs; calling again with the same workdir continues the run.
+  and no evaluation runs; calling again with the same workdir continues the run. SIGTERM/SIGINT do
+  the same after the step in flight. `overwrite`: start over in a workdir holding another run.
   """
   try:
     mesh = sharding.make_mesh(config.mesh)
@@ -59,10 +91,7 @@ def train(config, workdir: str, stop_after_steps: int | None = None) -> dict:
     raise config_lib.ConfigError(f"config: {e}") from None
   config_lib.validate(config, mesh.size, sharding.batch_axes_size(mesh), jax.process_count())
   rules = sharding.rules_from_config(config.sharding_rules)
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=1))
+  workdir_lib.prepare(config, workdir, overwrite)  # refuses another run's workdir; writes config.json
 
   train_source = sources.make_source(config.data, config.data.train_split)
   tokenizer = get_tokenizer(config, workdir, train_source)
@@ -76,13 +105,14 @@ def train(config, workdir: str, stop_after_steps: int | None = None) -> dict:
                                    crop_min=config.input.crop_min, brightness=config.input.brightness,
                                    negatives="negative_text" in batch_fields,
                                    subcaptions=config.input.subcaptions if "multi_text" in batch_fields else 0,
-                                   second_view="image_view2" in batch_fields)
+                                   second_view="image_view2" in batch_fields,
+                                   max_caption_chars=config.data.max_caption_chars)
   data_iter = iter(pipeline.train_dataset(
       train_source, preprocess, config.batch_size // jax.process_count(), config.seed,
       jax.process_index(), jax.process_count(), config.data.num_threads))
 
   checkpointer = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep,
-                              config.checkpoint.async_save)
+                              config.checkpoint.async_save, cleanup=True)
   sample = trainer.sample_batch(config)
   if checkpointer.latest_step() is not None:
     abstract, state_shardings = trainer.abstract_train_state(model, tx, sample, mesh, rules)
@@ -90,33 +120,52 @@ def train(config, workdir: str, stop_after_steps: int | None = None) -> dict:
     state = checkpointer.restore(abstract, data_iter)
   else:
     state, state_shardings = trainer.create_train_state(model, tx, sample, config.seed, mesh, rules)
-  train_step = trainer.make_train_step(model, objectives, tx, schedule, mesh, state_shardings)
+    if config.init.workdir:
+      try:
+        state["params"] = init_params_from(config.init.workdir, state["params"], config.init.params)
+      except ValueError as e:
+        raise config_lib.ConfigError(str(e)) from None
+  train_step = trainer.make_train_step(model, objectives, tx, schedule, mesh, state_shardings,
+                                       microbatches=config.microbatches)
 
-  writer = MetricWriter(workdir)
   start = int(state["step"])
+  if jax.process_index() == 0:
+    drop_metrics_after(workdir, start)  # what a killed run logged past its last checkpoint
+  writer = MetricWriter(workdir)
   progress = Progress(start, steps, config.batch_size, config.progress_bar)
-  for step in range(start, steps):
-    batch = sharding.global_batch(next(data_iter), mesh)
-    with jax.set_mesh(mesh):
-      state, metrics = train_step(state, batch)
-    done = step + 1
-    if done % config.log_every_steps == 0 or done == steps:
-      metrics = jax.device_get(metrics)
-      examples_per_sec = progress.update(done, float(metrics["loss"]))
-      writer.write(done, {**metrics, "examples_per_sec": examples_per_sec})
-      if not np.isfinite(metrics["loss"]):
-        raise FloatingPointError(f"train: loss is {metrics['loss']} at step {done}")
-    stopping = done == stop_after_steps
-    if checkpointer.should_save(done, steps) or stopping:
-      checkpointer.save(done, state, data_iter)
-    if config.eval_every_steps and done % config.eval_every_steps == 0 and done != steps:
-      writer.write(done, evaluate.run_evals(config, model, state["params"], mesh, tokenizer))
-    if stopping:
-      break
+  streak, done, stopped = None, start, None  # streak: a step's skips in a row, read one step late
+  with Preemption() as preemption, contextlib.closing(checkpointer):  # closing: finish an async save
+    for step in range(start, steps):
+      batch = sharding.global_batch(next(data_iter), mesh)
+      with jax.set_mesh(mesh):
+        state, metrics = train_step(state, batch)
+      if streak is not None:  # the previous step's: done by now, so the host never waits on this one
+        check_nonfinite(streak, done, config.max_consecutive_nonfinite)
+      streak, done = metrics["nonfinite_streak"], step + 1
+      if done % config.log_every_steps == 0 or done == steps:
+        metrics = jax.device_get(metrics)
+        examples_per_sec = progress.update(done, float(metrics["loss"]))
+        writer.write(done, {**metrics, "examples_per_sec": examples_per_sec,
+                            **throughput_metrics(config, batch, examples_per_sec)})  # model FLOP/s, MFU
+        pipeline.check_bad_records([metrics[f"bad_records/{r}"] for r in pipeline.BAD_REASONS],
+                                   done * config.batch_size, config.data.max_bad_fraction)
+      if done == stop_after_steps or preemption.reached(done):
+        stopped = preemption.signal_name or "stop_after_steps"
+      if checkpointer.should_save(done, steps) or stopped:
+        checkpointer.save(done, state, data_iter)
+      if config.eval_every_steps and done % config.eval_every_steps == 0 and done != steps:
+        writer.write(done, evaluate.run_evals(config, model, state["params"], mesh, tokenizer))
+      if stopped:
+        break
+    if streak is not None and not stopped:
+      check_nonfinite(streak, done, config.max_consecutive_nonfinite)
   progress.close()
-  checkpointer.close()
-  if stop_after_steps is not None and stop_after_steps < steps:
+  report_skipped(state["extras"], done * config.batch_size)
+  if stopped:
     writer.close()
+    if jax.process_index() == 0 and stopped != "stop_after_steps":
+      print(f"vlmjax.train: {stopped}: saved a checkpoint at step {done} in {checkpointer.directory}; "
+            "run the same command to resume", flush=True)
     return {}
 
   results = evaluate.run_evals(config, model, state["params"], mesh, tokenizer) if config.evals else {}
@@ -128,7 +177,8 @@ def train(config, workdir: str, stop_after_steps: int | None = None) -> dict:
   return results
 
 
-USER_ERRORS = (config_lib.ConfigError, registry.RegistryError, OSError, KeyError)
+USER_ERRORS = (config_lib.ConfigError, registry.RegistryError, distributed.DistributedEnvError, OSError,
+               KeyError, pipeline.BadDataError, NonFiniteError)
 
 
 def fail(message) -> None:
@@ -165,7 +215,8 @@ def main(argv):
   if FLAGS.config is None or FLAGS.workdir is None:
     fail("--config and --workdir are required")
   try:
-    results = train(FLAGS.config, FLAGS.workdir)
+    distributed.initialize_from_env()  # several processes (launch/): before any device is touched
+    results = train(FLAGS.config, FLAGS.workdir, FLAGS.stop_after_steps, FLAGS.overwrite)
   except USER_ERRORS as e:
     fail(e.args[0] if isinstance(e, KeyError) and e.args else e)
   if results and jax.process_index() == 0:

@@ -6,7 +6,8 @@ model's output dict and hold their hyper-parameters. All logits are float32.
 Each loss has a global form (one [B, B] matrix, left to GSPMD) and a distributed form written with
 `shard_map` over the batch axes (`data`, `fsdp`) of the mesh in context: CLIP computes its local rows
 against the gathered other modality ([b, B] per device), SigLIP passes text shards around a ring
-with `lax.ppermute` ([b, b] per device). Both give the global loss and gradients.
+with `lax.ppermute` ([b, b] per device), FILIP scores its local images and texts against the gathered
+token embeddings of the other modality. All give the global loss and gradients.
 """
 import jax
 import jax.numpy as jnp
@@ -246,22 +247,84 @@ def filip_loss(image_tokens, text_tokens, text_mask, logit_scale, chunk_size: in
   return 0.5 * (image_to_text.mean() + text_to_image.mean())
 
 
+def filip_select_tokens(image_tokens, text_tokens, text_mask, fraction: float):
+  """FILIP's token reduction before the all-gather: each sample keeps its ⌈fraction·n⌉ tokens with the
+  highest token-wise max similarity against all samples of the other modality in the same group.
+
+  image_tokens [b, N, D], text_tokens [b, T, D], text_mask [b, T] -> the same with N' and T' tokens.
+  Padding never outranks a valid token (a caption shorter than T' keeps some padding, still masked).
+  The choice of indices carries no gradient; the kept tokens do.
+  """
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f"FILIP top_token_fraction must be in (0, 1], got {fraction}")
+  if fraction == 1.0:
+    return image_tokens, text_tokens, text_mask
+  sims = lax.stop_gradient(jnp.einsum("ikd,jrd->ikjr", image_tokens, text_tokens,
+                                      preferred_element_type=jnp.float32))
+  image_score = jnp.where(text_mask[None, None], sims, NEG).max(axis=(2, 3))        # [b, N]
+  text_score = jnp.where(text_mask, sims.max(axis=(0, 1)), 2 * NEG)                 # [b, T]
+  keep = lambda n: max(1, int(np.ceil(fraction * n)))
+  _, image_idx = lax.top_k(image_score, keep(image_tokens.shape[1]))
+  _, text_idx = lax.top_k(text_score, keep(text_tokens.shape[1]))
+  take = lambda x, idx: jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+  return take(image_tokens, image_idx), take(text_tokens, text_idx), take(text_mask, text_idx)
+
+
+def filip_loss_local(image_tokens, text_tokens, text_mask, logit_scale, chunk_size: int = 0,
+                     top_token_fraction: float = 1.0):
+  """FILIP with each device scoring its own images and texts against the gathered other modality.
+
+  Same arguments and value as `filip_loss` (with `top_token_fraction` < 1, as `filip_loss` on the tokens
+  `filip_select_tokens` keeps, the groups being the devices' shards). Per device the token-similarity
+  block is [b, c, N, T] for a text chunk of c (`chunk_size`, 0 = all B at once), never [B, B, N, T].
+  Must run under a mesh (`jax.set_mesh`) with `data`/`fsdp` axes.
+  """
+
+  def per_shard(u, v, mask, theta):
+    u, v, mask = filip_select_tokens(u, v, mask, top_token_fraction)
+    b = u.shape[0]
+    labels = lax.axis_index(BATCH_AXES) * b + jnp.arange(b)
+    gather = lambda x: lax.all_gather(x, BATCH_AXES, tiled=True)
+    s_image, _ = filip_similarities(u, gather(v), gather(mask), chunk_size)      # [b, B]
+    _, s_text = filip_similarities(gather(u), v, mask, min(chunk_size, b))       # [B, b]
+    scale = jnp.exp(theta)
+    image_to_text = -jnp.take_along_axis(jax.nn.log_softmax(scale * s_image, axis=1), labels[:, None], 1)
+    text_to_image = -jnp.take_along_axis(jax.nn.log_softmax(scale * s_text, axis=0), labels[None, :], 0)
+    return 0.5 * (image_to_text.mean() + text_to_image.mean())
+
+  return _over_batch_shards(per_shard, image_tokens, text_tokens, text_mask, logit_scale)
+
+
 def _l2(x):
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
 
 
 class FilipObjective(ClipObjective):
   """FILIP on the model's projected token embeddings (class token excluded, padding masked); the
-  temperature θ is CLIP's, clamped to [0, ln 100] after each update."""
+  temperature θ is CLIP's, clamped to [0, ln 100] after each update.
 
-  def __init__(self, chunk_size: int = 0, max_logit_scale: float = MAX_LOGIT_SCALE):
+  `distributed`: 'global' (`filip_loss`, texts in chunks of `chunk_size`) or 'local'
+  (`filip_loss_local`). `top_token_fraction` < 1 keeps that share of each sample's tokens (FILIP uses
+  0.25) before the gather in 'local', or over the whole batch in 'global'.
+  """
+
+  def __init__(self, chunk_size: int = 0, max_logit_scale: float = MAX_LOGIT_SCALE,
+               distributed: str = "global", top_token_fraction: float = 1.0):
+    if distributed not in ("global", "local"):
+      raise ValueError(f"objectives.filip.distributed must be 'global' or 'local', got '{distributed}'")
+    if not 0.0 < top_token_fraction <= 1.0:
+      raise ValueError(f"objectives.filip.top_token_fraction must be in (0, 1], got {top_token_fraction}")
     super().__init__(max_logit_scale)
-    self.chunk_size = chunk_size
+    self.chunk_size, self.distributed, self.top_token_fraction = chunk_size, distributed, top_token_fraction
 
   def __call__(self, outputs, batch, step=None):
     del batch, step
-    loss = filip_loss(_l2(outputs["image_tokens"]), _l2(outputs["text_tokens"]), outputs["text_mask"],
-                      outputs["logit_scale"], self.chunk_size)
+    tokens = (_l2(outputs["image_tokens"]), _l2(outputs["text_tokens"]), outputs["text_mask"])
+    if self.distributed == "local":
+      loss = filip_loss_local(*tokens, outputs["logit_scale"], self.chunk_size, self.top_token_fraction)
+    else:
+      tokens = filip_select_tokens(*tokens, self.top_token_fraction)
+      loss = filip_loss(*tokens, outputs["logit_scale"], self.chunk_size)
     return loss, {"logit_scale": jnp.exp(outputs["logit_scale"])}
 
 

@@ -1,0 +1,20 @@
+"""FILIP token-wise late-interaction loss, at the comparison's budget (configs/clip.py).
+
+  python -m vlmjax.train --config configs/filip.py --workdir workdirs/filip
+  # distributed: local rows against gathered tokens, keeping FILIP's top 25% of tokens per sample:
+  python -m vlmjax.train --config configs/filip.py --workdir workdirs/filip \
+      --config.objectives.filip.distributed=local --config.objectives.filip.top_token_fraction=0.25
+
+Texts are scored 32 at a time (chunk_size), so the [B, c, N, T] similarity block stays small.
+Zero-shot and retrieval use the pooled embeddings, as FILIP's global form. Measured: README.md.
+"""
+import os
+
+from vlmjax.config import load_file
+
+
+def get_config(arg=None):
+  del arg
+  c = load_file(os.path.join(os.path.dirname(__file__), "clip.py"))
+  c.objectives = dict(filip=dict(weight=1.0, chunk_size=32))
+  return c

@@ -1,0 +1,19 @@
+"""LiT: a locked image tower taken from the CLIP run (configs/clip.py), a text tower and both
+projections trained from scratch, at the comparison's budget. The baseline for configs/lit_structure.py.
+
+  python -m vlmjax.train --config configs/clip.py --workdir workdirs/clip    # first, the image tower
+  python -m vlmjax.train --config configs/lit.py:workdirs/clip --workdir workdirs/lit
+
+The argument after ':' is the run whose image tower is loaded (default workdirs/clip).
+Measured: README.md.
+"""
+import os
+
+from vlmjax.config import load_file
+
+
+def get_config(arg=None):
+  c = load_file(os.path.join(os.path.dirname(__file__), "clip.py"))
+  c.init = dict(workdir=arg or "workdirs/clip", params="^image/")
+  c.optimizer.frozen = "^image/"
+  return c

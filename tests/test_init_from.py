@@ -1,0 +1,57 @@
+"""`config.init`: start a run from another run's tower (LiT: a trained image tower, then locked)."""
+import os
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import tiny_config
+from vlmjax.config import ConfigError
+from vlmjax.train import train
+
+ALL_DEVICES = {"mesh": dict(data=1, fsdp=-1, tensor=1)}
+
+
+def _params(workdir):
+  directory = os.path.join(workdir, "checkpoints")
+  step = max(int(d) for d in os.listdir(directory) if d.isdigit())
+  return ocp.PyTreeCheckpointer().restore(os.path.join(directory, str(step), "state"))["params"]
+
+
+def _leaves(tree, prefix=""):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _leaves(value, f"{prefix}{key}/")
+    else:
+      yield f"{prefix}{key}", np.asarray(value)
+
+
+@pytest.fixture(scope="module")
+def source_run(tiny_data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("source"))
+  train(tiny_config(tiny_data_dir, total_steps=3, **ALL_DEVICES), workdir)
+  return workdir
+
+
+def test_locked_image_tower_starts_from_source_and_stays(tiny_data_dir, tmp_path, source_run):
+  config = tiny_config(tiny_data_dir, total_steps=3, seed=1, **ALL_DEVICES, **{
+      "init.workdir": source_run, "init.params": "^image/", "optimizer.frozen": "^image/",
+      "tokenizer.path": os.path.join(source_run, "tokenizer.model")})
+  train(config, str(tmp_path / "lit"))
+  source, lit = dict(_leaves(_params(source_run))), dict(_leaves(_params(str(tmp_path / "lit"))))
+  image = [k for k in source if k.startswith("image/")]
+  assert image and all(np.array_equal(source[k], lit[k]) for k in image)
+  text = [k for k in source if k.startswith("text/")]
+  assert text and not all(np.array_equal(source[k], lit[k]) for k in text)
+
+
+def test_init_errors_name_the_key(tiny_data_dir, tmp_path, source_run):
+  with pytest.raises(ConfigError, match="init.params: 'nothing/' matches no parameter"):
+    train(tiny_config(tiny_data_dir, **ALL_DEVICES, **{"init.workdir": source_run, "init.params": "nothing/"}),
+          str(tmp_path / "a"))
+  with pytest.raises(ConfigError, match="init.workdir: no checkpoint"):
+    train(tiny_config(tiny_data_dir, **ALL_DEVICES, **{"init.workdir": str(tmp_path / "empty")}), str(tmp_path / "b"))
+  wider = dict(variant="mu/8", width=48, depth=1, mlp_dim=64, num_heads=2, pool="gap")
+  with pytest.raises(ConfigError, match="init.workdir: .* does not hold params matching"):
+    train(tiny_config(tiny_data_dir, **ALL_DEVICES, **{"init.workdir": source_run, "init.params": "^image/",
+                                        "model.image": wider}), str(tmp_path / "c"))
