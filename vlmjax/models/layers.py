@@ -86,19 +86,29 @@ class Mlp(nn.Module):
 
 
 class Attention(nn.Module):
-  """Multi-head attention with optional grouped-query heads and RoPE.
+  """Multi-head attention with optional grouped-query heads, RoPE and a KV cache.
 
   x: [B, T, D]; mask: bool [B, 1|H, T, S] (True = attend) or None -> [B, T, D].
+
+  With `decode`, keys and values live in the `cache` collection ([B, S, K, Dh] each, S fixed by the
+  first call, which only creates the zero cache): a call writes its T new keys/values at slot
+  `cache_index` and attends over all S slots, so `mask` is then [B, 1|H, T, S] over cache slots.
+  With `return_keys`, returns (out, keys [B, S, K, Dh]) (ToMe's merge metric). With `rank_queries`
+  (bool [B, T]), returns instead the attention each key receives, averaged over heads and over the
+  query rows marked True: [B, S] float32 (PyramidDrop's ranking; no value path, no cache).
   """
   num_heads: int
   num_kv_heads: int | None = None
   head_dim: int | None = None
   use_bias: bool = True
   use_rope: bool = False
+  decode: bool = False
+  return_keys: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array | None = None, positions: Array | None = None) -> Array:
+  def __call__(self, x: Array, mask: Array | None = None, positions: Array | None = None,
+               cache_index: Array | None = None, rank_queries: Array | None = None):
     width = x.shape[-1]
     head_dim = self.head_dim or width // self.num_heads
     num_kv = self.num_kv_heads or self.num_heads
@@ -111,13 +121,32 @@ class Attention(nn.Module):
           kernel_init=kernel_init(("embed", "heads", "kv")),
           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")))(x)
 
-    q, k, v = project(self.num_heads, "query"), project(num_kv, "key"), project(num_kv, "value")
+    q, k = project(self.num_heads, "query"), project(num_kv, "key")
+    q = constrain(q, ("batch", "length", "heads", "kv"))
+    k = constrain(k, ("batch", "length", "heads", "kv"))
     if self.use_rope:
       if positions is None:
         positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
       q, k = rope(q, positions), rope(k, positions)
+    if rank_queries is not None:
+      return self.rank(q, k, mask, rank_queries, num_kv, head_dim)
+    v = constrain(project(num_kv, "value"), ("batch", "length", "heads", "kv"))
+    if self.decode:
+      k, v = self.update_cache(k, v, cache_index)
     # Grouped-query attention: each group of query heads shares one key/value head.
     q = q.reshape(*q.shape[:2], num_kv, self.num_heads // num_kv, head_dim)
+    logits = self.masked_logits(q, k, mask, num_kv, head_dim)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", weights, v).reshape(*x.shape[:2], self.num_heads, head_dim)
+    out = nn.DenseGeneral(
+        width, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype, name="out",
+        kernel_init=kernel_init(("heads", "kv", "embed")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(out)
+    return (out, k) if self.return_keys else out
+
+  @staticmethod
+  def masked_logits(q, k, mask, num_kv, head_dim):
+    """q [B, T, K, G, Dh], k [B, S, K, Dh] -> float32 logits [B, K, G, T, S], masked entries -1e9."""
     logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
     logits = logits / jnp.sqrt(head_dim).astype(jnp.float32)
     if mask is not None:
@@ -125,39 +154,82 @@ class Attention(nn.Module):
           mask.reshape(mask.shape[0], num_kv, -1, *mask.shape[-2:])
       # A large finite negative, not -inf: a fully masked row then gives a uniform softmax, not NaN.
       logits = jnp.where(mask, logits, -1e9)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", weights, v).reshape(*x.shape[:2], self.num_heads, head_dim)
-    return nn.DenseGeneral(
-        width, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype, name="out",
-        kernel_init=kernel_init(("heads", "kv", "embed")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(out)
+    return logits
+
+  def update_cache(self, k, v, cache_index):
+    """Writes k, v [B, T, K, Dh] at slot `cache_index` -> the whole cache [B, S, K, Dh] each.
+
+    The first call (from `init`) only creates the zero cache, sized by its own input, and attends
+    over its own keys."""
+    initialized = self.has_variable("cache", "cached_key")
+    cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    if not initialized:
+      return k, v
+    if cache_index is None:
+      raise ValueError("Attention(decode=True) needs a cache_index")
+    start = (0, cache_index, 0, 0)
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), start)
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), start)
+    return cached_k.value, cached_v.value
+
+  def rank(self, q, k, mask, rank_queries, num_kv, head_dim):
+    """PyramidDrop's ranking: softmax attention in float32, averaged over heads, then over the
+    query rows in `rank_queries` [B, T] -> [B, S]. Only an index choice depends on it."""
+    q = q.reshape(*q.shape[:2], num_kv, self.num_heads // num_kv, head_dim)
+    probs = jax.nn.softmax(self.masked_logits(q, k, mask, num_kv, head_dim), axis=-1)
+    probs = probs.mean(axis=(1, 2))  # [B, T, S]
+    rows = rank_queries.astype(jnp.float32)[..., None]
+    return (probs * rows).sum(1) / jnp.maximum(rows.sum(1), 1.0)
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block: x + Attn(Norm(x)), then x + Mlp(Norm(x))."""
+  """Pre-norm transformer block: x + Attn(Norm(x)), then x + Mlp(Norm(x)).
+
+  `decode` and `cache_index` are the attention's KV cache (see `Attention`). With `rank_queries`
+  [B, T], returns only the attention ranking [B, S] of this block's (stop-gradient) input, as
+  PyramidDrop ranks tokens with the next layer's query/key projections.
+  """
   num_heads: int
   mlp_dim: int
   num_kv_heads: int | None = None
+  head_dim: int | None = None
   norm: str = "layer"
   activation: str = "gelu"
   gated_mlp: bool = False
   use_bias: bool = True
   use_rope: bool = False
+  decode: bool = False
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask=None, positions=None, deterministic=True):
+  def __call__(self, x, mask=None, positions=None, deterministic=True, cache_index=None,
+               rank_queries=None):
     x = constrain(x, ("batch", "length", "embed"))
+    if rank_queries is not None:
+      x = jax.lax.stop_gradient(x)
     h = Norm(self.norm, "norm1")(x).astype(self.dtype)
-    h = Attention(self.num_heads, self.num_kv_heads, use_bias=self.use_bias, use_rope=self.use_rope,
-                  dtype=self.dtype, name="attn")(h, mask, positions)
+    h = Attention(self.num_heads, self.num_kv_heads, self.head_dim, use_bias=self.use_bias,
+                  use_rope=self.use_rope, decode=self.decode, dtype=self.dtype, name="attn")(
+                      h, mask, positions, cache_index, rank_queries)
+    if rank_queries is not None:
+      return h
     x = x + nn.Dropout(self.dropout)(h, deterministic)
     h = Norm(self.norm, "norm2")(x).astype(self.dtype)
     h = Mlp(self.mlp_dim, self.activation, self.gated_mlp, self.use_bias, self.dropout, self.dtype,
             name="mlp")(h, deterministic)
     x = x + nn.Dropout(self.dropout)(h, deterministic)
     return constrain(x, ("batch", "length", "embed"))
+
+
+def block_class(remat: str):
+  """Block, wrapped in `nn.remat` with the named policy unless 'none'."""
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"unknown remat policy '{remat}'; known: {', '.join(REMAT_POLICIES)}")
+  if remat == "none":
+    return Block
+  return nn.remat(Block, policy=REMAT_POLICIES[remat], static_argnums=(4,))
 
 
 class Transformer(nn.Module):
@@ -172,23 +244,19 @@ class Transformer(nn.Module):
   final_norm: bool = True
 
   @nn.compact
-  def __call__(self, x, mask=None, positions=None, deterministic=True):
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"unknown remat policy '{self.remat}'; known: {', '.join(REMAT_POLICIES)}")
-    block_cls = Block
-    if self.remat != "none":
-      block_cls = nn.remat(Block, policy=REMAT_POLICIES[self.remat], static_argnums=(4,))
+  def __call__(self, x, mask=None, positions=None, deterministic=True, cache_index=None):
+    block_cls = block_class(self.remat)
     if self.scan:
       def body(module, carry, _):
-        return module(carry, mask, positions, deterministic), None
+        return module(carry, mask, positions, deterministic, cache_index), None
 
       stack = nn.scan(
-          body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+          body, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
           length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"})
       x, _ = stack(block_cls(**self.block, name="blocks"), x, None)
     else:
       for i in range(self.depth):
-        x = block_cls(**self.block, name=f"block_{i}")(x, mask, positions, deterministic)
+        x = block_cls(**self.block, name=f"block_{i}")(x, mask, positions, deterministic, cache_index)
     if self.final_norm:
       x = Norm(self.block.get("norm", "layer"), "final_norm")(x)
     return x
