@@ -3,6 +3,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vlmjax.models.text import TextTransformer
 from vlmjax.models.vit import ViT, sincos2d
@@ -42,3 +43,17 @@ def test_vit_position_embeddings():
   # Distinct positions get distinct embeddings, and row/column halves encode y and x separately.
   assert len({tuple(np.round(r, 5)) for r in table}) == 16
   np.testing.assert_allclose(table[0, :16], table[4, :16])  # same column x=0, different row
+
+
+def test_vit_conv_stem():
+  """ViTc stem: log2(p) stride-2 convs then a 1×1 projection; same token grid as the patch stem."""
+  images = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+  model = ViT(patch_size=8, stem="conv", **TOWER)
+  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), images))["params"]
+  assert [params[f"stem_conv{i}"]["kernel"].shape for i in range(3)] == [
+      (3, 3, 3, 8), (3, 3, 8, 16), (3, 3, 16, 32)]
+  assert params["patch_embed"]["kernel"].shape == (1, 1, 32, 32)
+  pooled, tokens = model.apply({"params": params}, images)
+  assert pooled.shape == (2, 32) and tokens.shape == (2, 16, 32) and np.isfinite(tokens).all()
+  with pytest.raises(ValueError, match="power-of-two patch_size"):
+    ViT(patch_size=6, stem="conv", **TOWER).init(jax.random.PRNGKey(0), images)
