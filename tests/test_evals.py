@@ -153,6 +153,19 @@ def test_format_table():
   assert "zs/count" in lines[3] and "64" in lines[3]
 
 
+
+def test_compare_table(tmp_path):
+  import json
+  for name, results in {"clip": {"zs/top1": 0.25, "comp/count": 0.5}, "siglip": {"zs/top1": 0.375}}.items():
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "eval_results.json").write_text(json.dumps(results))
+  lines = evaluate.compare_table([str(tmp_path / "clip"), str(tmp_path / "siglip")]).splitlines()
+  assert lines[0] == "| run | zs/top1 | comp/count |"
+  assert lines[2:] == ["| clip | 25.0 | 50.0 |", "| siglip | 37.5 | — |"]
+  with pytest.raises(FileNotFoundError, match="nope/eval_results.json' does not exist"):
+    evaluate.compare_table([str(tmp_path / "nope")])
+
+
 # --- the real embedder ----------------------------------------------------------------------------
 
 

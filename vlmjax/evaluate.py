@@ -1,9 +1,11 @@
 """Run a config's evaluators: during training on the live params, or on a workdir's checkpoint.
 
   python -m vlmjax.evaluate --workdir DIR [--step N]
+  python -m vlmjax.evaluate --compare DIR1,DIR2,...
 
-reads DIR/config.json and DIR/tokenizer.model, restores only the params of the newest checkpoint (or
-step N), runs every evaluator in `config.evals`, prints a table and writes DIR/eval_results.json.
+The first reads DIR/config.json and DIR/tokenizer.model, restores only the params of the newest
+checkpoint (or step N), runs every evaluator in `config.evals`, prints a table and writes
+DIR/eval_results.json. The second prints finished runs' results side by side (no recomputation).
 """
 import json
 import os
@@ -40,6 +42,24 @@ def format_table(results: dict) -> str:
   return "\n".join(lines)
 
 
+def compare_table(workdirs: list[str]) -> str:
+  """Runs side by side: their saved eval_results.json as one markdown table, a column per metric
+  (the union, in first-seen order), a row per workdir."""
+  rows = {}
+  for workdir in workdirs:
+    path = os.path.join(workdir, "eval_results.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"evaluate: '{path}' does not exist (has '{workdir}' finished or been evaluated?)")
+    with open(path, encoding="utf-8") as f:
+      rows[os.path.basename(os.path.normpath(workdir))] = json.load(f)
+  metrics = list(dict.fromkeys(k for results in rows.values() for k in results))
+  cell = lambda v: "—" if v is None else f"{100 * v:.1f}" if isinstance(v, float) and abs(v) <= 1 else str(v)
+  lines = ["| run | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+  lines += [f"| {name} | " + " | ".join(cell(results.get(m)) for m in metrics) + " |"
+            for name, results in rows.items()]
+  return "\n".join(lines)
+
+
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
@@ -70,6 +90,11 @@ def main(argv):
   del argv
   quiet_absl_logging()
   try:
+    if FLAGS.compare:
+      print(compare_table(FLAGS.compare))
+      return
+    if not FLAGS.workdir:
+      raise ValueError("give --workdir DIR (or --compare DIR1,DIR2,...)")
     results = evaluate_workdir(FLAGS.workdir, FLAGS.step)
   except (FileNotFoundError, config_lib.ConfigError, ValueError) as e:
     print(f"vlmjax.evaluate: error: {e}", file=sys.stderr)
@@ -79,7 +104,8 @@ def main(argv):
 
 if __name__ == "__main__":
   FLAGS = flags.FLAGS
-  flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
+  flags.DEFINE_string("workdir", None, "A training workdir.")
+  flags.DEFINE_list("compare", [], "Workdirs whose eval_results.json to print side by side (percent).")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
   jax.config.config_with_absl()
   app.run(main)
