@@ -45,6 +45,29 @@ def read_metrics(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def drop_metrics_after(workdir: str, step: int):
+  """Removes metrics.jsonl records past `step`: what a killed run logged after its last checkpoint,
+  which the resumed run logs again (so each step appears once), and a line a kill cut short.
+  TensorBoard's event files keep both."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = [line for line in f if line.strip()]
+  keep = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if record.get("step", 0) <= step:
+      keep.append(line if line.endswith("\n") else line + "\n")
+  if len(keep) < len(lines):
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      f.writelines(keep)
+    os.replace(path + ".tmp", path)
+
+
 class Progress:
   """A progress bar showing loss, examples/s and ETA (tqdm computes the ETA from steps/s)."""
 

@@ -41,7 +41,10 @@ def get_tokenizer(config, workdir: str, train_source) -> Tokenizer:
     return Tokenizer.load(path)
   count = min(config.tokenizer.train_examples, len(train_source))
   logging.info("Training a %d-piece SentencePiece tokenizer on %d captions", config.tokenizer.vocab_size, count)
-  tokenizer = Tokenizer.train((train_source[i]["caption"] for i in range(count)), config.tokenizer.vocab_size)
+  records = (train_source[i] for i in range(count))
+  tokenizer = Tokenizer.train((r["caption"] for r in records if not isinstance(r, pipeline.BadRecord) and
+                               not pipeline.record_problem(r, config.data.max_caption_chars)),
+                              config.tokenizer.vocab_size)
   if jax.process_index() == 0:
     tokenizer.save(path)
   return tokenizer

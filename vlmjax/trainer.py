@@ -1,9 +1,10 @@
 """Train state, optimizer and the jitted train step.
 
-The train state is a plain pytree `{params, opt_state, step, rng}` created already sharded: its
+The train state is a plain pytree `{params, opt_state, step, rng, extras}` created already sharded: its
 shapes come from `jax.eval_shape`, its shardings from the params' logical axis names, and
 `jax.jit(init, out_shardings=...)` materialises it in place. The step is jitted with explicit in/out
-shardings and donates the old state.
+shardings and donates the old state. A step whose loss, gradients or update are not finite is
+skipped (params and optimizer state unchanged) and counted in `extras`, with the bad data records.
 """
 import re
 
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from vlmjax import registry, sharding
+from vlmjax.data.pipeline import BAD_REASONS
 
 
 def path_str(path) -> str:
@@ -71,6 +73,13 @@ def model_inputs(model, batch, train: bool):
   return {arg: batch[key] for arg, key in model.batch_keys.items() if key in batch} | {"train": train}
 
 
+def init_extras() -> dict:
+  """Counters in the train state, so they are checkpointed and a resumed run continues them:
+  skipped non-finite steps (in all, and in a row now) and bad data records by reason."""
+  return {"nonfinite_steps": jnp.zeros((), jnp.int32), "nonfinite_streak": jnp.zeros((), jnp.int32),
+          "bad_records": jnp.zeros((len(BAD_REASONS),), jnp.int32)}
+
+
 def create_train_state(model, tx, sample_batch, seed: int, mesh, rules):
   """-> (state, state_shardings). `sample_batch` holds arrays (or shapes) with batch dimension 1."""
 
@@ -78,7 +87,7 @@ def create_train_state(model, tx, sample_batch, seed: int, mesh, rules):
     init_rng, train_rng = jax.random.split(rng)
     params = model.init({"params": init_rng}, **model_inputs(model, sample_batch, False))["params"]
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-            "rng": train_rng}
+            "rng": train_rng, "extras": init_extras()}
 
   rng = jax.random.PRNGKey(seed)
   abstract = jax.eval_shape(init, rng)
@@ -92,7 +101,8 @@ def abstract_train_state(model, tx, sample_batch, mesh, rules):
   """ShapeDtypeStructs with shardings, the restore target for a checkpoint on this mesh."""
   def init(rng):
     params = model.init({"params": rng}, **model_inputs(model, sample_batch, False))["params"]
-    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng}
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng,
+            "extras": init_extras()}
 
   abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
   shardings = sharding.logical_shardings(abstract, mesh, rules)
@@ -123,12 +133,31 @@ def make_train_step(model, objectives, tx, schedule, mesh, state_shardings):
       # Projections after the update (e.g. CLIP's temperature clamp), not inside the forward.
       if hasattr(objective, "project_params"):
         params = objective.project_params(params)
-    metrics.update(loss=loss, grad_norm=optax.global_norm(grads), learning_rate=schedule(state["step"]))
-    new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
+    grad_norm = optax.global_norm(grads)
+    # A NaN/Inf loss, gradient or update (a bad batch, an overflow) is skipped, never applied.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
+    params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                     (params, opt_state), (state["params"], state["opt_state"]))
+    extras = count_extras(state["extras"], finite, batch)
+    metrics.update(loss=loss, grad_norm=grad_norm, learning_rate=schedule(state["step"]),
+                   nonfinite_steps=extras["nonfinite_steps"], nonfinite_streak=extras["nonfinite_streak"],
+                   bad_records=jnp.sum(extras["bad_records"]),
+                   **{f"bad_records/{r}": n for r, n in zip(BAD_REASONS, extras["bad_records"])})
+    new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"],
+                 "extras": extras}
     return new_state, metrics
 
   return jax.jit(train_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+
+
+def count_extras(extras, finite, batch) -> dict:
+  """`extras` after a step: `finite` [] bool says whether it was applied; the batch's 'bad_records'
+  [B, len(BAD_REASONS)] (if any) are the bad records the pipeline skipped to fill it."""
+  bad = jnp.sum(batch["bad_records"], axis=0) if "bad_records" in batch else 0
+  return {**extras, "nonfinite_steps": extras["nonfinite_steps"] + jnp.logical_not(finite),
+          "nonfinite_streak": jnp.where(finite, 0, extras["nonfinite_streak"] + 1),
+          "bad_records": extras["bad_records"] + bad}
 
 
 def sample_batch(config) -> dict:

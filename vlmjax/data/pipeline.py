@@ -4,6 +4,12 @@ Training data is an index-based `grain.MapDataset`: shuffled with a seed (a new 
 repeated forever, sliced so that process p of P reads every P-th example, then preprocessed and
 batched to the per-process batch. Its iterator's state (a position) is checkpointed with the train
 state, so a resumed run sees exactly the batches an uninterrupted run would.
+
+Bad records (corrupt or empty images, empty or over-long captions, text that is not UTF-8) never
+stop a run: `Preprocess` returns a `BadRecord` instead of an example, and `SkipBadRecords` fills the
+slot with the same slot of a later epoch, counting what it passed over in the example's
+`bad_records` field; the train step sums those counts into the train state (so they are global,
+checkpointed and logged), and `check_bad_records` turns a flood of them into one clear error.
 """
 import dataclasses
 import io
@@ -14,6 +20,43 @@ import numpy as np
 from PIL import Image
 
 from vlmjax.data.tokenizer import Tokenizer
+
+# Why a record is skipped; `bad_records` counts are int32 [len(BAD_REASONS)] in this order.
+BAD_REASONS = ("corrupt_image", "empty_image", "empty_caption", "long_caption", "not_utf8")
+MIN_RECORDS_FOR_BAD_FRACTION = 200  # the fraction of bad records is judged once this many were read
+MAX_BAD_IN_A_ROW = 100  # a slot whose next 100 candidates are all bad: the data is unreadable
+
+
+class BadDataError(ValueError):
+  """Too many bad records: the one-line message names the counts and the config key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BadRecord:
+  """What `Preprocess` returns for a record it cannot use. `reason` is one of BAD_REASONS."""
+  reason: str
+  detail: str = ""
+
+
+def _is_utf8(text) -> bool:
+  """Sources decode with 'surrogateescape', so bytes that were not UTF-8 are lone surrogates here."""
+  try:
+    (text if isinstance(text, bytes) else str(text).encode("utf-8")).decode("utf-8")
+    return True
+  except UnicodeError:
+    return False
+
+
+def record_problem(record, max_caption_chars: int = 0) -> BadRecord | None:
+  """The text problem of a source record (checked before the image is decoded), or None."""
+  texts = [record["caption"], record.get("long_caption", ""), *record.get("negative_captions", ())]
+  if not all(_is_utf8(t) for t in texts):
+    return BadRecord("not_utf8", "a caption is not valid UTF-8")
+  if not isinstance(record["caption"], str) or not record["caption"].strip():
+    return BadRecord("empty_caption", "the caption is empty")
+  if max_caption_chars and len(record["caption"]) > max_caption_chars:
+    return BadRecord("long_caption", f"caption of {len(record['caption'])} characters")
+  return None
 
 
 def decode_image(image) -> Image.Image:
@@ -64,6 +107,7 @@ class Preprocess(grain.transforms.RandomMap):
   negatives: bool = False
   subcaptions: int = 0
   second_view: bool = False
+  max_caption_chars: int = 0  # longer captions are bad records (0: no limit)
 
   def augment(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
     if self.train and self.crop_min < 1.0:
@@ -78,7 +122,19 @@ class Preprocess(grain.transforms.RandomMap):
     return pixels
 
   def random_map(self, record, rng: np.random.Generator):
-    image = decode_image(record["image"])
+    """-> the example, or a BadRecord saying why this record cannot be one."""
+    problem = record if isinstance(record, BadRecord) else record_problem(record, self.max_caption_chars)
+    if problem:
+      return problem
+    image = record["image"]
+    if image is None or (len(image) if isinstance(image, (bytes, bytearray)) else np.size(image)) == 0:
+      return BadRecord("empty_image", "the image has no bytes or no pixels")
+    try:
+      image = decode_image(image)
+    except Exception as e:  # pylint: disable=broad-except  # PIL raises many types for bad bytes
+      return BadRecord("corrupt_image", f"{type(e).__name__}: {e}")
+    if min(image.size) == 0:
+      return BadRecord("empty_image", f"the image is {image.size[0]}x{image.size[1]}")
     out = {"image": self.augment(image, rng),
            "text": self.tokenizer.encode([record["caption"]], self.max_len)[0]}
     if self.second_view:  # TCL: another draw of the same augmentation, and the text again
@@ -96,12 +152,59 @@ class Preprocess(grain.transforms.RandomMap):
     return self.random_map(record, np.random.default_rng(0))
 
 
+class SkipBadRecords(grain.MapDataset):
+  """Element i is the parent's element i if that is an example; if it is a BadRecord, the first
+  example among elements i + stride, i + 2·stride, ... (with `stride` the source's length: the same
+  slot in the following epochs). Each example gets 'bad_records': int32 [len(BAD_REASONS)], the bad
+  records passed over to fill its slot. Slots stay where they are, so batches stay full and the
+  stream is the same for any number of processes (each reads only its own slots)."""
+
+  def __init__(self, parent: grain.MapDataset, stride: int):
+    super().__init__(parent)
+    self._stride = stride
+
+  def __len__(self) -> int:
+    return len(self._parent)
+
+  def __str__(self) -> str:
+    return f"SkipBadRecords(stride={self._stride})"
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    counts = np.zeros(len(BAD_REASONS), np.int32)
+    for attempt in range(MAX_BAD_IN_A_ROW):
+      element = self._parent[index + attempt * self._stride]
+      if not isinstance(element, BadRecord):
+        return {**element, "bad_records": counts}
+      counts[BAD_REASONS.index(element.reason)] += 1
+    raise BadDataError(f"data: {MAX_BAD_IN_A_ROW} records in a row are bad ({describe_bad_records(counts)}; "
+                       f"the last: {element.detail}); is this the right dataset?")
+
+
+def describe_bad_records(counts) -> str:
+  """[len(BAD_REASONS)] counts -> '3 corrupt image, 1 empty caption'."""
+  return ", ".join(f"{int(n)} {reason.replace('_', ' ')}" for reason, n in zip(BAD_REASONS, counts) if n)
+
+
+def check_bad_records(counts, good_records: int, max_fraction: float):
+  """Raises BadDataError when more than `max_fraction` of the records read so far were bad, judged
+  once MIN_RECORDS_FOR_BAD_FRACTION were read (a few bad records early on are not a flood).
+  `counts`: bad records by reason, [len(BAD_REASONS)]; `good_records`: examples trained on."""
+  bad = int(np.sum(counts))
+  read = bad + good_records
+  if read >= MIN_RECORDS_FOR_BAD_FRACTION and bad > max_fraction * read:
+    raise BadDataError(f"data: {bad} of the {read} records read so far are bad ({describe_bad_records(counts)}), "
+                       f"over data.max_bad_fraction = {max_fraction:g}; fix the data or raise the threshold")
+
+
 def train_dataset(source, preprocess: Preprocess, batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1, num_threads: int = 2):
   """An endless, shuffled, per-process batched grain IterDataset. `batch_size` is per process."""
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
   ds = ds[process_index::process_count]
   ds = ds.random_map(preprocess, seed=seed + 1)
+  ds = SkipBadRecords(ds, stride=len(source))
   ds = ds.batch(batch_size, drop_remainder=True)
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4 * batch_size))
 
@@ -112,5 +215,6 @@ def eval_batches(source, preprocess: Preprocess, batch_size: int, indices=None, 
   if indices is not None:
     indices = np.asarray(indices)
     ds = grain.MapDataset.range(len(indices)).map(lambda i: source[int(indices[i])])
-  ds = ds.map(preprocess.map).batch(batch_size, drop_remainder=False)
-  yield from ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size))
+  ds = ds.map(preprocess.map).filter(lambda example: not isinstance(example, BadRecord))  # left out
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size))
+  yield from ds.batch(batch_size, drop_remainder=False)

@@ -8,7 +8,9 @@
   with its row before anything is compiled.
 
 A source has `__len__` and `__getitem__(i) -> {'image': uint8 [H, W, 3] array or encoded bytes,
-'caption': str, ...}`; grain reads it by index.
+'caption': str, ...}`; grain reads it by index. Text is decoded with 'surrogateescape' and a record
+TFDS cannot decode comes back as a `pipeline.BadRecord`, so bad records reach the pipeline, which
+skips and counts them (`vlmjax.data.pipeline`), rather than stopping the run here.
 """
 import csv
 import json
@@ -17,6 +19,7 @@ import os
 import numpy as np
 
 from vlmjax import registry
+from vlmjax.data.pipeline import BadRecord
 
 
 def _get_path(record, path: str):
@@ -28,7 +31,7 @@ def _get_path(record, path: str):
 def _as_text(value) -> str:
   if isinstance(value, (list, tuple, np.ndarray)) and not isinstance(value, (str, bytes)):
     value = value[0] if len(value) else b""
-  return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+  return value.decode("utf-8", errors="surrogateescape") if isinstance(value, bytes) else str(value)
 
 
 class TfdsSource:
@@ -48,7 +51,10 @@ class TfdsSource:
     return len(self.source)
 
   def __getitem__(self, index):
-    record = self.source[int(index)]
+    try:
+      record = self.source[int(index)]
+    except Exception as e:  # pylint: disable=broad-except  # TFDS decodes images with PIL: many types
+      return BadRecord("corrupt_image", f"TFDS record {int(index)}: {type(e).__name__}: {e}")
     out = {key: _get_path(record, path) for key, path in self.fields.items()}
     for key in ("caption", "long_caption"):
       if key in out:
@@ -67,7 +73,7 @@ class FileListSource:
       raise FileNotFoundError(f"data: file '{path}' does not exist")
     self.path = path
     self.root = image_root or os.path.dirname(os.path.abspath(path))
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:  # bad rows are skipped later
       if path.endswith(".jsonl"):
         rows = [json.loads(line) for line in f if line.strip()]
       else:
@@ -77,7 +83,8 @@ class FileListSource:
     for key in (image_key, caption_key):
       if key not in rows[0]:
         raise KeyError(f"data: '{path}' has no column '{key}' (columns: {', '.join(rows[0])})")
-    self.rows = [(os.path.join(self.root, r[image_key]), str(r[caption_key])) for r in rows]
+    self.rows = [(os.path.join(self.root, r[image_key]), "" if r[caption_key] is None else str(r[caption_key]))
+                 for r in rows]
     for line, (image_path, _) in enumerate(self.rows, start=2 if path.endswith(".csv") else 1):
       if not os.path.isfile(image_path):
         raise FileNotFoundError(f"data: image '{image_path}' on line {line} of '{path}' does not exist")
