@@ -110,11 +110,14 @@ def abstract_train_state(model, tx, sample_batch, mesh, rules):
                       nn.meta.unbox(abstract), shardings), shardings
 
 
-def make_train_step(model, objectives, tx, schedule, mesh, state_shardings):
-  """-> jitted `step(state, batch) -> (state, metrics)`; the input state is donated."""
+def make_train_step(model, objectives, tx, schedule, mesh, state_shardings, microbatches: int = 1):
+  """-> jitted `step(state, batch) -> (state, metrics)`; the input state is donated. With
+  `microbatches` > 1 the batch runs in that many pieces (`cached_value_and_grad`), same result."""
 
-  def loss_fn(params, batch, rng, step):
-    outputs = model.apply({"params": params}, **model_inputs(model, batch, True), rngs={"dropout": rng})
+  def forward(params, batch, rng):
+    return model.apply({"params": params}, **model_inputs(model, batch, True), rngs={"dropout": rng})
+
+  def objectives_loss(outputs, batch, step):
     total, metrics = 0.0, {}
     for name, (weight, objective) in objectives.items():
       loss, extra = objective(outputs, batch, step=step)
@@ -123,10 +126,14 @@ def make_train_step(model, objectives, tx, schedule, mesh, state_shardings):
       metrics.update({f"{name}/{k}": v for k, v in extra.items()})
     return total, metrics
 
+  loss_and_grads = jax.value_and_grad(
+      lambda params, batch, rng, step: objectives_loss(forward(params, batch, rng), batch, step), has_aux=True)
+  if microbatches > 1:
+    loss_and_grads = cached_value_and_grad(forward, objectives_loss, microbatches, sharding.batch_sharding(mesh))
+
   def train_step(state, batch):
     rng = jax.random.fold_in(state["rng"], state["step"])
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], batch, rng, state["step"])
+    (loss, metrics), grads = loss_and_grads(state["params"], batch, rng, state["step"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     for _, objective in objectives.values():
@@ -158,6 +165,70 @@ def count_extras(extras, finite, batch) -> dict:
   return {**extras, "nonfinite_steps": extras["nonfinite_steps"] + jnp.logical_not(finite),
           "nonfinite_streak": jnp.where(finite, 0, extras["nonfinite_streak"] + 1),
           "bad_records": extras["bad_records"] + bad}
+
+
+def split_microbatches(tree, n: int):
+  """Leaves [B, ...] -> [n, B/n, ...]. Microbatch m holds examples m, m+n, m+2n, ...: the rows of
+  a batch-sharded array stay on their device (when each device's row count is divisible by n)."""
+  return jax.tree.map(lambda x: jnp.moveaxis(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 1, 0), tree)
+
+
+def merge_microbatches(tree):
+  """The inverse of `split_microbatches`: [n, B/n, ...] -> [B, ...] in the original order."""
+  return jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1).reshape(-1, *x.shape[2:]), tree)
+
+
+def cached_value_and_grad(forward, loss_of_outputs, microbatches: int, batch_sharding=None):
+  """Gradient accumulation that also holds for losses coupling the whole batch (every contrastive
+  one): gradient caching (Gao et al., 2021), the way open_clip accumulates.
+
+  1. forward each microbatch (no activations kept) -> the model's outputs for the whole batch;
+  2. the loss once, on those outputs, and its gradient with respect to them;
+  3. forward each microbatch again and pull its slice of that gradient back to the params; sum.
+  Loss, metrics and gradients are those of the whole batch (up to summation order) for any objective
+  of the outputs. Memory: one microbatch's activations plus the whole batch's outputs; cost: one
+  more forward pass. Dropout draws differ from the whole batch's (a key per microbatch).
+
+  forward(params, batch, rng) -> outputs (pytree); loss_of_outputs(outputs, batch, step) -> (loss, aux).
+  Returns `fn(params, batch, rng, step) -> ((loss, aux), grads)`, like `jax.value_and_grad`. Outputs
+  without a batch dimension (e.g. the logit scale) are the same in every microbatch; their gradient
+  is shared out equally.
+  """
+  constrain = lambda tree: tree if batch_sharding is None else jax.lax.with_sharding_constraint(tree, batch_sharding)
+
+  def value_and_grad(params, batch, rng, step):
+    micro = split_microbatches(batch, microbatches)
+    keys = jax.random.split(rng, microbatches)
+    outputs_shape = jax.eval_shape(forward, params, batch, rng)
+    treedef = jax.tree.structure(outputs_shape)
+    batch_size = jax.tree.leaves(batch)[0].shape[0]
+    per_example = [x.ndim > 0 and x.shape[0] == batch_size for x in jax.tree.leaves(outputs_shape)]
+    is_float = [jnp.issubdtype(x.dtype, jnp.inexact) for x in jax.tree.leaves(outputs_shape)]
+    run = lambda p, mb, key: jax.tree.leaves(forward(p, constrain(mb), key))
+    floats = lambda leaves: [x for x, f in zip(leaves, is_float) if f]
+
+    _, stacked = jax.lax.scan(lambda _, xs: (None, run(params, *xs)), None, (micro, keys))
+    outputs = [merge_microbatches(x) if e else x[0] for x, e in zip(stacked, per_example)]
+
+    def loss_of_floats(float_outputs):
+      given = iter(float_outputs)
+      leaves = [next(given) if f else x for x, f in zip(outputs, is_float)]
+      return loss_of_outputs(jax.tree.unflatten(treedef, leaves), batch, step)
+
+    (loss, aux), output_grads = jax.value_and_grad(loss_of_floats, has_aux=True)(floats(outputs))
+    cotangents = [split_microbatches(g, microbatches) if e else
+                  jnp.broadcast_to(g / microbatches, (microbatches, *g.shape))
+                  for g, e in zip(output_grads, floats(per_example))]
+
+    def accumulate(grads, xs):
+      mb, key, cotangent = xs
+      _, pullback = jax.vjp(lambda p: floats(run(p, mb, key)), params)
+      return jax.tree.map(jnp.add, grads, pullback(cotangent)[0]), None
+
+    grads, _ = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, params), (micro, keys, cotangents))
+    return (loss, aux), grads
+
+  return value_and_grad
 
 
 def sample_batch(config) -> dict:

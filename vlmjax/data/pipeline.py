@@ -1,8 +1,8 @@
 """grain input pipeline: decode, resize, light augmentation, tokenize, batch, per-process shards.
 
 Training data is an index-based `grain.MapDataset`: shuffled with a seed (a new order each epoch),
-repeated forever, sliced so that process p of P reads every P-th example, then preprocessed and
-batched to the per-process batch. Its iterator's state (a position) is checkpointed with the train
+repeated forever, preprocessed and batched to the per-process batch, and sliced so that process p
+of P reads the p-th slice of each global batch. Its iterator's state (a position) is checkpointed with the train
 state, so a resumed run sees exactly the batches an uninterrupted run would.
 
 Bad records (corrupt or empty images, empty or over-long captions, text that is not UTF-8) never
@@ -200,12 +200,18 @@ def check_bad_records(counts, good_records: int, max_fraction: float):
 
 def train_dataset(source, preprocess: Preprocess, batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1, num_threads: int = 2):
-  """An endless, shuffled, per-process batched grain IterDataset. `batch_size` is per process."""
+  """An endless, shuffled, per-process batched grain IterDataset. `batch_size` is per process.
+
+  Process p's k-th batch is the p-th slice of the k-th global batch of `process_count × batch_size`
+  examples, augmented with the RNG of each example's global position (the map is lazy: a process
+  decodes only its own slice). So the global batch, and the iterator's state (its next batch index
+  = the step), are the same for any number of processes: a run can resume on another process count.
+  """
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
-  ds = ds[process_index::process_count]
   ds = ds.random_map(preprocess, seed=seed + 1)
   ds = SkipBadRecords(ds, stride=len(source))
   ds = ds.batch(batch_size, drop_remainder=True)
+  ds = ds[process_index::process_count]
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4 * batch_size))
 
 
