@@ -82,6 +82,7 @@ class Decoder(layers.Tower, kw_only=True):
   head_dim: int | None = None
   activation: str = "silu"
   tie_embeddings: bool = True
+  rope_max_wavelength: float = 10_000.0  # RoPE base (HF `rope_theta`)
   pdrop_layers: tuple = ()    # PyramidDrop: layers before each drop, increasing, e.g. (8, 16, 24)
   pdrop_ratios: tuple = ()    # fraction of the original image tokens kept after each, e.g. (.5, .25, .125)
   decode: bool = False
@@ -101,8 +102,10 @@ class Decoder(layers.Tower, kw_only=True):
 
   def block_config(self) -> dict:
     return dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, num_kv_heads=self.num_kv_heads,
-                head_dim=self.head_dim, norm="rms", activation=self.activation, gated_mlp=True,
-                use_bias=False, use_rope=True, decode=self.decode, dropout=self.dropout, dtype=self.dtype)
+                head_dim=self.head_dim, norm="rms", norm_eps=self.norm_eps, activation=self.activation,
+                gated_mlp=True, use_bias=False, use_rope=True,
+                rope_max_wavelength=self.rope_max_wavelength, decode=self.decode, dropout=self.dropout,
+                dtype=self.dtype)
 
   def stage_context(self, stage: int, kinds):
     """-> (mask [B, 1, T, S], positions [B, T], cache_index) for a stage's current tokens."""
@@ -165,7 +168,7 @@ class Decoder(layers.Tower, kw_only=True):
         x = layers.Transformer(depth, block, scan=self.scan, remat=self.remat, final_norm=False,
                                name="layers" if stage == 0 else f"layers_{stage}")(
                                    x, mask, positions, not train, cache_index)
-    hidden = layers.Norm("rms", "final_norm")(x)
+    hidden = layers.Norm("rms", "final_norm", self.norm_eps)(x)
     if self.tie_embeddings:
       logits = jnp.einsum("btd,vd->btv", hidden.astype(self.dtype), embed.astype(self.dtype),
                           preferred_element_type=jnp.float32)

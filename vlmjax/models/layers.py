@@ -36,16 +36,17 @@ def kernel_init(axes: tuple, init=nn.initializers.xavier_uniform()):
   return nn.with_logical_partitioning(init, axes)
 
 
-def Norm(kind: str, name: str | None = None):
-  """LayerNorm ('layer') or RMSNorm ('rms'), computed in float32."""
+def Norm(kind: str, name: str | None = None, eps: float = 1e-6):
+  """LayerNorm ('layer') or RMSNorm ('rms'), computed in float32. `eps`: 1e-6 (big_vision); imported
+  CLIP towers use 1e-5 (PyTorch's LayerNorm), Llama-style decoders their config's `rms_norm_eps`."""
   if kind == "layer":
     return nn.LayerNorm(
-        dtype=jnp.float32, name=name,
+        epsilon=eps, dtype=jnp.float32, name=name,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
   if kind == "rms":
     return nn.RMSNorm(
-        dtype=jnp.float32, name=name,
+        epsilon=eps, dtype=jnp.float32, name=name,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)))
   raise ValueError(f"unknown norm '{kind}'; known: layer, rms")
 
@@ -102,6 +103,7 @@ class Attention(nn.Module):
   head_dim: int | None = None
   use_bias: bool = True
   use_rope: bool = False
+  rope_max_wavelength: float = 10_000.0  # RoPE's base (HF's `rope_theta`)
   decode: bool = False
   return_keys: bool = False
   dtype: jnp.dtype = jnp.float32
@@ -127,7 +129,7 @@ class Attention(nn.Module):
     if self.use_rope:
       if positions is None:
         positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
-      q, k = rope(q, positions), rope(k, positions)
+      q, k = rope(q, positions, self.rope_max_wavelength), rope(k, positions, self.rope_max_wavelength)
     if rank_queries is not None:
       return self.rank(q, k, mask, rank_queries, num_kv, head_dim)
     v = constrain(project(num_kv, "value"), ("batch", "length", "heads", "kv"))
@@ -195,10 +197,12 @@ class Block(nn.Module):
   num_kv_heads: int | None = None
   head_dim: int | None = None
   norm: str = "layer"
+  norm_eps: float = 1e-6
   activation: str = "gelu"
   gated_mlp: bool = False
   use_bias: bool = True
   use_rope: bool = False
+  rope_max_wavelength: float = 10_000.0
   decode: bool = False
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
@@ -209,14 +213,15 @@ class Block(nn.Module):
     x = constrain(x, ("batch", "length", "embed"))
     if rank_queries is not None:
       x = jax.lax.stop_gradient(x)
-    h = Norm(self.norm, "norm1")(x).astype(self.dtype)
+    h = Norm(self.norm, "norm1", self.norm_eps)(x).astype(self.dtype)
     h = Attention(self.num_heads, self.num_kv_heads, self.head_dim, use_bias=self.use_bias,
-                  use_rope=self.use_rope, decode=self.decode, dtype=self.dtype, name="attn")(
+                  use_rope=self.use_rope, rope_max_wavelength=self.rope_max_wavelength,
+                  decode=self.decode, dtype=self.dtype, name="attn")(
                       h, mask, positions, cache_index, rank_queries)
     if rank_queries is not None:
       return h
     x = x + nn.Dropout(self.dropout)(h, deterministic)
-    h = Norm(self.norm, "norm2")(x).astype(self.dtype)
+    h = Norm(self.norm, "norm2", self.norm_eps)(x).astype(self.dtype)
     h = Mlp(self.mlp_dim, self.activation, self.gated_mlp, self.use_bias, self.dropout, self.dtype,
             name="mlp")(h, deterministic)
     x = x + nn.Dropout(self.dropout)(h, deterministic)
@@ -258,7 +263,7 @@ class Transformer(nn.Module):
       for i in range(self.depth):
         x = block_cls(**self.block, name=f"block_{i}")(x, mask, positions, deterministic, cache_index)
     if self.final_norm:
-      x = Norm(self.block.get("norm", "layer"), "final_norm")(x)
+      x = Norm(self.block.get("norm", "layer"), "final_norm", self.block.get("norm_eps", 1e-6))(x)
     return x
 
 
@@ -268,7 +273,8 @@ class Tower(nn.Module):
   depth: int
   mlp_dim: int
   num_heads: int
-  activation: str = "gelu"
+  activation: str = "gelu"        # 'quick_gelu' for OpenAI CLIP weights
+  norm_eps: float = 1e-6          # 1e-5 for PyTorch-trained (open_clip / HF) weights
   dropout: float = 0.0
   scan: bool = True
   remat: str = "none"
@@ -277,5 +283,5 @@ class Tower(nn.Module):
   def encoder(self) -> Transformer:
     return Transformer(
         self.depth, dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,
-                         dropout=self.dropout, dtype=self.dtype),
+                         norm_eps=self.norm_eps, dropout=self.dropout, dtype=self.dtype),
         scan=self.scan, remat=self.remat, name="encoder")

@@ -80,7 +80,7 @@ class ViT(layers.Tower):
           (1, x.shape[1], self.width)).astype(x.dtype)
     x = x.astype(self.dtype)
     if self.pre_norm:
-      x = layers.Norm("layer", "pre_norm")(x).astype(self.dtype)
+      x = layers.Norm("layer", "pre_norm", self.norm_eps)(x).astype(self.dtype)
     x = nn.Dropout(self.dropout)(x, not train)
     x = self.encoder()(x, deterministic=not train)
     if self.pool == "cls":
