@@ -15,6 +15,7 @@ by itself after step 17, a real SIGKILL just before orbax renames the step-20 ch
 import io
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -270,6 +271,44 @@ def test_sigterm_sets_the_flag_and_handlers_are_restored():
     os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before the next bytecode
     assert preemption.reached(2) and preemption.signal_name == "SIGTERM"
   assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_second_ctrl_c_interrupts_at_once():
+  with Preemption() as preemption:
+    os.kill(os.getpid(), signal.SIGINT)  # the first asks for a checkpoint...
+    assert preemption.signal_name == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)  # ...the second does not wait for it
+
+
+def test_checkpoints_and_config_are_read_without_pickle(tmp_path, tiny_data_dir, tiny_tokenizer, monkeypatch):
+  config = tiny_config(tiny_data_dir)
+  workdir_lib.prepare(config, str(tmp_path))
+  make_data = lambda: iter(pipeline.train_dataset(RecordsWithBadOnes(), _preprocess(tiny_tokenizer), 8, seed=0,
+                                                  num_threads=1))
+  data = make_data()
+  next(data)
+  state = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, "step": np.int32(1)}
+  checkpointer = Checkpointer(str(tmp_path), 0, 3, async_save=False)
+  checkpointer.save(1, state, data)
+  checkpointer.close()
+  expected = next(data)
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("a checkpoint or config was unpickled")
+  for name in ("load", "loads", "Unpickler"):
+    monkeypatch.setattr(pickle, name, refuse)
+  workdir_lib.prepare(config, str(tmp_path))  # reads config.json back (JSON)
+  replicated = jax.sharding.NamedSharding(sharding.make_mesh(dict(data=1, fsdp=-1, tensor=1)),
+                                          jax.sharding.PartitionSpec())
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=replicated),
+                          state)
+  restored_data = make_data()
+  checkpointer = Checkpointer(str(tmp_path), 0, 3, async_save=False)
+  restored = checkpointer.restore(abstract, restored_data)
+  checkpointer.close()
+  np.testing.assert_array_equal(restored["params"]["w"], state["params"]["w"])
+  np.testing.assert_array_equal(next(restored_data)["id"], expected["id"])
 
 
 def test_metrics_past_the_resumed_step_are_dropped(tmp_path):
