@@ -4,7 +4,7 @@ sub-caption-to-patch grouping loss, at the comparison's budget (configs/clip.py)
   python -m vlmjax.train --config configs/dreamlip.py --workdir workdirs/dreamlip
 
 Each image carries its short caption and `input.subcaptions` = 3 sentences of its `long_caption`.
-The grouping loss has its own temperature (`model.local_logit_scale`). Measured: README.md.
+The grouping loss has its own temperature (`model.local_logit_scale`). Not measured yet: no equal-budget run of it on the 2-core machine so far (README.md, method table).
 """
 import os
 

@@ -5,7 +5,7 @@ projections trained from scratch, at the comparison's budget. The baseline for c
   python -m vlmjax.train --config configs/lit.py:workdirs/clip --workdir workdirs/lit
 
 The argument after ':' is the run whose image tower is loaded (default workdirs/clip).
-Measured: README.md.
+Not measured yet: no equal-budget run of it on the 2-core machine so far (README.md, method table).
 """
 import os
 

@@ -5,7 +5,7 @@ embeddings (λ warmed up over 100 steps), at the comparison's budget.
   python -m vlmjax.train --config configs/clip.py --workdir workdirs/clip    # first, the image tower
   python -m vlmjax.train --config configs/lit_structure.py:workdirs/clip --workdir workdirs/lit_structure
 
-Measured: README.md.
+Not measured yet: no equal-budget run of it on the 2-core machine so far (README.md, method table).
 """
 import os
 

@@ -4,7 +4,9 @@
   # the ring form on a multi-device mesh (same loss, O(b²) memory per device):
   python -m vlmjax.train --config configs/siglip.py --workdir workdirs/siglip --config.objectives.siglip.distributed=ring
 
-t' and b start at ln 10 and −10 as in the paper. Measured: see the method table in README.md.
+t' and b start at ln 10 and −10 as in the paper.
+Measured (2-core CPU, 300 steps of batch 128): zero-shot top-1 25.8%, unseen 20.0%, R@1 i→t 7.7% /
+t→i 6.7%, compositional attribute 82.1% / relation 73.2% / count 100% (README.md, method table).
 """
 import math
 import os

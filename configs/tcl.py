@@ -3,7 +3,7 @@ at the comparison's budget (configs/clip.py).
 
   python -m vlmjax.train --config configs/tcl.py --workdir workdirs/tcl
 
-Measured: README.md.
+Not measured yet: no equal-budget run of it on the 2-core machine so far (README.md, method table).
 """
 import os
 
