@@ -1,0 +1,52 @@
+"""CLIP ViT-B/16 at scale: OpenAI CLIP's B/16 towers, a 32k global batch, for a v5p-64 slice.
+
+  # size it first, on any machine (libtpu: `make libtpu`):
+  python -m vlmjax.compile --config configs/clip_b16.py --topology v5p-64
+  # then on the slice (launch/tpu_vm.sh run ... -- these arguments), with real data:
+  python -m vlmjax.train --config configs/clip_b16.py --workdir /mnt/shared/clip_b16 \
+      --config.data.name=jsonl --config.data.files.train=/mnt/shared/pairs/train.jsonl
+
+Model: ViT-B/16 image tower (224 px, class-token pooling, CLIP's pre-LayerNorm, quick-GELU) and a
+12-layer 512-wide causal text tower over 77 tokens of a 49,408-piece vocabulary, 512-d embeddings:
+150 M params. CLIP softmax loss in its local-rows form (each chip's 1024 rows against the gathered
+32,768 columns). bf16 compute, fp32 params; remat 'full' in both towers (only each block's input is
+kept); FSDP over all 32 chips (1024 examples per chip). AdamW lr 5e-4, β2 0.98, wd 0.2, 2k warmup,
+cosine over 32 epochs of a 400M-pair dataset (~390k steps), as in the CLIP paper.
+
+Measured with `vlmjax.compile --topology v5p-64` (jax 0.10.2, libtpu 0.0.42.1), per chip:
+MEMORY_LINE
+The data defaults to the built-in dataset (so the config runs anywhere); point `data` at yours.
+"""
+import math
+
+from vlmjax.config import base_config
+
+EXAMPLES_SEEN = 32 * 400_000_000
+BATCH = 32768
+
+
+def get_config(arg=None):
+  del arg
+  c = base_config()
+  c.batch_size = BATCH
+  c.total_steps = EXAMPLES_SEEN // BATCH
+  c.input = dict(image_size=224, max_text_len=77, crop_min=0.9, brightness=0.0)
+  c.tokenizer.vocab_size = 49408
+
+  c.model.image = dict(variant="B/16", pool="cls", pre_norm=True, activation="quick_gelu", remat="full")
+  c.model.text = dict(variant="M", max_len=77, activation="quick_gelu", remat="full")  # 512 wide, 12 deep
+  c.model.embed_dim = 512
+  c.model.logit_scale_init = math.log(1 / 0.07)
+  c.objectives = dict(clip=dict(weight=1.0, distributed="local"))
+  c.precision.compute_dtype = "bfloat16"
+
+  c.optimizer.learning_rate = 5e-4
+  c.optimizer.b2 = 0.98
+  c.optimizer.weight_decay = 0.2
+  c.optimizer.warmup_steps = 2000
+  c.mesh = dict(data=1, fsdp=-1, tensor=1)
+  c.checkpoint = dict(every_steps=2000, keep=3, async_save=True)
+  c.log_every_steps = 50
+  c.evals = dict(zeroshot=dict(type="zeroshot", split="test"),
+                 retrieval=dict(type="retrieval", split="test", num_examples=1000))
+  return c

@@ -1,0 +1,33 @@
+"""Text-only decoder LM on the captions: PRIOR's reference LM, and the LM every VLM config starts from.
+
+  python -m vlmjax.train --config configs/lm_text_only.py --workdir workdirs/lm_text_only
+
+A 4-layer decoder (width 128, RMSNorm, RoPE, SwiGLU, 4 query / 2 key-value heads, tied embeddings)
+on the `default` vlmjax_shapes captions, `BOS caption EOS`, no image. The VLM configs (vlm_*.py)
+load its `decoder/` params and its tokenizer is what theirs must equal (the same settings train the
+same BPE model; PRIOR checks).
+
+Measured (2-core CPU, shared): see the VLM table in README.md (validation caption NLL).
+"""
+from vlmjax.config import base_config
+
+DECODER = dict(variant="mu", width=128, depth=4, mlp_dim=384, num_heads=4, num_kv_heads=2)
+
+
+def get_config(arg=None):
+  del arg
+  c = base_config()
+  c.batch_size = 128
+  c.total_steps = 500
+  c.data.builder_config = "default"
+  c.input = dict(image_size=64, max_text_len=28, crop_min=1.0, brightness=0.0, subcaptions=3, prompt="")
+  c.tokenizer.vocab_size = 256
+  c.model = dict(name="lm", decoder=DECODER)
+  c.objectives = dict(ntp=dict(weight=1.0))
+  c.optimizer.learning_rate = 3e-3
+  c.optimizer.weight_decay = 0.05
+  c.optimizer.warmup_steps = 50
+  c.checkpoint.every_steps = 250
+  c.log_every_steps = 25
+  c.evals = dict(nll=dict(type="token_nll", split="validation", num_examples=1000))
+  return c
