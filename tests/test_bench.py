@@ -1,0 +1,136 @@
+"""The benchmark: loss memory grows as each form's per-device size says, the train-step report holds
+its fields with an analytic FLOP count that agrees with XLA's, and training logs MFU."""
+import functools
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from vlmjax import bench, flops, metrics
+
+EMBED_DIM = 256
+
+
+@functools.cache
+def temp_bytes(objective: str, distributed: str, batch_size: int, num_devices: int) -> int:
+  """Per-device temporary bytes of the loss gradient, compiled only (the sizes cost no memory)."""
+  memory = bench.loss_memory(objective, distributed, batch_size, EMBED_DIM, jax.devices()[:num_devices])
+  return memory["temp_size"]
+
+
+def growth(objective, distributed, runs):
+  """Memory ratio from the first to the second (batch size, devices) run: one doubling of B."""
+  return temp_bytes(objective, distributed, *runs[1]) / temp_bytes(objective, distributed, *runs[0])
+
+
+ON_8 = [(2048, 8), (4096, 8)]       # fixed device count: the per-device batch b doubles with B
+FIXED_B = [(2048, 4), (4096, 8)]    # fixed per-device batch b = 512: B doubles with the devices
+
+
+def test_loss_memory_on_fixed_devices_global_quadratic_ring_not():
+  """On 8 devices the global forms' [B, B] logits grow ×4 per doubling of B, and so do CLIP local's
+  [b, B] rows (b = B / 8); the SigLIP ring keeps one [b, b] block plus the received [b, d] text
+  shards, so it grows much less (×2 while B·d dominates, at most ×4 asymptotically)."""
+  assert 3.5 <= growth("clip", "global", ON_8) <= 4.5
+  assert 3.5 <= growth("siglip", "global", ON_8) <= 4.5
+  assert 3.0 <= growth("clip", "local", ON_8) <= 4.5
+  assert 1.5 <= growth("siglip", "ring", ON_8) <= 2.75
+  assert temp_bytes("siglip", "ring", 4096, 8) < 0.6 * temp_bytes("siglip", "global", 4096, 8)
+
+
+def test_loss_memory_with_fixed_per_device_batch_linear_and_constant():
+  """With b fixed, CLIP local's [b, B] rows grow linearly in B (×2); the SigLIP ring's [b, b] block
+  does not grow at all (only the B·d text shards do); GSPMD splits the global [B, B] matrix's rows
+  over the devices, so it too is [b, B] per device (×2)."""
+  assert 1.8 <= growth("clip", "local", FIXED_B) <= 2.2
+  assert 1.8 <= growth("clip", "global", FIXED_B) <= 2.2
+  assert 1.8 <= growth("siglip", "global", FIXED_B) <= 2.2
+  assert growth("siglip", "ring", FIXED_B) <= 1.5
+
+
+def test_loss_report_and_errors(tmp_path):
+  report = bench.bench_losses((2048, 4096), EMBED_DIM, forms=(("siglip", "ring"),))
+  assert report["device_counts"] == [4, 8] and report["per_device_batch"] == 512
+  form = report["forms"][0]
+  assert form["fixed_devices"]["temp_bytes"] == [temp_bytes("siglip", "ring", *run) for run in ON_8]
+  assert form["fixed_per_device_batch"]["growth_per_doubling"] == [growth("siglip", "ring", FIXED_B)]
+  json_path, md_path = bench.write_report(str(tmp_path), "losses", report, bench.losses_markdown(report))
+  text = open(md_path, encoding="utf-8").read()
+  assert text.count("| siglip | ring |") == 2 and "B = 4096" in text
+  assert json.load(open(json_path))["batch_sizes"] == [2048, 4096]
+  with pytest.raises(ValueError, match="each double"):
+    bench.bench_losses((1024, 3072, 4096))
+  with pytest.raises(RuntimeError, match="needs 16 devices"):
+    bench.bench_losses((2048, 4096), num_devices=16)
+
+
+def test_train_step_bench_report(tiny_data_dir, tmp_path):
+  """Two timed steps of the tiny config's real train step on one device: the report's fields, and the
+  analytic FLOPs against XLA's count (norms, softmax, activations and the optimizer are XLA's extra)."""
+  config = tiny_config(tiny_data_dir)
+  result = bench.bench_train_step(config, steps=2, warmup=1, repeats=1, devices=jax.devices()[:1],
+                                  peak_seconds=0.0, xla_unrolled=False)
+  for key in ("lower_s", "compile_s", "steps_per_sec", "examples_per_sec", "model_flops_per_sec", "mfu",
+              "peak_f32", "memory_per_device", "environment"):
+    assert key in result, key
+  fl = result["flops"]
+  assert fl["analytic_per_step"] == flops.train_step_flops(config.model, {"image": (16, 32, 32, 3),
+                                                                           "text": (16, 16)})
+  # One layer per tower, so XLA's count of the scanned step (a scan body counted once) is complete.
+  assert fl["xla_per_step_unrolled"] is None
+  assert 0.5 <= fl["analytic_over_xla"] <= 2.0, fl
+  assert result["examples_per_sec"] == pytest.approx(16 * result["steps_per_sec"])
+  assert 0.0 < result["mfu"] < 1.0 and np.isfinite(result["final_loss"])
+  memory = result["memory_per_device"]
+  assert memory["argument_size"] > 0 and memory["temp_size"] > 0
+  _, md_path = bench.write_report(str(tmp_path), "tiny", result, bench.train_step_markdown("tiny", result))
+  assert "**MFU**" in open(md_path, encoding="utf-8").read()
+
+
+@pytest.mark.slow
+def test_xla_flops_of_scanned_layers_need_the_unrolled_copy(tiny_data_dir):
+  """With 3 scanned layers XLA counts the scan body once; the unrolled copy's count matches the
+  analytic one, the as-compiled count falls well short of it."""
+  config = tiny_config(tiny_data_dir, **{"model.image.depth": 3, "model.text.depth": 3})
+  fl = bench.bench_train_step(config, steps=1, warmup=0, repeats=1, devices=jax.devices()[:1],
+                              peak_seconds=0.0)["flops"]
+  assert 0.5 <= fl["analytic_per_step"] / fl["xla_per_step_unrolled"] <= 2.0, fl
+  assert fl["xla_per_step_as_compiled"] < 0.6 * fl["xla_per_step_unrolled"], fl
+
+
+def test_flops_count_by_hand():
+  """One ViT block on 4 patches and one text block on 3 tokens, counted by hand."""
+  model = {"name": "dual_encoder", "embed_dim": 8,
+           "image": {"variant": "mu/2", "width": 4, "depth": 1, "mlp_dim": 16, "num_heads": 2, "pool": "cls"},
+           "text": {"variant": "mu", "width": 6, "depth": 1, "mlp_dim": 12, "num_heads": 3}}
+  got = flops.dual_encoder_flops(model, {"image": (2, 4, 4, 3), "text": (2, 3)})
+  tokens = 4 + 1  # a class token
+  image = 2 * 4 * 12 * 4 + 2 * tokens * 4 * 16 + 4 * tokens ** 2 * 4 + 4 * tokens * 4 * 16
+  text = 2 * 3 * 6 * 24 + 4 * 9 * 6 + 4 * 3 * 6 * 12
+  forward = 2 * image + 2 * text + 2 * (2 * 4 * 8 + 2 * 6 * 8) + 2 * 2 * 2 * 8
+  assert got["forward"] == forward and got["train_step"] == 3 * forward
+  with pytest.raises(ValueError, match="no analytic FLOP count for model 'vlm'"):
+    flops.dual_encoder_flops({"name": "vlm"}, {})
+
+
+def test_training_logs_mfu_against_a_declared_peak(tiny_data_dir):
+  config = tiny_config(tiny_data_dir, peak_flops_per_device=1e9)
+  batch = {"image": np.zeros((16, 32, 32, 3), np.float32), "text": np.zeros((16, 16), np.int32)}
+  got = metrics.throughput_metrics(config, batch, examples_per_sec=32.0)
+  step_flops = flops.train_step_flops(config.model, {"image": (16, 32, 32, 3), "text": (16, 16)})
+  assert got["model_flops_per_sec"] == pytest.approx(2 * step_flops)
+  assert got["mfu"] == pytest.approx(2 * step_flops / (1e9 * jax.device_count()))
+  config.peak_flops_per_device = -1.0
+  assert "mfu" not in metrics.throughput_metrics(config, batch, 32.0)
+
+
+def test_layer_profile_rows(tiny_data_dir):
+  config = tiny_config(tiny_data_dir)
+  rows = {row["part"]: row for row in bench.layer_profile(config, repeats=1)}
+  per_layer = flops.transformer_flops(32, 1, 64, 2, 16)  # width 32, MLP 64, 2 heads, (32 / 8)² tokens
+  assert rows["block"]["matmul_flops"] == 3 * 16 * sum(per_layer.values())
+  assert rows["MLP"]["matmul_flops"] == 3 * 16 * per_layer["mlp"]
+  assert all(row["cpu_s"] > 0 and row["wall_s"] > 0 for row in rows.values())
+  assert {"what if: block with tanh GELU", "what if: block in bfloat16"} <= set(rows)

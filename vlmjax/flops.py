@@ -1,0 +1,118 @@
+"""Analytic model FLOPs of a dual-encoder train step, the numerator of MFU.
+
+Counts the matrix multiplies only (2·m·n·k each), the usual convention for model FLOPs utilisation
+(PaLM, big_vision): norms, activations, softmax and the optimizer are left out, and so is the work
+rematerialisation repeats (that is hardware FLOPs, not model FLOPs). Per tower and per sequence of
+length T, with width W, depth L, MLP width M, and H heads of size Dh (H·Dh = W for these towers):
+
+  patch embedding (ViT)    2 · N · (p·p·3) · W           N = (image_size / p)² patches
+  attention projections    L · 2 · T · W · 4·H·Dh         query, key, value and output
+  attention scores         L · 2 · 2 · T² · H·Dh          q·kᵀ and weights·v (the causal text mask
+                                                          is applied to a full T×T block)
+  MLP                      L · 2 · 2 · T · W · M
+  projection to the shared space: 2 · W · E per example (pooled features only)
+  similarity matrix: 2 · B · B · E per step (one [B, B] matrix; how the loss is sharded does not
+  change its FLOPs)
+
+A train step is forward + backward = 3 × forward (the backward computes gradients with respect to
+both the activations and the weights: two matmuls per forward matmul). The projections of *token*
+embeddings (`image_tokens`, `text_tokens`) are not counted: objectives that use only the pooled
+embeddings never compute them (XLA removes them as dead code); FILIP and DreamLIP's grouping loss do.
+"""
+import dataclasses
+
+from vlmjax.models.sizes import decode_variant
+from vlmjax.models.text import TextTransformer
+from vlmjax.models.vit import ViT
+
+# Batch keys by the tower that encodes them, and how many leading dims are examples.
+IMAGE_KEYS = ("image", "image_view2")                                  # [B, S, S, 3]
+TEXT_KEYS = ("text", "text_view2", "negative_text", "multi_text")      # [B, T] or [B, K, T]
+
+TRAIN_STEP_FACTOR = 3  # forward + backward
+
+
+def _defaults(module_cls) -> dict:
+  return {f.name: f.default for f in dataclasses.fields(module_cls) if f.default is not dataclasses.MISSING}
+
+
+def tower_settings(tower_config: dict, module_cls) -> dict:
+  """A tower's config (`variant` plus overrides) -> its full settings, as `DualEncoder.setup` builds
+  them: the module's defaults, then the variant's size, then the explicit keys."""
+  tower_config = dict(tower_config)
+  variant = decode_variant(tower_config.pop("variant", "S/16" if module_cls is ViT else "S"))
+  return {**_defaults(module_cls), **variant, **tower_config}
+
+
+def transformer_flops(width: int, depth: int, mlp_dim: int, num_heads: int, length: int) -> dict:
+  """Forward FLOPs of one sequence of `length` tokens through `depth` blocks, by part."""
+  inner = (width // num_heads) * num_heads  # H·Dh
+  return {
+      "attention_proj": depth * 2 * length * width * 4 * inner,
+      "attention_scores": depth * 2 * 2 * length * length * inner,
+      "mlp": depth * 2 * 2 * length * width * mlp_dim,
+  }
+
+
+def _examples(shape, trailing: int) -> int:
+  count = 1
+  for dim in shape[:len(shape) - trailing]:
+    count *= int(dim)
+  return count
+
+
+def dual_encoder_flops(model_config, batch_shapes: dict) -> dict:
+  """Forward FLOPs of the dual encoder on a batch, by part, for the whole (global) batch.
+
+  model_config: the config's `model` section (name 'dual_encoder'); batch_shapes: {batch key: shape},
+  e.g. {'image': (B, 224, 224, 3), 'text': (B, 64)}; keys the towers do not read are ignored.
+  Returns {'image/patch_embed', 'image/attention_proj', ..., 'text/mlp', 'projections', 'similarity',
+  'forward', 'train_step'}; 'train_step' = 3 × 'forward'.
+  """
+  if model_config.get("name", "dual_encoder") != "dual_encoder":
+    raise ValueError(f"flops: no analytic FLOP count for model '{model_config['name']}' "
+                     "(only dual_encoder)")
+  image = tower_settings(model_config.get("image", {}), ViT)
+  text = tower_settings(model_config.get("text", {}), TextTransformer)
+  embed_dim = int(model_config["embed_dim"])
+  out = {}
+
+  def add(prefix, parts, count):
+    for name, value in parts.items():
+      out[f"{prefix}/{name}"] = out.get(f"{prefix}/{name}", 0) + count * value
+
+  projections = 0
+  for key in IMAGE_KEYS:
+    if key not in batch_shapes:
+      continue
+    shape = batch_shapes[key]
+    count, (height, width_px) = _examples(shape, 3), shape[-3:-1]
+    p = image["patch_size"]
+    patches = (height // p) * (width_px // p)
+    tokens = patches + (1 if image["pool"] == "cls" else 0)
+    add("image", {"patch_embed": 2 * patches * p * p * shape[-1] * image["width"]}, count)
+    add("image", transformer_flops(image["width"], image["depth"], image["mlp_dim"], image["num_heads"],
+                                   tokens), count)
+    projections += count * 2 * image["width"] * embed_dim
+  for key in TEXT_KEYS:
+    if key not in batch_shapes:
+      continue
+    shape = batch_shapes[key]
+    add("text", transformer_flops(text["width"], text["depth"], text["mlp_dim"], text["num_heads"],
+                                  int(shape[-1])), _examples(shape, 1))
+    projections += _examples(shape, 1) * 2 * text["width"] * embed_dim
+  if not out:
+    raise ValueError(f"flops: the batch has none of the dual encoder's inputs "
+                     f"({', '.join(IMAGE_KEYS + TEXT_KEYS)}); got {', '.join(batch_shapes)}")
+  out["projections"] = projections
+  if "image" in batch_shapes and "text" in batch_shapes:
+    batch = int(batch_shapes["image"][0])
+    out["similarity"] = 2 * batch * batch * embed_dim
+  out["forward"] = sum(out.values())
+  out["train_step"] = TRAIN_STEP_FACTOR * out["forward"]
+  return out
+
+
+def train_step_flops(model_config, batch_shapes: dict) -> int:
+  """Model FLOPs of one train step (forward + backward) on a global batch of these shapes."""
+  return dual_encoder_flops(model_config, batch_shapes)["train_step"]
