@@ -1,0 +1,114 @@
+"""Weights in and out of vlmjax in other libraries' layouts, as folders those libraries load.
+
+  open_clip  a dual encoder <-> `open_clip.create_model_and_transforms('local-dir:FOLDER')`
+  hf_clip    a dual encoder <-> `transformers.CLIPModel.from_pretrained(FOLDER)`
+  hf_llama   a decoder LM (or a VLM's decoder) <-> `transformers.LlamaForCausalLM.from_pretrained(FOLDER)`
+
+Everything here is numpy and safetensors: neither torch nor open_clip nor transformers is needed to
+write or read these folders (a `.bin`/`.pth` state dict needs torch to be read). The name maps are in
+`open_clip.py`, `hf_clip.py`, `hf_llama.py`; the layout arithmetic (transposes, head splits, q/k/v
+packing, pixel statistics) in `layout.py`; the CLIP tower mapping both CLIP formats share in `clip.py`.
+"""
+import glob
+import json
+import os
+import shutil
+
+import numpy as np
+
+from vlmjax.data.tokenizer import BOS, EOS, PAD
+from vlmjax.interop import hf_clip, hf_llama, open_clip
+
+FORMATS = ("open_clip", "hf_clip", "hf_llama")
+
+
+def write(fmt: str, folder: str, model_config: dict, params: dict, tokenizer_path: str | None = None) -> str:
+  """Writes `params` (a vlmjax param tree) of a model configured by `model_config` (config.model)
+  into `folder` in format `fmt`, with the vlmjax tokenizer beside it when given. -> the folder."""
+  from safetensors.numpy import save_file
+  params = _to_numpy(params)
+  model_config = dict(model_config)
+  if fmt == "open_clip":
+    state, config = open_clip.export(model_config, params, eos_id=EOS)
+    files = {open_clip.CONFIG_FILE: config}
+    weights = open_clip.WEIGHTS_FILE
+  elif fmt == "hf_clip":
+    state, config, preprocessor = hf_clip.export(model_config, params, eos_id=EOS, bos_id=BOS, pad_id=PAD)
+    files = {hf_clip.CONFIG_FILE: config, hf_clip.PREPROCESSOR_FILE: preprocessor}
+    weights = hf_clip.WEIGHTS_FILE
+  elif fmt == "hf_llama":
+    if "decoder" not in model_config or "decoder" not in params:
+      raise ValueError(f"hf_llama: model '{model_config.get('name')}' has no decoder to export")
+    state, config = hf_llama.export(dict(model_config["decoder"]), params["decoder"], BOS, EOS, PAD)
+    files = {hf_llama.CONFIG_FILE: config}
+    weights = hf_llama.WEIGHTS_FILE
+  else:
+    raise ValueError(f"unknown format '{fmt}'; known: {', '.join(FORMATS)}")
+  os.makedirs(folder, exist_ok=True)
+  save_file({k: np.ascontiguousarray(v, np.float32) for k, v in state.items()}, os.path.join(folder, weights),
+            metadata={"format": "pt"})
+  for name, content in files.items():
+    with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+      json.dump(content, f, indent=1)
+  if tokenizer_path:
+    shutil.copyfile(tokenizer_path, os.path.join(folder, "tokenizer.model"))
+  return folder
+
+
+def read(fmt: str, folder: str, scan: bool = True) -> tuple[dict, dict, dict]:
+  """A folder in format `fmt` -> (config.model entry, params as numpy, input sizes dict(image_size=...,
+  max_text_len=...)). Raises FileNotFoundError / ValueError naming the file or tensor at fault."""
+  if fmt not in FORMATS:
+    raise ValueError(f"unknown format '{fmt}'; known: {', '.join(FORMATS)}")
+  config_file = {"open_clip": open_clip.CONFIG_FILE, "hf_clip": hf_clip.CONFIG_FILE,
+                 "hf_llama": hf_llama.CONFIG_FILE}[fmt]
+  config = _read_json(os.path.join(folder, config_file))
+  state = read_state_dict(folder)
+  if fmt == "open_clip":
+    model, params = open_clip.load(state, config, scan)
+  elif fmt == "hf_clip":
+    preprocessor_path = os.path.join(folder, hf_clip.PREPROCESSOR_FILE)
+    preprocessor = _read_json(preprocessor_path) if os.path.exists(preprocessor_path) else None
+    model, params = hf_clip.load(state, config, preprocessor, scan)
+  else:
+    decoder, decoder_params = hf_llama.load(state, config, scan)
+    model, params = dict(name="lm", decoder=decoder), {"decoder": decoder_params}
+    return model, params, dict(max_text_len=int(config.get("max_position_embeddings", 2048)))
+  image = model["image"]
+  grid = int(round((params["image"]["pos_embedding"].shape[1] - 1) ** 0.5))
+  return model, params, dict(image_size=grid * image["patch_size"], max_text_len=model["text"]["max_len"])
+
+
+def read_state_dict(folder: str) -> dict:
+  """Every tensor of the folder's *.safetensors files (numpy), or of its one .bin/.pth (torch)."""
+  files = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
+  if files:
+    from safetensors.numpy import load_file
+    state = {}
+    for path in files:
+      state.update(load_file(path))
+    return state
+  files = sorted(glob.glob(os.path.join(folder, "*.bin")) + glob.glob(os.path.join(folder, "*.pth")))
+  if not files:
+    raise FileNotFoundError(f"interop: no *.safetensors, *.bin or *.pth weights in '{folder}'")
+  try:
+    import torch
+  except ImportError:
+    raise ValueError(f"interop: reading '{files[0]}' needs torch (pip install -e '.[interop]'), or convert "
+                     "it to safetensors") from None
+  state = torch.load(files[0], map_location="cpu", weights_only=True)
+  state = state.get("state_dict", state)
+  return {k: v.detach().float().numpy() for k, v in state.items()}
+
+
+def _read_json(path: str) -> dict:
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"interop: '{path}' is missing")
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _to_numpy(tree):
+  if isinstance(tree, dict):
+    return {k: _to_numpy(v) for k, v in tree.items()}
+  return np.asarray(tree, np.float32)
