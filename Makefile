@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_WORKDIR ?= workdirs/demo
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast test-interop install libtpu clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,20 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Parity with open_clip and HF transformers: installs the `interop` extra (torch, torchvision,
+# open_clip, transformers: about 3 GB of wheels) and runs the interop tests. `make test` does not
+# install it; there those tests report as skipped.
+test-interop: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,interop]"
+	$(BIN)/python -m pytest -q tests/test_interop.py tests/test_interop_torch.py
+
+# libtpu for `python -m vlmjax.compile` (TPU sizing) on a machine without TPUs: the version jax[tpu]
+# names, installed into .venv/libtpu rather than site-packages, where JAX would try to start a TPU
+# runtime in every process. On a TPU VM install the `tpu` extra instead.
+libtpu: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/libtpu "$$($(BIN)/python -c \
+	  "import importlib.metadata as m; print(next(r.split(';')[0].replace(' ', '') for r in m.requires('jax') if r.startswith('libtpu')))")"
 
 clean:
 	rm -rf $(VENV) workdirs *.egg-info
