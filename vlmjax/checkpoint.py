@@ -126,13 +126,16 @@ def _merge(tree, update):
 
 def init_params_from(workdir: str, params, pattern: str, step: int | None = None):
   """`params` with the leaves whose path matches `pattern` (e.g. '^image/') replaced by those of the
-  newest checkpoint in another run's `workdir` (LiT: start from a trained tower, then lock it).
+  newest checkpoint in another run's `workdir` (LiT: start from a trained tower, then lock it), or of
+  an inference bundle (`vlmjax.export`, e.g. imported open_clip / HF weights) when `workdir` is one.
 
   Raises ValueError naming the workdir, or the first param missing from it or of another shape.
   """
   wanted = _select(params, pattern)
   if not wanted:
     raise ValueError(f"init.params: '{pattern}' matches no parameter of this model")
+  if os.path.exists(os.path.join(workdir, "bundle.json")):
+    return _merge(params, _from_bundle(workdir, wanted, pattern))
   source = Checkpointer(workdir, every_steps=0, keep=1, async_save=False)
   if source.latest_step() is None:
     raise ValueError(f"init.workdir: no checkpoint in {source.directory}")
@@ -145,3 +148,34 @@ def init_params_from(workdir: str, params, pattern: str, step: int | None = None
   finally:
     source.close()
   return _merge(params, loaded)
+
+
+def _from_bundle(bundle: str, wanted, pattern: str):
+  """The leaves of `wanted` (arrays) from a bundle's params, cast and placed like them."""
+  from vlmjax import export  # export imports this module
+  loaded = _select(export.load_bundle_params(bundle), pattern)
+  missing = [p for p, _ in jax.tree_util.tree_flatten_with_path(wanted)[0]
+             if not _has_path(loaded, [getattr(k, "key", k) for k in p])]
+  if missing:
+    path = "/".join(str(getattr(k, "key", k)) for k in missing[0])
+    raise ValueError(f"init.workdir: bundle {bundle} has no param '{path}' (matching '{pattern}')")
+
+  def take(path, x):
+    y = loaded
+    for k in path:
+      y = y[getattr(k, "key", k)]
+    if tuple(y.shape) != tuple(x.shape):
+      name = "/".join(str(getattr(k, "key", k)) for k in path)
+      raise ValueError(f"init.workdir: bundle {bundle} param '{name}' has shape {tuple(y.shape)}, this "
+                       f"model's {tuple(x.shape)}")
+    return jax.device_put(y.astype(x.dtype), x.sharding)
+
+  return jax.tree_util.tree_map_with_path(take, wanted)
+
+
+def _has_path(tree, keys) -> bool:
+  for k in keys:
+    if not isinstance(tree, dict) or k not in tree:
+      return False
+    tree = tree[k]
+  return True

@@ -45,7 +45,8 @@ def write(fmt: str, folder: str, model_config: dict, params: dict, tokenizer_pat
   else:
     raise ValueError(f"unknown format '{fmt}'; known: {', '.join(FORMATS)}")
   os.makedirs(folder, exist_ok=True)
-  save_file({k: np.ascontiguousarray(v, np.float32) for k, v in state.items()}, os.path.join(folder, weights),
+  # np.array, not np.ascontiguousarray: that makes 0-d tensors (logit_scale) 1-d.
+  save_file({k: np.array(v, np.float32, order="C") for k, v in state.items()}, os.path.join(folder, weights),
             metadata={"format": "pt"})
   for name, content in files.items():
     with open(os.path.join(folder, name), "w", encoding="utf-8") as f:

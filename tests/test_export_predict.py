@@ -1,0 +1,192 @@
+"""Inference bundles (vlmjax.export) and the predict CLI (vlmjax.predict) on a run trained on 8 devices."""
+import json
+import os
+import subprocess
+import sys
+import types
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, tiny_config
+from vlmjax import checkpoint, evaluate, export, interop, predict, sharding, trainer
+from vlmjax.data import pipeline, sources
+from vlmjax.data.tokenizer import Tokenizer
+from vlmjax.evals.common import Embedder
+from vlmjax.train import train
+
+CLIP_TOWERS = {  # CLIP-style towers, so the same run also exports to open_clip / HF
+    "model.image": dict(variant="mu/8", width=32, depth=1, mlp_dim=64, num_heads=2, pool="cls", pre_norm=True),
+    "model.text": dict(variant="mu", width=32, depth=1, mlp_dim=64, num_heads=2, max_len=16),
+}
+
+
+@pytest.fixture(scope="module")
+def run(tiny_data_dir, tmp_path_factory):
+  """A tiny CLIP run on 8 devices (FSDP), its bundles, and the test split's images as PNG files."""
+  root = tmp_path_factory.mktemp("export")
+  config = tiny_config(tiny_data_dir, total_steps=4, mesh=dict(data=1, fsdp=-1, tensor=1), **CLIP_TOWERS)
+  config.evals = dict(zeroshot=dict(type="zeroshot", split="test"))
+  workdir = str(root / "run")
+  train(config, workdir)
+  source = sources.make_source(config.data, "test")
+  folder, labels, captions = root / "images", {}, {}
+  folder.mkdir()
+  for i in range(len(source)):
+    record = source[i]
+    path = str(folder / f"{i:03d}.png")
+    pipeline.decode_image(record["image"]).save(path)
+    labels[path], captions[path] = int(record["label"]), record["caption"]
+  return types.SimpleNamespace(config=config, workdir=workdir, root=root, folder=str(folder), labels=labels,
+                               captions=captions, bundle=export.export(workdir, str(root / "bundle")))
+
+
+@pytest.fixture(scope="module")
+def predictors(run):
+  """The bundle on 1 device and on all 8, batches of 16 (the evaluator's), compiled once."""
+  return {1: predict.Predictor(run.bundle, devices=1, batch_size=16), 8: predict.Predictor(run.bundle, batch_size=16)}
+
+
+def test_bundle_holds_params_only_and_loads_without_the_run(run):
+  assert sorted(os.listdir(run.bundle)) == ["bundle.json", "config.json", "params", "tokenizer.model"]
+  info = json.load(open(os.path.join(run.bundle, "bundle.json")))
+  assert (info["step"], info["dtype"], info["model"], info["format"]) == (4, "float32", "dual_encoder", "orbax")
+  config, _, params, tokenizer = export.load_bundle(run.bundle)
+  assert set(params) == {"image", "text", "image_proj", "text_proj", "logit_scale", "logit_bias"}
+  assert config.tokenizer.path == "" and tokenizer.vocab_size == info["vocab_size"]
+
+
+def test_bundle_from_8_devices_predicts_identically_on_1(run, predictors):
+  """The run's own params on its 8-device FSDP mesh vs the bundle on 1 device and on 8."""
+  config = run.config
+  mesh = sharding.make_mesh(config.mesh)
+  assert mesh.size == 8
+  tokenizer = Tokenizer.load(os.path.join(run.workdir, "tokenizer.model"))
+  model = trainer.build_model(config, tokenizer.vocab_size)
+  tx, _ = trainer.make_optimizer(config.optimizer, 1)
+  abstract, _ = trainer.abstract_train_state(model, tx, trainer.sample_batch(config), mesh,
+                                             sharding.rules_from_config(config.sharding_rules))
+  ckpt = checkpoint.Checkpointer(run.workdir, 0, 1, async_save=False)
+  trained = ckpt.restore_params(abstract["params"])
+  ckpt.close()
+  paths = predict.list_images([run.folder])[:40]
+  one, eight = predictors[1], predictors[8]
+  assert one.mesh.size == 1 and eight.mesh.size == 8
+  pixels = np.stack([one.read_image(p) for p in paths])
+  want = Embedder(model, trained, mesh, 16).embed_images(pixels)
+  for predictor in (one, eight):
+    got = predictor.embed_images(paths)[1]
+    assert np.max(np.abs(got - want)) <= 1e-6
+  texts = [run.captions[p] for p in paths[:10]]
+  np.testing.assert_allclose(one.embed_texts(texts), Embedder(model, trained, mesh, 16).embed_texts(
+      tokenizer.encode(texts, config.input.max_text_len)), atol=1e-6)
+
+
+def test_classify_reproduces_the_evaluators_zeroshot_accuracy(run, predictors):
+  results = evaluate.evaluate_workdir(run.workdir)
+  predictor = predictors[8]
+  labelled = [p for p, label in run.labels.items() if label >= 0]
+  out = predict.classify(predictor, labelled, top_k=5)
+  from vlmjax.data import shapes
+  top1 = np.mean([shapes.CLASS_NAMES[run.labels[r["image"]]] == r["top"][0][0] for r in out])
+  top5 = np.mean([shapes.CLASS_NAMES[run.labels[r["image"]]] in [c for c, _ in r["top"]] for r in out])
+  assert len(out) == results["zeroshot/count"] > 0
+  assert top1 == pytest.approx(results["zeroshot/top1"], abs=1e-9)
+  assert top5 == pytest.approx(results["zeroshot/top5"], abs=1e-9)
+  scores = [s for _, s in out[0]["top"]]
+  assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-6
+
+
+def test_embed_retrieve_and_grid(run, predictors, tmp_path):
+  predictor = predictors[8]
+  inputs, embeddings = predict.embed(predictor, [run.folder], out=str(tmp_path / "emb.npy"))
+  saved = np.load(tmp_path / "emb.npy")
+  assert saved.shape == (len(run.labels), 32) and np.allclose(np.linalg.norm(saved, axis=1), 1, atol=1e-5)
+  assert open(tmp_path / "emb.txt").read().splitlines() == inputs
+  texts, text_embeddings = predict.embed(predictor, texts=["a red circle", "two blue squares"])
+  assert texts == ["a red circle", "two blue squares"] and text_embeddings.shape == (2, 32)
+  query = run.captions[inputs[5]]
+  results = predict.retrieve(predictor, [run.folder], [query, "a green star"], top_k=4)
+  scores = [s for _, s in results[0]["top"]]
+  assert len(scores) == 4 and scores == sorted(scores, reverse=True)
+  query_embedding = predictor.embed_texts([query])[0]
+  assert scores[0] == pytest.approx(float(np.max(embeddings @ query_embedding)), abs=1e-5)
+  grid = predict.draw_grid(results, str(tmp_path / "grid.png"), thumb=64)
+  with Image.open(grid) as image:
+    assert image.size == (2 * 64 + 4 * (64 + 6) + 6, 2 * (64 + 16 + 6) + 6)
+    thumbnail = np.asarray(image)[6:70, 128:192]  # the first query's best image
+  with Image.open(results[0]["top"][0][0]) as best:
+    assert np.abs(thumbnail.astype(int) - np.asarray(best.convert("RGB").resize((64, 64), Image.BILINEAR))).max() == 0
+
+
+def test_unreadable_images_fail_in_one_line_naming_the_file(run, predictors, tmp_path):
+  bad = tmp_path / "broken.png"
+  bad.write_bytes(b"not a png at all")
+  images = [os.path.join(run.folder, "000.png"), str(bad)]
+  predictor = predictors[1]
+  with pytest.raises(predict.PredictError, match=f"cannot read image '{bad}'"):
+    predictor.embed_images(images)
+  predictor.skip_unreadable = True
+  try:
+    assert predictor.embed_images(images)[0] == images[:1]
+  finally:
+    predictor.skip_unreadable = False
+  with pytest.raises(predict.PredictError, match="no such file or folder 'nowhere'"):
+    predict.list_images(["nowhere"])
+  # The command line: exit 2 and one line on stderr.
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-m", "vlmjax.predict", "--bundle", run.bundle, "classify", *images],
+                        capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith(f"vlmjax.predict: error: predict: cannot read image '{bad}'")
+
+
+def test_bfloat16_safetensors_bundle(run, predictors, tmp_path):
+  bundle = export.export(run.workdir, str(tmp_path / "bf16"), dtype="bfloat16", fmt="safetensors")
+  assert "params.safetensors" in os.listdir(bundle) and "params" not in os.listdir(bundle)
+  _, _, params, _ = export.load_bundle(bundle)
+  assert params["image"]["patch_embed"]["kernel"].dtype == np.dtype("bfloat16")
+  paths = predict.list_images([run.folder])[:16]
+  full = predictors[8].embed_images(paths)[1]
+  half = predict.Predictor(bundle, batch_size=16).embed_images(paths)[1]
+  assert np.max(np.abs(full - half)) < 0.05
+
+
+def test_bundle_with_another_models_params_is_refused(run, tmp_path):
+  config = json.load(open(os.path.join(run.bundle, "config.json")))
+  config["model"]["embed_dim"] = 48
+  wrong = tmp_path / "wrong"
+  os.system(f"cp -r {run.bundle} {wrong}")
+  json.dump(config, open(wrong / "config.json", "w"))
+  with pytest.raises(ValueError, match="param 'image_proj/kernel' has shape \\(32, 32\\), the model expects \\(32, 48\\)"):
+    export.load_bundle(str(wrong))
+  with pytest.raises(FileNotFoundError, match="config.json' is missing \\(is '.*' a bundle\\?\\)"):
+    export.load_bundle(str(tmp_path))
+
+
+def test_formats_round_trip_through_bundles_and_init(run, predictors, tmp_path):
+  """bundle -> open_clip folder -> imported bundle: the same embeddings; and `init` reads bundles."""
+  folder = export.export_to("open_clip", str(tmp_path / "oc"), bundle=run.bundle)
+  assert "tokenizer.model" in os.listdir(folder)
+  imported = export.import_from("open_clip", folder, str(tmp_path / "imported"))
+  paths = predict.list_images([run.folder])[:8]
+  original, again = predictors[8], predict.Predictor(imported, batch_size=16)
+  assert np.max(np.abs(original.embed_images(paths)[1] - again.embed_images(paths)[1])) <= 1e-5
+  assert np.max(np.abs(original.embed_texts(["a red circle"]) - again.embed_texts(["a red circle"]))) <= 1e-5
+  # `c.init.workdir` may name a bundle: the matching params come from it.
+  _, model, params, _ = export.load_bundle(imported)
+  fresh = jax.tree.map(lambda x: x * 0, params)
+  merged = checkpoint.init_params_from(imported, fresh, "^image/")
+  assert np.array_equal(merged["image"]["cls"], params["image"]["cls"])
+  assert not np.any(np.asarray(merged["text"]["pos_embedding"]))
+  # A tokenizer whose pieces do not match the token embedding's rows is refused.
+  state = interop.read_state_dict(folder)
+  state["token_embedding.weight"] = state["token_embedding.weight"][:40]
+  from safetensors.numpy import save_file
+  save_file(state, os.path.join(folder, "open_clip_model.safetensors"))
+  pieces = Tokenizer.load(os.path.join(folder, "tokenizer.model")).vocab_size
+  with pytest.raises(ValueError, match=f"has {pieces} pieces, the model's token embedding 40 rows"):
+    export.import_from("open_clip", folder, str(tmp_path / "bad"))
+  del model

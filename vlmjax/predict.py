@@ -1,0 +1,321 @@
+"""Predictions from an inference bundle (`vlmjax.export`) on your own image files and texts.
+
+  python -m vlmjax.predict --bundle B embed IMAGES... --out emb.npy         # or --text "..." (repeatable)
+  python -m vlmjax.predict --bundle B classify IMAGES... [--classes "red circle,blue square"] [--top_k 5]
+  python -m vlmjax.predict --bundle B retrieve IMAGES... --query "a red circle" [--top_k 8] [--grid out.png]
+
+IMAGES are files and/or folders (searched recursively for .png/.jpg/.jpeg/.bmp/.gif/.webp/.tif).
+Images are read and resized exactly as the evaluators read them (`pipeline.Preprocess`), embedded in
+fixed-size batches by one jitted function per tower (data-parallel over `--devices`, params
+replicated), with a progress bar when there is more than one batch. An unreadable image stops the
+run with one line naming it (or is left out with a warning under `--skip_unreadable`).
+
+- `embed` writes float32 [N, E] L2-normalised embeddings to --out and the inputs, one a line, to
+  the same name with .txt.
+- `classify` ranks --classes (default: the classes the bundle's zero-shot evaluator uses) by the
+  cosine similarity of the image with each class's prompt-ensemble embedding (the evaluator's own
+  computation); scores are softmax(exp(logit_scale) · cos) over the classes.
+- `retrieve` ranks the images by cosine similarity with each --query; --grid draws each query with
+  its top images and their scores into a PNG.
+Add --json FILE to `classify` / `retrieve` for machine-readable results.
+"""
+import json
+import os
+import sys
+import types
+
+from absl import app, flags
+import jax
+import numpy as np
+from PIL import Image, ImageDraw
+import tqdm
+
+from vlmjax import export, sharding
+from vlmjax.data import pipeline
+from vlmjax.evals.common import Embedder
+from vlmjax.evals.zeroshot import DEFAULT_PROMPTS, ZeroShot
+from vlmjax.metrics import quiet_absl_logging
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+COMMANDS = ("embed", "classify", "retrieve")
+
+
+class PredictError(ValueError):
+  """Bad input: the message is one line naming the file, flag or bundle at fault."""
+
+
+def list_images(paths) -> list[str]:
+  """Files as given, folders expanded to their image files (recursively, sorted)."""
+  out = []
+  for path in paths:
+    if os.path.isdir(path):
+      found = sorted(os.path.join(root, f) for root, _, files in os.walk(path) for f in files
+                     if f.lower().endswith(IMAGE_EXTENSIONS))
+      if not found:
+        raise PredictError(f"predict: no image files ({', '.join(IMAGE_EXTENSIONS)}) in folder '{path}'")
+      out += found
+    elif os.path.isfile(path):
+      out.append(path)
+    else:
+      raise PredictError(f"predict: no such file or folder '{path}'")
+  if not out:
+    raise PredictError("predict: no images given (name image files or folders after the command)")
+  return out
+
+
+class Predictor:
+  """A bundle's dual encoder, ready to embed image files and texts.
+
+  `embed_images(paths) -> (kept paths, [N, E])`, `embed_texts(texts) -> [N, E]`, float32,
+  L2-normalised; batches of `batch_size` (rounded up to a multiple of the devices)."""
+
+  def __init__(self, bundle: str, devices: int = 0, batch_size: int = 64, skip_unreadable: bool = False,
+               progress: bool = True):
+    available = jax.local_devices()
+    devices = devices or len(available)
+    if devices > len(available):
+      raise PredictError(f"predict: --devices {devices} but this process has {len(available)}")
+    self.mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1), available[:devices])
+    self.config, self.model, params, self.tokenizer = export.load_bundle(bundle, self.mesh, dtype="float32")
+    if self.config.model.name != "dual_encoder":
+      raise PredictError(f"predict: bundle '{bundle}' holds a '{self.config.model.name}' model; embed, "
+                         "classify and retrieve need a dual_encoder")
+    self.bundle, self.params = bundle, params
+    self.batch_size = -(-batch_size // devices) * devices
+    self.embedder = Embedder(self.model, params, self.mesh, self.batch_size)
+    self.preprocess = pipeline.Preprocess(None, self.config.input.image_size, self.config.input.max_text_len)
+    self.skip_unreadable, self.progress = skip_unreadable, progress
+
+  def read_image(self, path: str):
+    """-> [S, S, 3] float32 in [-1, 1], exactly as the evaluators preprocess, or None when
+    unreadable and `skip_unreadable` (else PredictError naming the file)."""
+    try:
+      with open(path, "rb") as f:
+        data = f.read()
+      if not data:
+        raise ValueError("the file is empty")
+      image = pipeline.decode_image(data)
+      if min(image.size) == 0:
+        raise ValueError(f"the image is {image.size[0]}x{image.size[1]}")
+    except Exception as e:  # pylint: disable=broad-except  # PIL raises many types for bad files
+      message = f"predict: cannot read image '{path}': {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+      if not self.skip_unreadable:
+        raise PredictError(message) from None
+      print(f"{message} (skipped)", file=sys.stderr)
+      return None
+    return self.preprocess.augment(image, None)
+
+  def _bar(self, total: int, unit: str):
+    return tqdm.tqdm(total=total, unit=unit, leave=False, dynamic_ncols=True,
+                     disable=not self.progress or total <= self.batch_size)
+
+  def embed_images(self, paths):
+    kept, out = [], []
+    with self._bar(len(paths), "image") as bar:
+      for start in range(0, len(paths), self.batch_size):
+        chunk = paths[start:start + self.batch_size]
+        pixels = [(p, self.read_image(p)) for p in chunk]
+        pixels = [(p, x) for p, x in pixels if x is not None]
+        if pixels:
+          kept += [p for p, _ in pixels]
+          out.append(self.embedder.embed_images(np.stack([x for _, x in pixels])))
+        bar.update(len(chunk))
+    if not out:
+      raise PredictError("predict: none of the images could be read")
+    return kept, np.concatenate(out)
+
+  def tokenize(self, texts):
+    if self.tokenizer is None:
+      raise PredictError(f"predict: bundle '{self.bundle}' has no tokenizer.model, so texts cannot be encoded "
+                         "(import it with --tokenizer)")
+    return self.tokenizer.encode(list(texts), self.config.input.max_text_len)
+
+  def embed_texts(self, texts):
+    tokens = self.tokenize(texts)
+    out = []
+    with self._bar(len(texts), "text") as bar:
+      for start in range(0, len(tokens), self.batch_size):
+        out.append(self.embedder.embed_texts(tokens[start:start + self.batch_size]))
+        bar.update(len(out[-1]))
+    return np.concatenate(out)
+
+  def logit_scale(self) -> float:
+    return float(np.exp(np.asarray(self.params["logit_scale"])))
+
+  # --- what the zero-shot evaluator would use ------------------------------------------------------
+
+  def zeroshot_eval_config(self):
+    for cfg in self.config.get("evals", {}).values():
+      if cfg.get("type") == "zeroshot":
+        return cfg
+    return {}
+
+  def default_classes(self):
+    names = tuple(self.zeroshot_eval_config().get("class_names", ()))
+    if not names and self.config.data.name == "vlmjax_shapes":
+      from vlmjax.data import shapes
+      names = tuple(shapes.CLASS_NAMES)
+    if not names:
+      raise PredictError("predict: the bundle's config names no classes; give --classes or --classes_file")
+    return names
+
+  def default_prompts(self):
+    prompts = tuple(self.zeroshot_eval_config().get("prompts", ()))
+    if prompts:
+      return prompts
+    if self.config.data.name == "vlmjax_shapes":
+      from vlmjax.data import shapes
+      return shapes.zero_shot_prompts
+    return DEFAULT_PROMPTS
+
+  def class_embeddings(self, class_names, prompts):
+    """[C, E]: the normalised mean prompt embedding of each class (ZeroShot.class_embeddings)."""
+    ctx = types.SimpleNamespace(embedder=self.embedder, tokenize=self.tokenize)
+    return ZeroShot(name="predict").class_embeddings(ctx, class_names, prompts)
+
+
+# --- the commands ----------------------------------------------------------------------------------
+
+def classify(predictor: Predictor, paths, class_names=(), prompts=(), top_k: int = 5):
+  """-> [{'image': path, 'top': [(class, score), ...]}] (top_k best first)."""
+  class_names = tuple(class_names) or predictor.default_classes()
+  for name in class_names:
+    if not name.strip():
+      raise PredictError("predict: --classes holds an empty class name")
+  if prompts:
+    for p in prompts:
+      if "{}" not in p:
+        raise PredictError(f"predict: prompt '{p}' has no '{{}}' for the class name")
+  classes = predictor.class_embeddings(class_names, tuple(prompts) or predictor.default_prompts())
+  kept, images = predictor.embed_images(list_images(paths))
+  logits = predictor.logit_scale() * images @ classes.T
+  probs = np.exp(logits - logits.max(1, keepdims=True))
+  probs /= probs.sum(1, keepdims=True)
+  # Rank by cosine (as the evaluator does): the softmax is monotone in it, ties included.
+  order = np.argsort(-(images @ classes.T), axis=1, kind="stable")[:, :top_k]
+  return [{"image": p, "top": [(class_names[j], float(probs[i, j])) for j in order[i]]}
+          for i, p in enumerate(kept)]
+
+
+def retrieve(predictor: Predictor, paths, queries, top_k: int = 8):
+  """-> [{'query': text, 'top': [(path, cosine), ...]}] (top_k best first)."""
+  if not queries:
+    raise PredictError("predict: retrieve needs --query TEXT (repeatable)")
+  kept, images = predictor.embed_images(list_images(paths))
+  sims = predictor.embed_texts(queries) @ images.T
+  order = np.argsort(-sims, axis=1, kind="stable")[:, :top_k]
+  return [{"query": q, "top": [(kept[j], float(sims[i, j])) for j in order[i]]} for i, q in enumerate(queries)]
+
+
+def draw_grid(results, out: str, thumb: int = 128) -> str:
+  """One row per query: the query's text, then its top images with their scores under them -> PNG."""
+  cols = max(len(r["top"]) for r in results)
+  text_w, label_h, pad = 2 * thumb, 16, 6
+  width = text_w + cols * (thumb + pad) + pad
+  height = len(results) * (thumb + label_h + pad) + pad
+  canvas = Image.new("RGB", (width, height), "white")
+  draw = ImageDraw.Draw(canvas)
+  for row, result in enumerate(results):
+    y = pad + row * (thumb + label_h + pad)
+    words, lines = result["query"].split(), [""]
+    for word in words:  # wrap the query to the text column
+      candidate = f"{lines[-1]} {word}".strip()
+      if draw.textlength(candidate) > text_w - 2 * pad and lines[-1]:
+        lines.append(word)
+      else:
+        lines[-1] = candidate
+    draw.multiline_text((pad, y + 4), "\n".join(lines), fill="black")
+    for col, (path, score) in enumerate(result["top"]):
+      x = text_w + col * (thumb + pad)
+      with Image.open(path) as image:
+        canvas.paste(image.convert("RGB").resize((thumb, thumb), Image.BILINEAR), (x, y))
+      draw.text((x, y + thumb + 2), f"{col + 1}. {score:.3f}", fill="black")
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  canvas.save(out)
+  return out
+
+
+def embed(predictor: Predictor, paths=(), texts=(), out: str = "") -> tuple[list, np.ndarray]:
+  """-> (inputs, [N, E]); written to `out` (.npy) and its .txt list of inputs when given."""
+  if bool(paths) == bool(texts):
+    raise PredictError("predict: embed takes image files/folders or --text, not both, not neither")
+  if texts:
+    inputs, embeddings = list(texts), predictor.embed_texts(texts)
+  else:
+    inputs, embeddings = predictor.embed_images(list_images(paths))
+  if out:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    np.save(out, embeddings.astype(np.float32))
+    with open(os.path.splitext(out)[0] + ".txt", "w", encoding="utf-8") as f:
+      f.write("".join(s.replace("\n", " ") + "\n" for s in inputs))
+  return inputs, embeddings
+
+
+def _classes_from_flags(opts) -> tuple:
+  names = list(opts.classes or [])
+  if opts.classes_file:
+    if not os.path.isfile(opts.classes_file):
+      raise PredictError(f"predict: --classes_file '{opts.classes_file}' does not exist")
+    with open(opts.classes_file, encoding="utf-8") as f:
+      names += [line.strip() for line in f if line.strip()]
+  return tuple(n.strip() for n in names)
+
+
+def run(command: str, args, opts) -> object:
+  """The CLI: `command` with positional `args` (image files/folders) and `opts` (the parsed flags)."""
+  if command not in COMMANDS:
+    raise PredictError(f"predict: unknown command '{command}'; known: {', '.join(COMMANDS)}")
+  predictor = Predictor(opts.bundle, opts.devices, opts.batch_size, opts.skip_unreadable)
+  if command == "embed":
+    if not opts.out:
+      raise PredictError("predict: embed needs --out FILE.npy")
+    inputs, embeddings = embed(predictor, args, opts.text, opts.out)
+    print(f"Wrote {embeddings.shape[0]}x{embeddings.shape[1]} embeddings to {opts.out} "
+          f"(inputs in {os.path.splitext(opts.out)[0]}.txt)")
+    return inputs
+  if command == "classify":
+    results = classify(predictor, args, _classes_from_flags(opts), opts.prompt, opts.top_k)
+    for r in results:
+      print(r["image"] + "\t" + "\t".join(f"{name} {score:.3f}" for name, score in r["top"]))
+  else:
+    results = retrieve(predictor, args, opts.query, opts.top_k)
+    for r in results:
+      print(f"query: {r['query']}")
+      for path, score in r["top"]:
+        print(f"  {score:.4f}  {path}")
+    if opts.grid:
+      print(f"Drew the top images of each query to {draw_grid(results, opts.grid)}")
+  if opts.json:
+    with open(opts.json, "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=1)
+  return results
+
+
+def main(argv):
+  quiet_absl_logging()
+  try:
+    if len(argv) < 2:
+      raise PredictError(f"predict: give a command ({', '.join(COMMANDS)}) after the flags")
+    run(argv[1], argv[2:], FLAGS)
+  except (PredictError, FileNotFoundError, ValueError) as e:
+    print(f"vlmjax.predict: error: {str(e).splitlines()[0]}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  FLAGS = flags.FLAGS
+  flags.DEFINE_string("bundle", None, "An inference bundle (python -m vlmjax.export).")
+  flags.DEFINE_integer("devices", 0, "Local devices to run on, data-parallel (0: all).")
+  flags.DEFINE_integer("batch_size", 64, "Images or texts per jitted call.")
+  flags.DEFINE_boolean("skip_unreadable", False, "Leave unreadable images out (with a warning) instead of stopping.")
+  flags.DEFINE_string("out", None, "embed: the .npy file to write.")
+  flags.DEFINE_multi_string("text", [], "embed: a text to embed (repeatable) instead of images.")
+  flags.DEFINE_list("classes", [], "classify: comma-separated class names (default: the bundle's zero-shot classes).")
+  flags.DEFINE_string("classes_file", None, "classify: a file of class names, one a line.")
+  flags.DEFINE_multi_string("prompt", [], "classify: a prompt template with {} (repeatable; default: the evaluator's).")
+  flags.DEFINE_multi_string("query", [], "retrieve: a query text (repeatable).")
+  flags.DEFINE_integer("top_k", 5, "classify / retrieve: how many results to show.")
+  flags.DEFINE_string("grid", None, "retrieve: draw the queries and their top images into this PNG.")
+  flags.DEFINE_string("json", None, "classify / retrieve: also write the results as JSON.")
+  flags.mark_flag_as_required("bundle")
+  app.run(main)
