@@ -229,7 +229,7 @@ def draw_grid(results, out: str, thumb: int = 128) -> str:
       x = text_w + col * (thumb + pad)
       with Image.open(path) as image:
         canvas.paste(image.convert("RGB").resize((thumb, thumb), Image.BILINEAR), (x, y))
-      draw.text((x, y + thumb + 2), f"{col + 1}. {score:.3f}", fill="black")
+      draw.text((x, y + thumb + 2), f"#{col + 1}  cos {score:.3f}", fill="black")
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   canvas.save(out)
   return out
