@@ -65,7 +65,7 @@ def rules_from_config(rules) -> tuple:
   return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes) for name, axes in rules)
 
 
-def _fit(spec: P, shape, mesh: Mesh) -> P:
+def fit_spec(spec: P, shape, mesh: Mesh) -> P:
   """Drop mesh axes from dimensions they do not divide (e.g. a 3-head tensor on a 2-way `tensor`).
 
   Such a parameter is replicated along that axis rather than failing to compile.
@@ -84,7 +84,7 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules):
   mesh_specs = nn.logical_to_mesh(logical_specs, rules)
   values = nn.meta.unbox(abstract_tree)
   return jax.tree.map(
-      lambda spec, value: NamedSharding(mesh, _fit(spec, np.shape(value), mesh)),
+      lambda spec, value: NamedSharding(mesh, fit_spec(spec, np.shape(value), mesh)),
       mesh_specs, values, is_leaf=lambda x: isinstance(x, P))
 
 

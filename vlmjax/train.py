@@ -129,7 +129,7 @@ def train(config, workdir: str, stop_after_steps: int | None = None, overwrite: 
       except ValueError as e:
         raise config_lib.ConfigError(str(e)) from None
   train_step = trainer.make_train_step(model, objectives, tx, schedule, mesh, state_shardings,
-                                       microbatches=config.microbatches)
+                                       microbatches=config.microbatches, rules=rules)
 
   start = int(state["step"])
   if jax.process_index() == 0:

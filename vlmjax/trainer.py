@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from vlmjax import registry, sharding
+from vlmjax.models import layers
 from vlmjax.data.pipeline import BAD_REASONS
 
 
@@ -110,12 +111,15 @@ def abstract_train_state(model, tx, sample_batch, mesh, rules):
                       nn.meta.unbox(abstract), shardings), shardings
 
 
-def make_train_step(model, objectives, tx, schedule, mesh, state_shardings, microbatches: int = 1):
+def make_train_step(model, objectives, tx, schedule, mesh, state_shardings, microbatches: int = 1,
+                    rules=sharding.DEFAULT_RULES):
   """-> jitted `step(state, batch) -> (state, metrics)`; the input state is donated. With
-  `microbatches` > 1 the batch runs in that many pieces (`cached_value_and_grad`), same result."""
+  `microbatches` > 1 the batch runs in that many pieces (`cached_value_and_grad`), same result.
+  `rules` (the params' logical axis rules) also place the activations: batch over data×fsdp."""
 
   def forward(params, batch, rng):
-    return model.apply({"params": params}, **model_inputs(model, batch, True), rngs={"dropout": rng})
+    with layers.activation_rules(rules):  # else the activations' logical constraints are no-ops
+      return model.apply({"params": params}, **model_inputs(model, batch, True), rngs={"dropout": rng})
 
   def objectives_loss(outputs, batch, step):
     total, metrics = 0.0, {}

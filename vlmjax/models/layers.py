@@ -5,11 +5,15 @@ One attention, one MLP, one block, one stack. Every parameter carries logical ax
 get logical constraints on (`batch`, `length`, `embed`). Parameters are float32; `dtype` is the
 compute dtype. Softmax and norms run in float32.
 """
+import contextlib
+import threading
 from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from vlmjax import sharding
 
 Array = jax.Array
 
@@ -28,8 +32,29 @@ REMAT_POLICIES = {
 }
 
 
+_activation_rules = threading.local()
+
+
+@contextlib.contextmanager
+def activation_rules(rules):
+  """Within it (while a step is traced), `constrain` places activations by these logical axis rules,
+  e.g. the batch over data×fsdp; outside, constraints follow flax's rules context (none: no-ops).
+  Not `nn.logical_axis_rules`: under that flax also constrains params as they are unboxed, which
+  fails for DenseGeneral kernels (initialised flat, then reshaped)."""
+  previous = getattr(_activation_rules, "rules", None)
+  _activation_rules.rules = rules
+  try:
+    yield
+  finally:
+    _activation_rules.rules = previous
+
+
 def constrain(x: Array, axes: tuple) -> Array:
-  return nn.with_logical_constraint(x, axes)
+  """x with the sharding its logical `axes` name (mesh axes that do not divide a dimension dropped)."""
+  rules, mesh = getattr(_activation_rules, "rules", None), jax.sharding.get_abstract_mesh()
+  if not rules or mesh.empty:
+    return nn.with_logical_constraint(x, axes)
+  return jax.lax.with_sharding_constraint(x, sharding.fit_spec(nn.logical_to_mesh_axes(axes, rules), x.shape, mesh))
 
 
 def kernel_init(axes: tuple, init=nn.initializers.xavier_uniform()):
