@@ -15,7 +15,7 @@ bf16 compute, fp32 params, remat 'full'; FSDP over all 128 chips. AdamW lr 1e-3,
 as SigLIP trains; 40 B examples seen.
 
 Measured with `vlmjax.compile --topology v5p-256` (jax 0.10.2, libtpu 0.0.42.1), per chip:
-MEMORY_LINE
+(being measured: see README, TPU sizing)
 The data defaults to the built-in dataset (so the config runs anywhere); point `data` at yours.
 """
 import math
