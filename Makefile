@@ -22,13 +22,15 @@ demo: $(STAMP)
 	$(BIN)/python -m vlmjax.evaluate --workdir $(DEMO_WORKDIR)
 	$(BIN)/python -m vlmjax.export --workdir $(DEMO_WORKDIR) --out $(DEMO_WORKDIR)/bundle
 
-# The whole suite, slow end-to-end tests included (about 5 minutes on 2 cores); `make test-fast`
-# skips the tests marked slow.
+# The whole suite, slow end-to-end tests included, in two worker processes (a test file stays in
+# one worker: module fixtures train once); `make test-fast` skips the tests marked slow.
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # Parity with open_clip and HF transformers: installs the `interop` extra (torch, torchvision,
 # open_clip, transformers: about 3 GB of wheels) and runs the interop tests. `make test` does not

@@ -18,7 +18,7 @@ def get_config(arg=None):
   del arg
   c = base_config()
   c.batch_size = 128
-  c.total_steps = 500
+  c.total_steps = 150
   c.data.builder_config = "default"
   c.input = dict(image_size=64, max_text_len=28, crop_min=1.0, brightness=0.0, subcaptions=3, prompt="")
   c.tokenizer.vocab_size = 256
@@ -27,7 +27,7 @@ def get_config(arg=None):
   c.optimizer.learning_rate = 3e-3
   c.optimizer.weight_decay = 0.05
   c.optimizer.warmup_steps = 50
-  c.checkpoint.every_steps = 250
+  c.checkpoint.every_steps = 50
   c.log_every_steps = 25
   c.evals = dict(nll=dict(type="token_nll", split="validation", num_examples=1000))
   return c

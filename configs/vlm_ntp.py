@@ -9,8 +9,8 @@ the decoder of configs/lm_text_only.py, started from that run (`init`, override 
 `BOS caption EOS`; the loss is on the caption and its EOS.
 
 Token-reduction variants by argument (same budget):
-  --config configs/vlm_ntp.py:tome    SimVLG: a 2-block ToMe connector merging 24 tokens per block
-                                      (64 -> 16 image tokens into the decoder)
+  --config configs/vlm_ntp.py:tome    SimVLG: a 2-block ToMe connector, each block merging half its
+                                      tokens (r = 32: 64 -> 32 -> 16 image tokens into the decoder)
   --config configs/vlm_ntp.py:pdrop   PyramidDrop: after decoder layers 1, 2, 3 keep 50 / 25 / 12.5 %
                                       of the image tokens
 
@@ -18,13 +18,13 @@ Every configs/vlm_*.py of the comparison starts from this file. Measured: the VL
 """
 from vlmjax.config import base_config
 
-STEPS = 400
+STEPS = 150
 LM_WORKDIR = "workdirs/lm_text_only"
 IMAGE = dict(variant="mu/8", width=128, depth=4, mlp_dim=512, num_heads=4, pool="gap", stem="conv")
 DECODER = dict(variant="mu", width=128, depth=4, mlp_dim=384, num_heads=4, num_kv_heads=2)
 VARIANTS = {
     "": {},
-    "tome": dict(projector=dict(kind="tome", width=128, depth=2, num_heads=4, r=24, merge="mean")),
+    "tome": dict(projector=dict(kind="tome", width=128, depth=2, num_heads=4, r=32, merge="mean")),
     "pdrop": dict(decoder=dict(DECODER, pdrop_layers=(1, 2, 3), pdrop_ratios=(0.5, 0.25, 0.125))),
 }
 
@@ -33,7 +33,7 @@ def get_config(arg=None):
   if (arg or "") not in VARIANTS:
     raise ValueError(f"configs/vlm_ntp.py: unknown variant '{arg}'; known: {', '.join(v for v in VARIANTS if v)}")
   c = base_config()
-  c.batch_size = 64
+  c.batch_size = 32
   c.total_steps = STEPS
   c.data.builder_config = "default"
   c.input = dict(image_size=64, max_text_len=28, crop_min=0.9, brightness=0.1, subcaptions=3, prompt="")
@@ -44,11 +44,11 @@ def get_config(arg=None):
   c.objectives = dict(ntp=dict(weight=1.0))
   c.optimizer.learning_rate = 1e-3
   c.optimizer.weight_decay = 0.05
-  c.optimizer.warmup_steps = 40
-  c.checkpoint.every_steps = 200
+  c.optimizer.warmup_steps = 30
+  c.checkpoint.every_steps = 50
   c.log_every_steps = 20
   c.evals = dict(
       caption=dict(type="captioning", split="test", num_examples=500, max_new_tokens=32),
-      nll=dict(type="token_nll", split="test", num_examples=1000),
+      nll=dict(type="token_nll", split="test", num_examples=500),
   )
   return c

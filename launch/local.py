@@ -59,7 +59,8 @@ def main(argv) -> int:
            for i in range(args.num_processes)]
   status = 0
   try:
-    while any(p.poll() is None for p in procs):
+    # Poll every process each round (a short-circuiting any() would never see a later one fail).
+    while [p.poll() for p in procs].count(None):
       failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
       if failed:
         status = failed[0]

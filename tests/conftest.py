@@ -5,7 +5,20 @@ os.environ["XLA_FLAGS"] = " ".join(
     f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8") if f)
 os.environ["JAX_PLATFORMS"] = "cpu"
 
+import atexit  # noqa: E402
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# One persistent compilation cache for the whole session, this process and the training processes
+# tests start: many tests compile the same tiny train step, and on 2 cores compiling is most of
+# their time. A fresh directory per session, so no run reads another's executables.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache_dir = tempfile.mkdtemp(prefix="vlmjax-test-xla-cache-")
+  atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import pytest  # noqa: E402
 
@@ -76,3 +89,12 @@ def tiny_source(tiny_data_dir):
 def tiny_tokenizer(tiny_source):
   from vlmjax.data.tokenizer import Tokenizer
   return Tokenizer.train((tiny_source[i]["caption"] for i in range(len(tiny_source))), 128)
+
+
+@pytest.fixture
+def no_compilation_cache():
+  """For tests that time compilation: the session's persistent cache would answer instead."""
+  import jax
+  jax.config.update("jax_enable_compilation_cache", False)
+  yield
+  jax.config.update("jax_enable_compilation_cache", True)

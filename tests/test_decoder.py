@@ -16,7 +16,7 @@ LM = dict(variant="mu", width=32, depth=2, mlp_dim=64, num_heads=4, num_kv_heads
 
 def _lm(**overrides):
   model = LanguageModel(decoder={**LM, **overrides}, vocab_size=VOCAB)
-  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), jnp.ones((1, 8), jnp.int32))["params"])
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), jnp.ones((1, 8), jnp.int32))["params"])
   return model, params
 
 
@@ -25,8 +25,9 @@ def _recompute(model, params, prefix, rng, steps, temperature=0.0, top_k=0):
   the same RNG splits as `generate`."""
   seq, kinds, out = prefix, prefix_kinds(prefix), []
   done = np.zeros(prefix.shape[0], bool)
+  apply = jax.jit(model.apply)  # one compile per length: op-by-op dispatch would take minutes
   for _ in range(steps):
-    logits = model.apply({"params": params}, seq, kinds)["logits"][:, -1]
+    logits = apply({"params": params}, seq, kinds)["logits"][:, -1]
     rng, sub = jax.random.split(rng)
     token = np.where(done, 0, np.asarray(sample_token(logits, sub, temperature, top_k)))
     done |= token == 3

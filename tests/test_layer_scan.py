@@ -62,7 +62,7 @@ def _compile_seconds(depth, scan):
   return best
 
 
-def test_scan_compile_time_is_flat_in_depth():
+def test_scan_compile_time_is_flat_in_depth(no_compilation_cache):
   shallow, deep = _compile_seconds(2, scan=True), _compile_seconds(24, scan=True)
   assert deep < 1.5 * shallow, f"24 layers took {deep:.2f}s to compile, 2 layers {shallow:.2f}s"
   # And the test can tell: unrolled, 24 layers compile far slower than 2.

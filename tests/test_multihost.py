@@ -94,8 +94,9 @@ def runs(tiny_data_dir, tmp_path_factory):
   two_then_one = tmp_path_factory.mktemp("two_then_one")
   _launch(config, tmp_path_factory.mktemp("cfg_a"), two_then_one, "--stop_after_steps", str(STOP))
   checkpointer = Checkpointer(str(two_then_one), 0, 3, async_save=False)
+  # (orbax may add its own marker files, e.g. commit_success.txt, beside the per-process states)
   saved_by_two = (checkpointer.latest_step(), sorted(
-      p.name for p in (checkpointer.manager.directory / str(STOP) / "data").iterdir()))
+      p.name for p in (checkpointer.manager.directory / str(STOP) / "data").iterdir() if p.suffix == ".json"))
   checkpointer.close()
   train(config, str(two_then_one))
   # This single process to STOP, then 2 processes to TOTAL.

@@ -48,7 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
       max_caption_chars=1000,     # a longer caption is a bad record (0: no limit)
   )
   c.input = dict(image_size=64, max_text_len=32, crop_min=1.0, brightness=0.0,
-                 subcaptions=3)  # DreamLIP: sentences sampled from the long caption beside the caption
+                 subcaptions=3,  # DreamLIP: sentences sampled from the long caption beside the caption
+                 prompt="")      # decoders: text between BOS and the caption, never supervised
   c.tokenizer = dict(path="", vocab_size=1000, train_examples=20000)
 
   c.model = dict(name="dual_encoder", image=dict(variant="S/16"), text=dict(variant="S"), embed_dim=384)

@@ -1,4 +1,4 @@
-"""Name -> model / objective / dataset / evaluator.
+"""Name -> model / objective / dataset / evaluator / preprocess (the example maker for a model type).
 
 A config picks every piece by name, so the trainer wires things together without `if name == ...`
 ladders. Modules register themselves with `@register(kind, name)`; `get` imports the packages that
@@ -6,9 +6,10 @@ hold the registrations the first time it is called.
 """
 import importlib
 
-KINDS = ("model", "objective", "dataset", "evaluator")
+KINDS = ("model", "objective", "dataset", "evaluator", "preprocess")
 _ENTRIES = {kind: {} for kind in KINDS}
-_PACKAGES = ("vlmjax.models", "vlmjax.objectives", "vlmjax.data.sources", "vlmjax.evals")
+_PACKAGES = ("vlmjax.models", "vlmjax.objectives", "vlmjax.data.sources", "vlmjax.data.pipeline",
+             "vlmjax.evals")
 _loaded = False
 
 

@@ -83,9 +83,15 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules):
   logical_specs = nn.get_partition_spec(abstract_tree)
   mesh_specs = nn.logical_to_mesh(logical_specs, rules)
   values = nn.meta.unbox(abstract_tree)
-  return jax.tree.map(
-      lambda spec, value: NamedSharding(mesh, fit_spec(spec, np.shape(value), mesh)),
-      mesh_specs, values, is_leaf=lambda x: isinstance(x, P))
+
+  def shard(spec, value):
+    # An empty node (optax's MaskedNode, the moments of a frozen param) stays an empty node: as a
+    # NamedSharding leaf it would no longer match the state's structure.
+    if not hasattr(value, "shape") and not jax.tree.leaves(value):
+      return value
+    return NamedSharding(mesh, fit_spec(spec, np.shape(value), mesh))
+
+  return jax.tree.map(shard, mesh_specs, values, is_leaf=lambda x: isinstance(x, P))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

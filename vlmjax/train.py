@@ -110,6 +110,10 @@ def train(config, workdir: str, stop_after_steps: int | None = None, overwrite: 
                                    subcaptions=config.input.subcaptions if "multi_text" in batch_fields else 0,
                                    second_view="image_view2" in batch_fields,
                                    max_caption_chars=config.data.max_caption_chars)
+  preprocess = registry.get("preprocess", config.model.name)(preprocess, config, tokenizer, model)
+  for _, objective in objectives.values():  # e.g. VLAP's word-frequency prior from the captions
+    if hasattr(objective, "prepare"):
+      objective.prepare(train_source, tokenizer)
   data_iter = iter(pipeline.train_dataset(
       train_source, preprocess, config.batch_size // jax.process_count(), config.seed,
       jax.process_index(), jax.process_count(), config.data.num_threads))

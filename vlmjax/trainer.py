@@ -236,7 +236,11 @@ def cached_value_and_grad(forward, loss_of_outputs, microbatches: int, batch_sha
 
 
 def sample_batch(config) -> dict:
-  """A batch of one with the shapes the input pipeline produces, for init and eval_shape."""
+  """A batch of one with the shapes the input pipeline produces, for init and eval_shape (the
+  model's own `sample_batch` when it has one: decoders take tokens, not texts)."""
+  model = build_model(config, vocab_size=1)  # only its shapes are read
+  if hasattr(model, "sample_batch"):
+    return model.sample_batch(config.input)
   size = config.input.image_size
   return {"image": jnp.zeros((1, size, size, 3), jnp.float32),
           "text": jnp.zeros((1, config.input.max_text_len), jnp.int32)}

@@ -19,7 +19,9 @@ import grain
 import numpy as np
 from PIL import Image
 
+from vlmjax import registry
 from vlmjax.data.tokenizer import Tokenizer
+from vlmjax.models.decoder import BIDIRECTIONAL, CAUSAL, IMAGE_TOKEN, PAD
 
 # Why a record is skipped; `bad_records` counts are int32 [len(BAD_REASONS)] in this order.
 BAD_REASONS = ("corrupt_image", "empty_image", "empty_caption", "long_caption", "not_utf8")
@@ -224,3 +226,69 @@ def eval_batches(source, preprocess: Preprocess, batch_size: int, indices=None, 
   ds = ds.map(preprocess.map).filter(lambda example: not isinstance(example, BadRecord))  # left out
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size))
   yield from ds.batch(batch_size, drop_remainder=False)
+
+
+# --- Decoder (VLM / LM) examples: DESIGN.md §5 --------------------------------------------------
+
+
+def caption_sequence(text, num_image_tokens: int, prompt=()) -> dict:
+  """A caption as a decoder example. text int [L] = [BOS pieces EOS pad...] (`Tokenizer.encode`),
+  prompt: piece ids (no BOS/EOS) -> int32/float32 arrays of length n + len(prompt) + L:
+
+  - `tokens`: [IMAGE_TOKEN × n] BOS prompt pieces EOS pad...
+  - `targets`: the next token where it is supervised (a caption piece or the EOS), else 0;
+  - `loss_weights`: 1.0 there, 0.0 at image, BOS/prompt and padding positions;
+  - `attention_mask`: 1 for image slots (one bidirectional block), 2 for text, 0 for padding.
+  """
+  text, prompt = np.asarray(text, np.int32), np.asarray(prompt, np.int32).reshape(-1)
+  tokens = np.concatenate([np.full(num_image_tokens, IMAGE_TOKEN, np.int32), text[:1], prompt, text[1:]])
+  start = num_image_tokens + 1 + len(prompt)  # the first caption piece
+  is_caption = np.zeros(len(tokens), bool)
+  is_caption[start:] = tokens[start:] != PAD
+  supervised = np.append(is_caption[1:], False)
+  return {"tokens": tokens,
+          "targets": np.where(supervised, np.roll(tokens, -1), PAD).astype(np.int32),
+          "loss_weights": supervised.astype(np.float32),
+          "attention_mask": np.where(tokens == IMAGE_TOKEN, BIDIRECTIONAL,
+                                     np.where(tokens != PAD, CAUSAL, PAD)).astype(np.int32)}
+
+
+@dataclasses.dataclass
+class CaptionPreprocess(grain.transforms.RandomMap):
+  """A record -> a decoder example: `base` (a `Preprocess`) decodes, augments and tokenizes it, then
+  its 'text' becomes `caption_sequence(text, num_image_tokens, prompt)`. Without `with_image` (a
+  text-only LM) the image is dropped. What `base` rejects (a BadRecord) is passed on unchanged."""
+  base: Preprocess
+  num_image_tokens: int
+  prompt: tuple = ()
+  with_image: bool = True
+
+  def random_map(self, record, rng: np.random.Generator):
+    example = self.base.random_map(record, rng)
+    if not isinstance(example, dict):
+      return example
+    example.update(caption_sequence(example.pop("text"), self.num_image_tokens, self.prompt))
+    if not self.with_image:
+      example.pop("image")
+    return example
+
+  def map(self, record):  # evaluation: no randomness
+    return self.random_map(record, np.random.default_rng(0))
+
+
+@registry.register("preprocess", "vlm")
+@registry.register("preprocess", "lm")
+def caption_preprocess(base: Preprocess, config, tokenizer: Tokenizer, model):
+  """The decoder example maker for `model` (an LM or VLM) on `config.input` (`prompt`: text put
+  between BOS and the caption, never supervised)."""
+  prompt = config.input.get("prompt", "")
+  num_image_tokens = model.num_image_tokens(config.input.image_size)
+  return CaptionPreprocess(base, num_image_tokens, tuple(tokenizer.sp.encode(prompt)) if prompt else (),
+                           with_image=num_image_tokens > 0)
+
+
+@registry.register("preprocess", "dual_encoder")
+def dual_encoder_preprocess(base: Preprocess, config, tokenizer: Tokenizer, model):
+  """A dual encoder trains on `Preprocess`'s examples as they are."""
+  del config, tokenizer, model
+  return base

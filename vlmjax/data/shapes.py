@@ -455,6 +455,29 @@ def make_example(seed: int, split: str, index: int, image_size: int = 64) -> dic
     )
 
 
+def reference_captions(objects) -> list[str]:
+    """Every short caption the generator could have written for a scene (each choice of which
+    objects name their size, of the position phrase for one object, of the count prefix for
+    several), for captioning metrics with multiple references as on COCO.
+
+    `objects`: a list of object dicts, or a TFDS-decoded record's `objects` (a dict of arrays with
+    class-label ids for shape, colour and size).
+    """
+    if isinstance(objects, dict):
+        objects = [dict(shape=SHAPES[int(s)], color=COLORS[int(c)], size=SIZES[int(z)], x=float(x), y=float(y))
+                   for s, c, z, x, y in zip(objects['shape'], objects['color'], objects['size'],
+                                            objects['x'], objects['y'])]
+    out = []
+    for sizes in range(2 ** len(objects)):
+        for flag in (False, True):
+            template = dict(with_size=[bool(sizes >> i & 1) for i in range(len(objects))],
+                            with_position=flag, with_count=flag)
+            caption = _caption(objects, template)
+            if caption not in out:
+                out.append(caption)
+    return out
+
+
 def zero_shot_prompts(class_name: str) -> list[str]:
     """Prompt templates for zero-shot classification of `class_name` ('red circle').
 

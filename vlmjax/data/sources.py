@@ -109,6 +109,8 @@ def shapes_source(data_config, split: str):
                                               "long_caption": "long_caption"})
   source = TfdsSource(name, split, data_dir, fields)
   source.class_names, source.prompts = shapes.CLASS_NAMES, shapes.zero_shot_prompts
+  # Captioning references: every caption the generator could have written for record i's scene.
+  source.reference_captions = lambda i: shapes.reference_captions(source.source[int(i)]["objects"])
   return source
 
 

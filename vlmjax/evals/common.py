@@ -16,7 +16,7 @@ class Embedder:
   """
 
   def __init__(self, model, params, mesh, batch_size: int):
-    self.mesh, self.batch_size, self.params = mesh, batch_size, params
+    self.model, self.mesh, self.batch_size, self.params = model, mesh, batch_size, params
     self._images = jax.jit(lambda p, x: model.apply({"params": p}, images=x)["image_embeds"],
                            out_shardings=sharding.replicated(mesh))
     self._texts = jax.jit(lambda p, x: model.apply({"params": p}, texts=x)["text_embeds"],

@@ -1,0 +1,130 @@
+"""Captioning evaluators for decoders (LM / VLM).
+
+- `captioning`: captions generated with the KV cache (greedy by default, or temperature / top-k
+  sampling), scored with CIDEr-D and BLEU-1..4 from pycocoevalcap against the dataset's references:
+  `source.reference_captions(i)` where the source has it (vlmjax_shapes: every caption its
+  generator could have written for the scene, 4 to 32 of them), else the record's caption. Texts are
+  lower-cased and split into words and numbers (what COCO's PTBTokenizer does to such captions,
+  without its Java dependency; CIDEr and BLEU themselves are pure Python).
+- `token_nll`: the teacher-forced per-token NLL, perplexity and next-token accuracy on a split's
+  captions, with the training layout (image slots, prompt, masks).
+"""
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+
+from vlmjax import registry, sharding, trainer
+from vlmjax.data import pipeline
+from vlmjax.data.tokenizer import BOS, EOS
+from vlmjax.models.generate import make_generate
+from vlmjax.objectives.ntp import token_cross_entropy
+
+
+def words(text: str) -> str:
+  """'Two objects: a Red circle.' -> 'two objects a red circle'."""
+  return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def caption_metrics(references: list[list[str]], predictions: list[str]) -> dict:
+  """CIDEr-D and BLEU-1..4 (corpus level, as pycocoevalcap reports them) of predictions[i] against
+  references[i]."""
+  if len(references) != len(predictions) or not predictions:
+    raise ValueError(f"caption_metrics: {len(predictions)} predictions for {len(references)} reference sets")
+  gts = {i: [words(r) for r in refs] for i, refs in enumerate(references)}
+  res = {i: [words(p)] for i, p in enumerate(predictions)}
+  cider, _ = Cider().compute_score(gts, res)
+  bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+  return {"CIDEr": float(cider), **{f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)}}
+
+
+def prompt_ids(tokenizer, input_config) -> tuple:
+  prompt = input_config.get("prompt", "")
+  return tuple(tokenizer.sp.encode(prompt)) if prompt else ()
+
+
+def generation_prefix(num_image_tokens: int, prompt=()) -> np.ndarray:
+  """The tokens a caption is generated after: the training layout up to the first caption piece."""
+  tokens = pipeline.caption_sequence(np.array([BOS, EOS]), num_image_tokens, prompt)["tokens"]
+  return tokens[:num_image_tokens + 1 + len(prompt)]
+
+
+def _padded(x, size: int):
+  return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)]) if len(x) < size else x
+
+
+@registry.register("evaluator", "captioning")
+class Captioning:
+
+  def __init__(self, name: str, split: str = "test", num_examples: int = 500, max_new_tokens: int = 32,
+               temperature: float = 0.0, top_k: int = 0, seed: int = 0):
+    self.name, self.split, self.num_examples = name, split, num_examples
+    self.max_new_tokens, self.temperature, self.top_k, self.seed = max_new_tokens, temperature, top_k, seed
+    self.predictions, self.references = [], []
+
+  def run(self, ctx) -> dict:
+    embedder = ctx.embedder
+    model, mesh, batch_size = embedder.model, embedder.mesh, embedder.batch_size
+    if not hasattr(model, "num_image_tokens"):
+      raise ValueError(f"evals.{self.name}: captioning needs a decoder model ('vlm'), not '{type(model).__name__}'")
+    source = ctx.source(self.split)
+    count = min(self.num_examples, len(source)) if self.num_examples > 0 else len(source)
+    reference_fn = getattr(source, "reference_captions", lambda i: [source[i]["caption"]])
+    prefix = generation_prefix(model.num_image_tokens(ctx.input_config.image_size),
+                               prompt_ids(ctx.tokenizer, ctx.input_config))
+    generate = make_generate(model, self.max_new_tokens, self.temperature, self.top_k)
+    rng = jax.random.PRNGKey(self.seed)
+    prefixes = sharding.global_batch(np.tile(prefix, (batch_size, 1)), mesh)
+    predictions = []
+    _, batches = ctx.batches(self.split, limit=count)
+    for i, batch in enumerate(batches):
+      images = sharding.global_batch(_padded(np.asarray(batch["image"], np.float32), batch_size), mesh)
+      with jax.set_mesh(mesh):
+        tokens = generate(embedder.params, prefixes, jax.random.fold_in(rng, i), images)
+      predictions += ctx.tokenizer.decode(np.asarray(jax.device_get(tokens))[:len(batch["image"])])
+    if len(predictions) != count:
+      raise ValueError(f"evals.{self.name}: only {len(predictions)} of the first {count} records of "
+                       f"'{self.split}' could be read; their references would not line up")
+    self.predictions, self.references = predictions, [reference_fn(i) for i in range(count)]
+    metrics = caption_metrics(self.references, predictions)
+    exact = np.mean([words(p) in {words(r) for r in refs} for p, refs in zip(predictions, self.references)])
+    return {**{f"{self.name}/{k}": v for k, v in metrics.items()}, f"{self.name}/exact_match": float(exact)}
+
+
+@registry.register("evaluator", "token_nll")
+class TokenNll:
+
+  def __init__(self, name: str, split: str = "test", num_examples: int = 1000):
+    self.name, self.split, self.num_examples = name, split, num_examples
+
+  def run(self, ctx) -> dict:
+    embedder = ctx.embedder
+    model, mesh, batch_size = embedder.model, embedder.mesh, embedder.batch_size
+    source = ctx.source(self.split)
+    count = min(self.num_examples, len(source)) if self.num_examples > 0 else len(source)
+    base = pipeline.Preprocess(ctx.tokenizer, ctx.input_config.image_size, ctx.input_config.max_text_len)
+    num_image_tokens = model.num_image_tokens(ctx.input_config.image_size)
+    preprocess = pipeline.CaptionPreprocess(base, num_image_tokens, prompt_ids(ctx.tokenizer, ctx.input_config),
+                                            with_image=num_image_tokens > 0)
+
+    @jax.jit
+    def sums(params, batch):
+      logits = model.apply({"params": params}, **trainer.model_inputs(model, batch, False))["logits"]
+      supervised = batch["loss_weights"] > 0
+      nll = jnp.where(supervised, token_cross_entropy(logits, batch["targets"]), 0.0).sum()
+      correct = (supervised & (jnp.argmax(logits, -1) == batch["targets"])).sum()
+      return nll, correct, supervised.sum()
+
+    totals = np.zeros(3)
+    keys = ("image", "tokens", "targets", "loss_weights", "attention_mask")
+    for batch in pipeline.eval_batches(source, preprocess, batch_size, range(count)):
+      batch = {k: sharding.global_batch(_padded(np.asarray(batch[k]), batch_size), mesh) for k in keys if k in batch}
+      with jax.set_mesh(mesh):
+        totals += np.asarray(jax.device_get(sums(embedder.params, batch)), np.float64)
+    nll = float(totals[0] / max(totals[2], 1))
+    return {f"{self.name}/nll": nll, f"{self.name}/perplexity": math.exp(nll),
+            f"{self.name}/token_accuracy": float(totals[1] / max(totals[2], 1))}

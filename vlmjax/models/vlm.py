@@ -1,0 +1,97 @@
+"""Vision-language model: image tower -> projector -> image tokens in a causal decoder (DESIGN.md §5).
+
+The token sequence holds `IMAGE_TOKEN` placeholders; the projected image tokens fill them in order
+(`vlmjax.data.pipeline.caption_sequence` builds `[image × N] BOS prompt caption EOS pad`). The image
+block attends bidirectionally, text causally (`attention_mask` kinds). Configs pick the pieces:
+`projector.kind` linear (LiMBeR / VLAP), mlp (LLaVA), hreducer (DocOwl) or tome (SimVLG's token
+merging connector); `decoder.pdrop_layers` for PyramidDrop; `optimizer.frozen` to freeze towers.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vlmjax import registry
+from vlmjax.models.decoder import (CAUSAL, IMAGE_TOKEN, PAD, Decoder, decoder_kwargs, rank_query_mask,
+                                   take_rows)
+from vlmjax.models.projectors import Projector
+from vlmjax.models.sizes import decode_variant
+from vlmjax.models.vit import ViT
+
+
+@registry.register("model", "vlm")
+class VLM(nn.Module):
+  """images [B, S, S, 3], tokens [B, T] (IMAGE_TOKEN slots), attention_mask [B, T] kinds,
+  loss_weights [B, T] (only to find PyramidDrop's ranking queries) -> dict of
+
+  - `logits` [B, T, V] float32: next-token logits at every position;
+  - `image_code` [B, D]: the mean of the projected image tokens (VLAP's visual representation);
+  - with `assignment_codes`: `text_code` [B, D], the mean final hidden state of the decoder run on
+    the text tokens alone (VLAP's text representation; stop-gradient: the target side), and
+    `word_embeddings` [V, D], the decoder's input embedding table.
+
+  Without images (generation steps after the prefill) only the tokens run. `stop_image_gradient`
+  cuts the backward pass at the image tower's output: with a frozen tower (LiMBeR, VLAP) its
+  gradient would be computed only to be thrown away.
+  """
+  image: dict
+  decoder: dict
+  vocab_size: int
+  projector: dict | None = None  # default: {'kind': 'mlp'}
+  stop_image_gradient: bool = False
+  assignment_codes: bool = False
+  decode: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  batch_keys = {"images": "image", "tokens": "tokens", "attention_mask": "attention_mask",
+                "loss_weights": "loss_weights"}
+  towers = {"image": ViT, "decoder": Decoder}
+
+  def image_kwargs(self) -> dict:
+    config = dict(self.image)
+    return {**decode_variant(config.pop("variant", "S/16")), **config}
+
+  def make_projector(self, **kwargs) -> Projector:
+    config = dict(self.projector or {"kind": "mlp"})
+    return Projector(**config, out_dim=decoder_kwargs(self.decoder)["width"], dtype=self.dtype, **kwargs)
+
+  def num_image_tokens(self, image_size: int) -> int:
+    """How many image tokens (placeholders) a sequence needs for images of `image_size`."""
+    grid = image_size // self.image_kwargs()["patch_size"]
+    return self.make_projector(parent=None).num_output_tokens(grid * grid)
+
+  def sample_batch(self, input_config) -> dict:
+    size, n = input_config.image_size, self.num_image_tokens(input_config.image_size)
+    tokens = jnp.concatenate([jnp.full((1, n), IMAGE_TOKEN, jnp.int32),
+                              jnp.zeros((1, input_config.max_text_len), jnp.int32)], axis=1)
+    return {"image": jnp.zeros((1, size, size, 3), jnp.float32), "tokens": tokens,
+            "attention_mask": jnp.zeros_like(tokens), "loss_weights": jnp.zeros(tokens.shape, jnp.float32)}
+
+  @nn.compact
+  def __call__(self, images=None, tokens=None, attention_mask=None, loss_weights=None, train: bool = False):
+    if tokens is None:
+      raise ValueError("VLM: 'tokens' are required (the image goes into their IMAGE_TOKEN slots)")
+    decoder = Decoder(**decoder_kwargs(self.decoder), vocab_size=self.vocab_size, decode=self.decode,
+                      dtype=self.dtype, name="decoder")
+    out, image_embeddings = {}, None
+    if images is not None:
+      _, features = ViT(**self.image_kwargs(), dtype=self.dtype, name="image")(images, train)
+      if self.stop_image_gradient:
+        features = jax.lax.stop_gradient(features)
+      image_embeddings = self.make_projector(name="projector")(features, train)
+      out["image_code"] = image_embeddings.astype(jnp.float32).mean(axis=1)
+    kinds = jnp.where(tokens != PAD, CAUSAL, PAD) if attention_mask is None else attention_mask
+    rank_queries = None if loss_weights is None else rank_query_mask(kinds, loss_weights)
+    result = decoder(tokens, kinds, image_embeddings, rank_queries, train)
+    out["logits"] = result["logits"]
+    if self.assignment_codes and not self.decode:
+      # The text alone: the non-image tokens moved to the front, in order.
+      is_image = tokens == IMAGE_TOKEN
+      order = jnp.argsort(is_image, axis=1, stable=True)
+      length = tokens.shape[1] - (0 if image_embeddings is None else image_embeddings.shape[1])
+      text = take_rows(jnp.where(is_image, PAD, tokens), order)[:, :length]
+      text_kinds = jnp.where(text != PAD, CAUSAL, PAD)
+      hidden = decoder(text, text_kinds, train=train)["hidden"]
+      valid = (text_kinds > PAD)[..., None].astype(jnp.float32)
+      out["text_code"] = jax.lax.stop_gradient((hidden * valid).sum(1) / jnp.maximum(valid.sum(1), 1.0))
+      out["word_embeddings"] = result["embedding"]
+    return out
