@@ -12,7 +12,7 @@ def get_config(arg=None):
   del arg
   c = base_config()
   c.batch_size = 128
-  c.total_steps = 900
+  c.total_steps = 600
   c.data.builder_config = "default"
   c.input = dict(image_size=64, max_text_len=24, crop_min=0.85, brightness=0.1)
   c.tokenizer.vocab_size = 256
@@ -22,10 +22,10 @@ def get_config(arg=None):
   c.model.embed_dim = 128
   c.objectives = dict(clip=dict(weight=1.0))
 
-  c.optimizer.learning_rate = 2e-3
+  c.optimizer.learning_rate = 1e-3
   c.optimizer.weight_decay = 0.05
   c.optimizer.warmup_steps = 60
-  c.checkpoint.every_steps = 300
+  c.checkpoint.every_steps = 200
   c.log_every_steps = 25
   c.evals = dict(
       zeroshot=dict(type="zeroshot", split="test"),

@@ -145,3 +145,18 @@ def test_vlm_trains_end_to_end(tiny_data_dir, tmp_path, case):
       moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
                   for a, b in zip(jax.tree.leaves(start["params"][part]), jax.tree.leaves(final[part])))
       assert (moved > 0) == (part == "projector"), (part, moved)
+
+
+@pytest.mark.parametrize("name", ["vlm", "lm"])
+def test_sample_batch_has_every_field_of_a_pipeline_example(tiny_data_dir, name):
+  """init, eval_shape and `vlmjax.compile` build the step from `sample_batch`: it must carry what the
+  objectives read (targets, loss_weights), with the pipeline's shapes and dtypes."""
+  model_config = TINY_VLM if name == "vlm" else dict(name="lm", decoder=DECODER)
+  config = tiny_config(tiny_data_dir, model=model_config)
+  model = trainer.build_model(config, VOCAB)
+  example = caption_sequence(np.array([2, 7, 3] + [0] * (config.input.max_text_len - 3)),
+                             model.num_image_tokens(config.input.image_size))
+  sample = trainer.sample_batch(config)
+  assert set(example) <= set(sample)
+  for key, value in example.items():
+    assert sample[key].shape[1:] == value.shape and sample[key].dtype == value.dtype, key

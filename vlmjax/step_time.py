@@ -85,10 +85,13 @@ def main(argv):
         jax.block_until_ready(metrics)
       run["times"].append((time.perf_counter() - start) / FLAGS.steps)
   base = statistics.median(runs[0]["times"])
-  print("| config | s/step (median) | examples/s | speedup |\n|---|---|---|---|")
+  # tokens/s: decoder sequence positions (image slots included) per second, where the batch has tokens
+  print("| config | s/step (median) | examples/s | tokens/s | speedup |\n|---|---|---|---|---|")
   for run in runs:
     t = statistics.median(run["times"])
-    print(f"| {run['spec']} | {t:.3f} | {run['config'].batch_size / t:.1f} | {base / t:.2f}× |")
+    examples = run["config"].batch_size / t
+    tokens = f"{examples * run['batch']['tokens'].shape[1]:.0f}" if "tokens" in run["batch"] else "—"
+    print(f"| {run['spec']} | {t:.3f} | {examples:.1f} | {tokens} | {base / t:.2f}× |")
 
 
 if __name__ == "__main__":

@@ -216,4 +216,6 @@ class LanguageModel(nn.Module):
 
   def sample_batch(self, input_config) -> dict:
     length = input_config.max_text_len
-    return {"tokens": jnp.zeros((1, length), jnp.int32), "attention_mask": jnp.zeros((1, length), jnp.int32)}
+    tokens = jnp.zeros((1, length), jnp.int32)
+    return {"tokens": tokens, "attention_mask": tokens, "targets": tokens,
+            "loss_weights": jnp.zeros((1, length), jnp.float32)}

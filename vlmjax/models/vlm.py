@@ -64,7 +64,8 @@ class VLM(nn.Module):
     tokens = jnp.concatenate([jnp.full((1, n), IMAGE_TOKEN, jnp.int32),
                               jnp.zeros((1, input_config.max_text_len), jnp.int32)], axis=1)
     return {"image": jnp.zeros((1, size, size, 3), jnp.float32), "tokens": tokens,
-            "attention_mask": jnp.zeros_like(tokens), "loss_weights": jnp.zeros(tokens.shape, jnp.float32)}
+            "attention_mask": jnp.zeros_like(tokens), "targets": jnp.zeros_like(tokens),
+            "loss_weights": jnp.zeros(tokens.shape, jnp.float32)}
 
   @nn.compact
   def __call__(self, images=None, tokens=None, attention_mask=None, loss_weights=None, train: bool = False):
