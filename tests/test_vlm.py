@@ -160,3 +160,23 @@ def test_sample_batch_has_every_field_of_a_pipeline_example(tiny_data_dir, name)
   assert set(example) <= set(sample)
   for key, value in example.items():
     assert sample[key].shape[1:] == value.shape and sample[key].dtype == value.dtype, key
+
+
+def test_restage_moves_layers_between_pyramid_drop_stages():
+  """An LM's scanned 4-layer stack re-split into PyramidDrop stages (and back) keeps every layer in
+  order: the staged model without image tokens computes the LM's logits."""
+  from vlmjax.models.decoder import LanguageModel, layer_list, restage
+  tokens = jnp.array([[2, 7, 9, 11, 3, 0]])
+  plain = LanguageModel(decoder=dict(DECODER, depth=4), vocab_size=VOCAB)
+  staged = LanguageModel(decoder=dict(DECODER, depth=4, pdrop_layers=(1, 3), pdrop_ratios=(0.5, 0.25)),
+                         vocab_size=VOCAB)
+  params = nn.meta.unbox(jax.jit(plain.init)(jax.random.PRNGKey(1), tokens)["params"])
+  shapes = jax.eval_shape(lambda: nn.meta.unbox(staged.init(jax.random.PRNGKey(0), tokens)["params"]))
+  moved = {"decoder": restage(params["decoder"], shapes["decoder"])}
+  assert jax.tree.structure(moved) == jax.tree.structure(shapes)
+  np.testing.assert_allclose(staged.apply({"params": moved}, tokens)["logits"],
+                             plain.apply({"params": params}, tokens)["logits"], rtol=1e-5, atol=1e-5)
+  back = restage(moved["decoder"], params["decoder"])
+  for a, b in zip(layer_list(back), layer_list(params["decoder"])):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_array_equal(x, y)

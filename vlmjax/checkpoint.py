@@ -143,11 +143,66 @@ def init_params_from(workdir: str, params, pattern: str, step: int | None = None
   try:
     loaded = source.restore_params(abstract, step)
   except (ValueError, KeyError, FileNotFoundError) as e:
-    raise ValueError(f"init.workdir: {workdir} does not hold params matching '{pattern}' with this "
-                     f"model's shapes ({str(e).splitlines()[0][:200]})") from None
+    loaded = _restaged(workdir, wanted, step)
+    if loaded is None:
+      raise ValueError(f"init.workdir: {workdir} does not hold params matching '{pattern}' with this "
+                       f"model's shapes ({str(e).splitlines()[0][:200]})") from None
   finally:
     source.close()
   return _merge(params, loaded)
+
+
+def load_run_params(workdir: str, step: int | None = None):
+  """Another run's (config, model, params as host arrays, tokenizer) with its own model's layout."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from vlmjax import trainer  # trainer imports this module  # pylint: disable=import-outside-toplevel
+  from vlmjax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  tokenizer = Tokenizer.load(config.tokenizer.path or os.path.join(workdir, "tokenizer.model"))
+  model = trainer.build_model(config, tokenizer.vocab_size)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.eval_shape(lambda r: nn.meta.unbox(model.init(r, **trainer.model_inputs(
+      model, trainer.sample_batch(config), False))["params"]), jax.random.PRNGKey(0))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+  source = Checkpointer(workdir, every_steps=0, keep=1, async_save=False)
+  try:
+    if source.latest_step() is None:
+      raise ValueError(f"no checkpoint in {source.directory}")
+    params = jax.device_get(source.restore_params(abstract, step))
+  finally:
+    source.close()
+  return config, model, params, tokenizer
+
+
+def _restaged(workdir: str, wanted, step):
+  """`wanted`'s decoder from a run whose decoder has other PyramidDrop stages (an LM run starting a
+  PyramidDrop VLM), re-split into this model's stages; None when that is not the mismatch."""
+  from vlmjax.models.decoder import restage  # pylint: disable=import-outside-toplevel
+  if "decoder" not in wanted or not os.path.exists(os.path.join(workdir, "config.json")):
+    return None
+  try:
+    _, _, source, _ = load_run_params(workdir, step)
+    if "decoder" not in source:
+      return None
+    others = {k: v for k, v in wanted.items() if k != "decoder"}
+    tree = {**_select_like(source, others), "decoder": restage(source["decoder"], wanted["decoder"])}
+
+    def place(x, w):
+      if tuple(x.shape) != tuple(w.shape):
+        raise ValueError(f"shape {tuple(x.shape)} against {tuple(w.shape)}")
+      return jax.device_put(jax.numpy.asarray(x, w.dtype), w.sharding)
+    return jax.tree.map(place, tree, wanted)
+  except (ValueError, KeyError, TypeError):
+    return None
+
+
+def _select_like(source, like):
+  """The subtree of `source` with the keys of `like` (KeyError when one is missing)."""
+  if isinstance(like, dict):
+    return {k: _select_like(source[k], v) for k, v in like.items()}
+  return source
 
 
 def _from_bundle(bundle: str, wanted, pattern: str):

@@ -219,3 +219,48 @@ class LanguageModel(nn.Module):
     tokens = jnp.zeros((1, length), jnp.int32)
     return {"tokens": tokens, "attention_mask": tokens, "targets": tokens,
             "loss_weights": jnp.zeros((1, length), jnp.float32)}
+
+
+def layer_list(decoder_params) -> list:
+  """A decoder's params (its `decoder/` subtree, scanned stacks) -> its blocks' params in layer order,
+  whatever its PyramidDrop stages: stage 0's `layers` stack, then for each later stage s its
+  `layers_{s}_first` block and its `layers_{s}` stack."""
+  out, stage = [], 0
+  while stage == 0 or f"layers_{stage}_first" in decoder_params or f"layers_{stage}" in decoder_params:
+    if stage > 0 and f"layers_{stage}_first" in decoder_params:
+      out.append(decoder_params[f"layers_{stage}_first"])
+    stack = decoder_params.get("layers" if stage == 0 else f"layers_{stage}")
+    if stack is not None:
+      if "blocks" not in stack:
+        raise ValueError("decoder params: re-staging needs scanned layers (scan=True)")
+      out += [jax.tree.map(lambda a, i=i: a[i], stack["blocks"])
+              for i in range(jax.tree.leaves(stack["blocks"])[0].shape[0])]
+    stage += 1
+  return out
+
+
+def restage(source_params, target_params):
+  """The decoder `source_params` laid out in the stages of `target_params` (a tree of the same
+  decoder with other PyramidDrop stages; arrays or shape structs): the same layers in the same
+  order, so an LM run starts a PyramidDrop VLM. -> a tree shaped like `target_params`."""
+  layers_ = layer_list(source_params)
+  count = sum(1 if k.endswith("_first") else jax.tree.leaves(v["blocks"])[0].shape[0]
+              for k, v in target_params.items() if k.startswith("layers"))
+  if len(layers_) != count:
+    raise ValueError(f"decoder params: the source has {len(layers_)} layers, this model {count}")
+  out, position = {}, 0
+  for name in target_params:
+    if not name.startswith("layers"):
+      out[name] = source_params[name]
+  stage = 0
+  while stage == 0 or any(k in target_params for k in (f"layers_{stage}_first", f"layers_{stage}")):
+    if stage > 0 and f"layers_{stage}_first" in target_params:
+      out[f"layers_{stage}_first"] = layers_[position]
+      position += 1
+    name = "layers" if stage == 0 else f"layers_{stage}"
+    if name in target_params:
+      count = jax.tree.leaves(target_params[name]["blocks"])[0].shape[0]
+      out[name] = {"blocks": jax.tree.map(lambda *a: jnp.stack(a), *layers_[position:position + count])}
+      position += count
+    stage += 1
+  return out

@@ -8,14 +8,12 @@ multiplication, so even an infinite logit there cannot leak a NaN).
 import json
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vlmjax import config as config_lib, registry, trainer
-from vlmjax.checkpoint import Checkpointer
-from vlmjax.data.tokenizer import Tokenizer
+from vlmjax import config as config_lib, registry
+from vlmjax.checkpoint import load_run_params
 from vlmjax.models.decoder import CAUSAL, IMAGE_TOKEN, PAD, take_rows
 
 
@@ -70,19 +68,10 @@ def load_reference_lm(workdir: str, step: int | None = None):
   if config.model.name != "lm":
     raise config_lib.ConfigError(f"objectives.prior.reference_workdir: '{workdir}' holds a "
                                  f"'{config.model.name}' run; the reference must be a text-only 'lm' run")
-  tokenizer = Tokenizer.load(config.tokenizer.path or os.path.join(workdir, "tokenizer.model"))
-  model = trainer.build_model(config, tokenizer.vocab_size)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.eval_shape(lambda r: nn.meta.unbox(model.init(r, **trainer.model_inputs(
-      model, trainer.sample_batch(config), False))["params"]), jax.random.PRNGKey(0))
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
-  checkpointer = Checkpointer(workdir, 0, 1, async_save=False)
   try:
-    if checkpointer.latest_step() is None:
-      raise config_lib.ConfigError(f"objectives.prior.reference_workdir: no checkpoint in '{workdir}'")
-    params = jax.device_get(checkpointer.restore_params(abstract, step))
-  finally:
-    checkpointer.close()
+    _, model, params, tokenizer = load_run_params(workdir, step)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"objectives.prior.reference_workdir: {e}") from None
   return model, params, tokenizer.model_proto
 
 
