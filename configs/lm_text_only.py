@@ -7,7 +7,8 @@ on the `default` vlmjax_shapes captions, `BOS caption EOS`, no image. The VLM co
 load its `decoder/` params and its tokenizer is what theirs must equal (the same settings train the
 same BPE model; PRIOR checks).
 
-Measured (2-core CPU, shared): see the VLM table in README.md (validation caption NLL).
+Measured (150 steps × 128, 2-core CPU): validation caption NLL 0.984 (perplexity 2.67), next-token
+accuracy 57.7%.
 """
 from vlmjax.config import base_config
 

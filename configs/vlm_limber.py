@@ -7,7 +7,8 @@ decoder's input embeddings trains; the image tower and the LM are frozen. Dropou
 configs/vlm_ntp.py otherwise (same data, steps, schedule, evaluation). The LM is the trained
 configs/lm_text_only.py run; the image tower is frozen at its random initialisation (this system
 imports no pretrained image tower yet, and `init` takes one source run), so the linear map can only
-use what random features keep (colour, coarse layout). Measured: the VLM table in README.md.
+use what random features keep (colour, coarse layout). Measured (150 steps × 32, `test`, 500 images, greedy; README's VLM table):
+CIDEr 31.5, BLEU-1 32.3, BLEU-4 8.9, caption NLL 1.052; 1.57× the step speed of vlm_ntp.py.
 """
 import os
 

@@ -6,7 +6,8 @@ prior from the training captions) and each predicts the other's assignment (τ =
   python -m vlmjax.train --config configs/lm_text_only.py --workdir workdirs/lm_text_only   # first
   python -m vlmjax.train --config configs/vlm_vlap.py --workdir workdirs/vlm_vlap
 
-Measured: the VLM table in README.md.
+Measured (150 steps × 32, `test`, 500 images, greedy; README's VLM table):
+CIDEr 38.2, BLEU-1 38.0, BLEU-4 11.1, caption NLL 1.093; 1.42× the step speed of vlm_ntp.py.
 """
 import os
 
