@@ -190,3 +190,35 @@ def test_formats_round_trip_through_bundles_and_init(run, predictors, tmp_path):
   with pytest.raises(ValueError, match=f"has {pieces} pieces, the model's token embedding 40 rows"):
     export.import_from("open_clip", folder, str(tmp_path / "bad"))
   del model
+
+
+def test_caption_from_a_vlm_bundle_reproduces_the_evaluators_scores(tiny_data_dir, tmp_path):
+  """`predict caption` on the test images, on 1 device and on 8 with a padded last batch, gives the
+  same captions, and they score exactly the CIDEr / BLEU the captioning evaluator reported."""
+  from vlmjax.evals.captioning import caption_metrics
+  count = 12
+  config = tiny_config(tiny_data_dir, **{
+      "total_steps": 3, "mesh": dict(data=2, fsdp=4, tensor=1),
+      "model": dict(name="vlm", image=dict(variant="mu/8", width=32, depth=1, mlp_dim=64, num_heads=2),
+                    decoder=dict(variant="mu", width=32, depth=1, mlp_dim=64, num_heads=4, num_kv_heads=2),
+                    projector=dict(kind="mlp")),
+      "objectives": {"ntp": {"weight": 1.0}}})
+  config.evals = dict(caption=dict(type="captioning", split="test", num_examples=count, max_new_tokens=8))
+  workdir = str(tmp_path / "run")
+  train(config, workdir)
+  bundle = export.export(workdir, str(tmp_path / "bundle"))
+  source = sources.make_source(config.data, "test")
+  paths = []
+  for i in range(count):
+    paths.append(str(tmp_path / f"{i:03d}.png"))
+    pipeline.decode_image(source[i]["image"]).save(paths[-1])
+  one = predict.caption(predict.Predictor(bundle, devices=1, batch_size=16), paths, max_new_tokens=8)
+  eight = predict.caption(predict.Predictor(bundle, batch_size=8), paths, max_new_tokens=8)
+  assert [r["image"] for r in one] == paths and one == eight
+  reported = json.load(open(os.path.join(workdir, "eval_results.json")))
+  metrics = caption_metrics([source.reference_captions(i) for i in range(count)], [r["caption"] for r in one])
+  for key, value in metrics.items():
+    assert value == pytest.approx(reported[f"caption/{key}"], abs=1e-9), key
+  with pytest.raises(predict.PredictError, match="needs a dual_encoder"):
+    predict.run("classify", paths, types.SimpleNamespace(bundle=bundle, devices=1, batch_size=8,
+                                                          skip_unreadable=False))

@@ -3,6 +3,7 @@
   python -m vlmjax.predict --bundle B embed IMAGES... --out emb.npy         # or --text "..." (repeatable)
   python -m vlmjax.predict --bundle B classify IMAGES... [--classes "red circle,blue square"] [--top_k 5]
   python -m vlmjax.predict --bundle B retrieve IMAGES... --query "a red circle" [--top_k 8] [--grid out.png]
+  python -m vlmjax.predict --bundle B caption IMAGES... [--max_new_tokens 32] [--temperature 0]
 
 IMAGES are files and/or folders (searched recursively for .png/.jpg/.jpeg/.bmp/.gif/.webp/.tif).
 Images are read and resized exactly as the evaluators read them (`pipeline.Preprocess`), embedded in
@@ -17,7 +18,10 @@ run with one line naming it (or is left out with a warning under `--skip_unreada
   computation); scores are softmax(exp(logit_scale) · cos) over the classes.
 - `retrieve` ranks the images by cosine similarity with each --query; --grid draws each query with
   its top images and their scores into a PNG.
-Add --json FILE to `classify` / `retrieve` for machine-readable results.
+- `caption` (a VLM bundle) writes a caption for each image, generated with the KV cache exactly as
+  the captioning evaluator generates (greedy, or --temperature > 0 sampling from the --top_k pieces;
+  at most --max_new_tokens pieces).
+Add --json FILE to `classify` / `retrieve` / `caption` for machine-readable results.
 """
 import json
 import os
@@ -32,12 +36,15 @@ import tqdm
 
 from vlmjax import export, sharding
 from vlmjax.data import pipeline
+from vlmjax.evals.captioning import generation_prefix, prompt_ids
 from vlmjax.evals.common import Embedder
 from vlmjax.evals.zeroshot import DEFAULT_PROMPTS, ZeroShot
 from vlmjax.metrics import quiet_absl_logging
+from vlmjax.models.generate import make_generate
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-COMMANDS = ("embed", "classify", "retrieve")
+COMMANDS = ("embed", "classify", "retrieve", "caption")
+DUAL_ENCODER_COMMANDS = ("embed", "classify", "retrieve")
 
 
 class PredictError(ValueError):
@@ -77,9 +84,6 @@ class Predictor:
       raise PredictError(f"predict: --devices {devices} but this process has {len(available)}")
     self.mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1), available[:devices])
     self.config, self.model, params, self.tokenizer = export.load_bundle(bundle, self.mesh, dtype="float32")
-    if self.config.model.name != "dual_encoder":
-      raise PredictError(f"predict: bundle '{bundle}' holds a '{self.config.model.name}' model; embed, "
-                         "classify and retrieve need a dual_encoder")
     self.bundle, self.params = bundle, params
     self.batch_size = -(-batch_size // devices) * devices
     self.embedder = Embedder(self.model, params, self.mesh, self.batch_size)
@@ -251,6 +255,40 @@ def embed(predictor: Predictor, paths=(), texts=(), out: str = "") -> tuple[list
   return inputs, embeddings
 
 
+def caption(predictor: Predictor, paths, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
+            seed: int = 0):
+  """A caption for each readable image -> [{'image': path, 'caption': text}], in input order. The
+  images go through the model in fixed-size batches (the last one padded), one jitted generation."""
+  model, config = predictor.model, predictor.config
+  if not hasattr(model, "num_image_tokens") or model.num_image_tokens(config.input.image_size) == 0:
+    raise PredictError(f"predict: bundle '{predictor.bundle}' holds a '{config.model.name}' model; caption "
+                       "needs a vlm")
+  if predictor.tokenizer is None:
+    raise PredictError(f"predict: bundle '{predictor.bundle}' has no tokenizer.model to decode captions with")
+  prefix = generation_prefix(model.num_image_tokens(config.input.image_size),
+                             prompt_ids(predictor.tokenizer, config.input))
+  generate = make_generate(model, max_new_tokens, temperature, top_k)
+  size = predictor.batch_size
+  prefixes = sharding.global_batch(np.tile(prefix, (size, 1)), predictor.mesh)
+  rng, results = jax.random.PRNGKey(seed), []
+  with predictor._bar(len(paths), "image") as bar:  # pylint: disable=protected-access
+    for i, start in enumerate(range(0, len(paths), size)):
+      pixels = [(p, predictor.read_image(p)) for p in paths[start:start + size]]
+      pixels = [(p, x) for p, x in pixels if x is not None]
+      if pixels:
+        images = np.stack([x for _, x in pixels]).astype(np.float32)
+        images = np.concatenate([images, np.zeros((size - len(images),) + images.shape[1:], np.float32)])
+        with jax.set_mesh(predictor.mesh):
+          tokens = generate(predictor.params, prefixes, jax.random.fold_in(rng, i),
+                            sharding.global_batch(images, predictor.mesh))
+        texts = predictor.tokenizer.decode(np.asarray(jax.device_get(tokens))[:len(pixels)])
+        results += [{"image": p, "caption": t} for (p, _), t in zip(pixels, texts)]
+      bar.update(min(size, len(paths) - start))
+  if not results:
+    raise PredictError("predict: none of the images could be read")
+  return results
+
+
 def _classes_from_flags(opts) -> tuple:
   names = list(opts.classes or [])
   if opts.classes_file:
@@ -266,6 +304,9 @@ def run(command: str, args, opts) -> object:
   if command not in COMMANDS:
     raise PredictError(f"predict: unknown command '{command}'; known: {', '.join(COMMANDS)}")
   predictor = Predictor(opts.bundle, opts.devices, opts.batch_size, opts.skip_unreadable)
+  if command in DUAL_ENCODER_COMMANDS and predictor.config.model.name != "dual_encoder":
+    raise PredictError(f"predict: bundle '{opts.bundle}' holds a '{predictor.config.model.name}' model; "
+                       f"{command} needs a dual_encoder (a vlm bundle: caption)")
   if command == "embed":
     if not opts.out:
       raise PredictError("predict: embed needs --out FILE.npy")
@@ -273,7 +314,12 @@ def run(command: str, args, opts) -> object:
     print(f"Wrote {embeddings.shape[0]}x{embeddings.shape[1]} embeddings to {opts.out} "
           f"(inputs in {os.path.splitext(opts.out)[0]}.txt)")
     return inputs
-  if command == "classify":
+  if command == "caption":
+    results = caption(predictor, list_images(args), opts.max_new_tokens, opts.temperature,
+                      opts.top_k if opts.temperature > 0 else 0, opts.seed)
+    for r in results:
+      print(f"{r['image']}\t{r['caption']}")
+  elif command == "classify":
     results = classify(predictor, args, _classes_from_flags(opts), opts.prompt, opts.top_k)
     for r in results:
       print(r["image"] + "\t" + "\t".join(f"{name} {score:.3f}" for name, score in r["top"]))
@@ -316,6 +362,9 @@ if __name__ == "__main__":
   flags.DEFINE_multi_string("query", [], "retrieve: a query text (repeatable).")
   flags.DEFINE_integer("top_k", 5, "classify / retrieve: how many results to show.")
   flags.DEFINE_string("grid", None, "retrieve: draw the queries and their top images into this PNG.")
-  flags.DEFINE_string("json", None, "classify / retrieve: also write the results as JSON.")
+  flags.DEFINE_integer("max_new_tokens", 32, "caption: the most pieces to generate per image.")
+  flags.DEFINE_float("temperature", 0.0, "caption: 0 = greedy; above 0, sample from the --top_k pieces.")
+  flags.DEFINE_integer("seed", 0, "caption: the sampling seed.")
+  flags.DEFINE_string("json", None, "classify / retrieve / caption: also write the results as JSON.")
   flags.mark_flag_as_required("bundle")
   app.run(main)
