@@ -1,0 +1,398 @@
+"""vlmjax's train step against open_clip's PyTorch train step on the same model, timed side by side.
+
+  python -m vlmjax.bench_open_clip --config configs/bench_vits16.py --out benchmarks
+      [--steps=3] [--repeats=3] [--warmup=1] [--torch_compile=true]  -> OUT/open_clip_<config>.{json,md}
+
+Needs the `interop` extra (torch, open_clip: `pip install -e '.[interop]'`, or `make bench-open-clip`);
+torch and open_clip are imported only when this runs, never by the core install.
+
+The same model by construction: the config's dual encoder, its towers set to CLIP's architecture
+where they differ (class-token pooling, learned position embeddings, LayerNorm before the
+transformer: what open_clip's towers are; the report lists what changed), is initialised by vlmjax,
+written with `vlmjax.interop` (open_clip's state-dict layout and model config) and loaded by
+`open_clip.create_model('local-dir:...')`: the same weights, fp32 on both sides, the same synthetic
+batch. The same step: CLIP softmax loss with a learnable logit scale (vlmjax's `clip` objective,
+`open_clip.ClipLoss`), AdamW with the config's learning-rate schedule, betas, eps and weight decay
+on the same tensors, global-norm gradient clipping, the logit scale clamped to [0, ln 100] after each
+update. The PyTorch step is open_clip_train's `train_one_epoch` at fp32 without its data loading
+(zero_grad, forward, loss, backward, clip_grad_norm_, step, clamp), eager as there by default, and
+again under `torch.compile(model)` (open_clip_train's --torchcompile) as its own row if that
+compiles here (a failure is reported, with its reason, instead of the row).
+
+Timing: after the warm-up (which holds XLA's and torch.compile's compilation), each repeat times
+`steps` steps of every row in turn, the first row rotating from repeat to repeat, so that a change
+of load on a shared machine falls on all rows alike; best and median repeat per row. torch runs on
+one thread per core (XLA's CPU client uses one per core by default). The report also holds the
+step-0 loss of each row (same weights, same batch: they must agree), the loss after the last step,
+and the load average at the start and end.
+"""
+import os
+import platform
+import re
+import statistics
+import tempfile
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import config_flags
+
+from vlmjax import bench, config as config_lib, flops as flops_lib, interop, metrics, registry, sharding, trainer
+from vlmjax.interop import clip as interop_clip
+from vlmjax.models.text import TextTransformer
+from vlmjax.models.vit import ViT
+from vlmjax.objectives.contrastive import MAX_LOGIT_SCALE
+
+FLAGS = flags.FLAGS
+
+INSTALL_HINT = "pip install -e '.[interop]' (or make bench-open-clip)"
+
+# What makes a vlmjax tower CLIP's (vlmjax.interop.clip.to_torch refuses anything else).
+CLIP_TOWERS = (("image", ViT, "S/16", dict(pool="cls", posemb="learn", pre_norm=True, stem="patch")),
+               ("text", TextTransformer, "S", dict(pool="eos", causal=True)))
+
+VLMJAX_ROW, EAGER_ROW, COMPILED_ROW = "vlmjax", "open_clip eager", "open_clip torch.compile"
+
+
+def import_torch():
+  """-> (torch, open_clip), or an ImportError of one line naming the extra to install."""
+  try:
+    import torch
+    import open_clip
+  except ImportError as e:
+    missing = getattr(e, "name", None) or str(e)
+    raise ImportError(f"the open_clip benchmark needs torch and open_clip ('{missing}' is missing): "
+                      f"{INSTALL_HINT}") from None
+  return torch, open_clip
+
+
+def clip_architecture(config):
+  """-> (a copy of `config` whose dual encoder is CLIP's architecture, the settings changed as
+  'image.pool: gap -> cls'). Raises ValueError for what open_clip's CLIP step cannot mirror."""
+  if config.model.get("name", "dual_encoder") != "dual_encoder":
+    raise ValueError(f"bench_open_clip: model '{config.model.name}' is not a dual_encoder")
+  if sorted(config.objectives) != ["clip"]:
+    raise ValueError(f"bench_open_clip: objectives {sorted(config.objectives)}; the comparison is of the "
+                     "CLIP loss alone (open_clip.ClipLoss): set objectives = dict(clip=dict(weight=1.0))")
+  if config.microbatches != 1 or config.optimizer.frozen:
+    raise ValueError("bench_open_clip: microbatches > 1 and frozen params have no counterpart in the "
+                     "open_clip step here")
+  config = config.copy_and_resolve_references()
+  changed = []
+  with config.unlocked():
+    for tower, cls, variant, settings in CLIP_TOWERS:
+      current = interop_clip.tower_kwargs(cls, (config.model.get(tower) or {}).to_dict() if tower in config.model
+                                           else {}, variant)
+      if tower not in config.model:
+        config.model[tower] = {}
+      for key, value in settings.items():
+        if current[key] != value:
+          changed.append(f"{tower}.{key}: {current[key]} -> {value}")
+          config.model[tower][key] = value
+    if config.precision.compute_dtype != "float32":
+      changed.append(f"precision.compute_dtype: {config.precision.compute_dtype} -> float32")
+      config.precision.compute_dtype = "float32"
+  return config, changed
+
+
+def _count(tree) -> int:
+  return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+
+
+# ------------------------------------------------------------------------------------------- vlmjax
+
+def vlmjax_row(config, mesh):
+  """vlmjax's train step, as `vlmjax.bench` builds it. -> dict(run=, compile_s=, params=, batch=,
+  schedule=): `run(n)` takes n steps and returns the last step's loss."""
+  model, objectives, tx, schedule, rules = bench._build_step(config, mesh)
+  host_batch = bench.synthetic_batch(config, (), config.seed)
+  batch = sharding.global_batch(host_batch, mesh)
+  state, shardings = trainer.create_train_state(model, tx, trainer.sample_batch(config), config.seed, mesh, rules)
+  # A host copy of the initial weights: the steps donate (overwrite) the state's buffers.
+  params = jax.tree.map(lambda x: np.array(x, np.float32), state["params"])
+  step = trainer.make_train_step(model, objectives, tx, schedule, mesh, shardings, config.microbatches)
+  with jax.set_mesh(mesh):
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+  holder = {"state": state}
+
+  def run(n):
+    with jax.set_mesh(mesh):
+      for _ in range(n):
+        holder["state"], step_metrics = compiled(holder["state"], batch)
+      jax.block_until_ready((holder["state"], step_metrics))
+    return float(step_metrics["loss"])
+
+  return dict(run=run, compile_s=compile_s, params=params, host_batch=host_batch, schedule=schedule)
+
+
+# ------------------------------------------------------------------------------------------ open_clip
+
+def open_clip_model(folder: str):
+  """The exported model as open_clip's own loader builds it (config and weights from `folder`)."""
+  _, open_clip = import_torch()
+  model = open_clip.create_model("local-dir:" + folder, precision="fp32", device="cpu", output_dict=True)
+  return model.train()
+
+
+def torch_optimizer(model, opt):
+  """AdamW as vlmjax.trainer.make_optimizer sets it up, in open_clip_train's two parameter groups:
+  weight decay on matrices only, never on paths matching `wd_exclude` (the logit scale and bias).
+  vlmjax's class token is [1, 1, W] and so decayed; open_clip's is [W]: named here so that it is too."""
+  torch, _ = import_torch()
+  exclude = re.compile(opt.wd_exclude) if opt.wd_exclude else None
+  decayed = lambda name, p: ((p.ndim >= 2 or name == "visual.class_embedding")
+                             and not (exclude and exclude.search(name)))
+  named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+  return torch.optim.AdamW(
+      [{"params": [p for n, p in named if not decayed(n, p)], "weight_decay": 0.0},
+       {"params": [p for n, p in named if decayed(n, p)], "weight_decay": opt.weight_decay}],
+      lr=0.0, betas=(opt.b1, opt.b2), eps=opt.eps)
+
+
+def torch_row(config, folder: str, host_batch: dict, learning_rates, compile_model: bool = False):
+  """open_clip_train's fp32 train step on the model in `folder`. -> dict(run=, model=): `run(n)` takes
+  n steps and returns the last step's loss; the first call compiles when `compile_model`."""
+  torch, open_clip = import_torch()
+  model = open_clip_model(folder)
+  forward = torch.compile(model) if compile_model else model  # what --torchcompile does
+  optimizer = torch_optimizer(model, config.optimizer)
+  loss_fn = open_clip.ClipLoss()
+  clip_norm = config.optimizer.grad_clip_norm
+  max_logit_scale = float(config.objectives.clip.get("max_logit_scale", MAX_LOGIT_SCALE))
+  images = torch.from_numpy(np.ascontiguousarray(host_batch["image"].transpose(0, 3, 1, 2)))
+  texts = torch.from_numpy(host_batch["text"].astype(np.int64))
+  step = [0]
+
+  def train_step():
+    lr = float(learning_rates[min(step[0], len(learning_rates) - 1)])
+    for group in optimizer.param_groups:  # open_clip_train's scheduler sets it per step the same way
+      group["lr"] = lr
+    optimizer.zero_grad()
+    out = forward(images, texts)
+    loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+    loss.backward()
+    if clip_norm:
+      torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm, norm_type=2.0)
+    optimizer.step()
+    with torch.no_grad():
+      model.logit_scale.clamp_(0, max_logit_scale)
+    step[0] += 1
+    return loss
+
+  def run(n):
+    for _ in range(n):
+      loss = train_step()
+    return float(loss.detach())  # CPU ops are synchronous: the steps are done
+
+  return dict(run=run, model=model)
+
+
+# -------------------------------------------------------------------------------------------- bench
+
+def _first_line(error: BaseException, limit: int = 400) -> str:
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return f"{type(error).__name__}: {lines[0] if lines else ''}"[:limit]
+
+
+def _environment(mesh, load_start, torch) -> dict:
+  import open_clip
+  env = bench._environment(mesh.devices.flat, load_start)
+  parallel = torch.__config__.parallel_info().splitlines()
+  env.update(
+      torch=torch.__version__, open_clip=open_clip.__version__, python=platform.python_version(),
+      torch_threads=torch.get_num_threads(), torch_interop_threads=torch.get_num_interop_threads(),
+      torch_parallel_backend=next((line.split(":", 1)[1].strip() for line in parallel
+                                   if line.startswith("ATen parallel backend")), None),
+      torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
+      xla_cpu_threads="one per core (XLA's default)", XLA_FLAGS=os.environ.get("XLA_FLAGS", ""),
+      OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS"))
+  return env
+
+
+def bench_against_open_clip(config, steps: int = 3, warmup: int = 1, repeats: int = 3,
+                            torch_compile: bool = True, devices=None) -> dict:
+  """Times vlmjax's train step and open_clip's (eager, and compiled if `torch_compile`) on the same
+  model, weights and batch, interleaved; returns the report's fields. `devices`: vlmjax's mesh
+  (default: the first device; open_clip runs on one CPU process too)."""
+  if steps < 1 or repeats < 1 or warmup < 1:
+    raise ValueError(f"bench_open_clip: --steps ({steps}), --repeats ({repeats}) and --warmup ({warmup}) "
+                     "must be >= 1 (the first warm-up step gives the step-0 losses)")
+  torch, open_clip = import_torch()
+  torch.set_num_threads(os.cpu_count())
+  load_start = os.getloadavg()
+  config, changed = clip_architecture(config)
+  try:
+    mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), devices or jax.devices()[:1])
+  except ValueError as e:
+    raise config_lib.ConfigError(f"config: {e}") from None
+  config_lib.validate(config, mesh.size, sharding.batch_axes_size(mesh))
+
+  ours = vlmjax_row(config, mesh)
+  learning_rates = np.asarray(ours["schedule"](jnp.arange(config.total_steps)))
+  rows = {VLMJAX_ROW: {"run": ours["run"], "compile_s": ours["compile_s"]}}
+  failures = {}
+  with tempfile.TemporaryDirectory() as folder:
+    interop.write("open_clip", folder, config.model.to_dict(), ours["params"])
+    rows[EAGER_ROW] = torch_row(config, folder, ours["host_batch"], learning_rates)
+    params_open_clip = sum(p.numel() for p in rows[EAGER_ROW]["model"].parameters())
+    if torch_compile:
+      rows[COMPILED_ROW] = torch_row(config, folder, ours["host_batch"], learning_rates, compile_model=True)
+
+  # Warm-up, row by row; the first step of each is step 0 on the same weights and batch.
+  for name in list(rows):
+    row = rows[name]
+    try:
+      start = time.perf_counter()
+      row["loss_step0"] = row["run"](1)
+      row["first_step_s"] = time.perf_counter() - start
+      if warmup > 1:
+        row["run"](warmup - 1)
+    except Exception as e:  # torch.compile can fail in many ways (no C++ compiler, an unsupported op)
+      if name != COMPILED_ROW:
+        raise
+      failures[name] = {"error": _first_line(e), "after_s": time.perf_counter() - start}
+      del rows[name]
+
+  names = list(rows)
+  times = {name: [] for name in names}
+  cpu_times = {name: [] for name in names}
+  for r in range(repeats):
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      start, start_cpu = time.perf_counter(), time.process_time()
+      rows[name]["loss_last"] = rows[name]["run"](steps)
+      times[name].append((time.perf_counter() - start) / steps)
+      cpu_times[name].append((time.process_time() - start_cpu) / steps)
+
+  for name in names:
+    if not np.isfinite(rows[name]["loss_last"]):
+      raise FloatingPointError(f"bench_open_clip: {name}'s loss is {rows[name]['loss_last']}")
+  host_batch = ours["host_batch"]
+  step_flops = flops_lib.train_step_flops(config.model, {k: v.shape for k, v in host_batch.items()})
+  batch_size = config.batch_size
+  results = {}
+  for name in names:
+    best, median = min(times[name]), statistics.median(times[name])
+    results[name] = {
+        "examples_per_sec": batch_size / best, "examples_per_sec_median": batch_size / median,
+        "step_times_s": times[name], "step_cpu_times_s": cpu_times[name],
+        "model_flops_per_sec": step_flops / best, "loss_step0": rows[name]["loss_step0"],
+        "loss_last": rows[name]["loss_last"], "first_step_s": rows[name]["first_step_s"],
+        "compile_s": rows[name].get("compile_s")}
+  base = results[VLMJAX_ROW]
+  for name in names:
+    results[name]["vlmjax_speedup"] = base["examples_per_sec"] / results[name]["examples_per_sec"]
+    results[name]["vlmjax_speedup_median"] = (base["examples_per_sec_median"]
+                                              / results[name]["examples_per_sec_median"])
+  image = flops_lib.tower_settings(config.model.image, ViT)
+  opt = config.optimizer
+  return {
+      "config": {"batch_size": batch_size, "image_size": config.input.image_size,
+                 "max_text_len": config.input.max_text_len, "compute_dtype": "float32",
+                 "model": config.model.to_dict(), "clip_architecture_changes": changed,
+                 "optimizer": opt.to_dict(), "total_steps": config.total_steps},
+      "params": {"vlmjax": _count(ours["params"]), "open_clip": int(params_open_clip),
+                 # CLIP's patch convolution has no bias: export folds vlmjax's into the position embedding
+                 "vlmjax_patch_bias": int(image["width"])},
+      "model_flops_per_step": step_flops,
+      "steps": steps, "warmup": warmup, "repeats": repeats,
+      "rows": results, "failed": failures, "torch_compile_tried": bool(torch_compile),
+      "loss_step0_max_abs_diff": max(abs(r["loss_step0"] - base["loss_step0"]) for r in results.values()),
+      "environment": _environment(mesh, load_start, torch),
+  }
+
+
+def markdown(name: str, r: dict) -> str:
+  env, cfg, opt, rows = r["environment"], r["config"], r["config"]["optimizer"], r["rows"]
+  changes = ", ".join(f"`{c}`" for c in cfg["clip_architecture_changes"]) or "none"
+  eager = rows.get(EAGER_ROW)
+  lines = [
+      f"# Train step: vlmjax vs open_clip (PyTorch), {name}", "",
+      f"{env['date']}, {env['cpu']} ({env['cpu_count']} CPU cores), load average "
+      f"{env['load_average_start'][0]:.2f} at the start, {env['load_average_end'][0]:.2f} at the end. "
+      f"jax {env['jax']} (XLA CPU, {env['xla_cpu_threads']}); torch {env['torch']} "
+      f"({env['torch_threads']} threads, {env['torch_interop_threads']} inter-op, "
+      f"{env['torch_parallel_backend']}, {env['torch_cpu_capability']}), open_clip {env['open_clip']}; "
+      "one process.", "",
+      f"The same model: the config's dual encoder in CLIP's architecture (changed: {changes}), "
+      f"{r['params']['vlmjax']:,} parameters in vlmjax, {r['params']['open_clip']:,} in open_clip (CLIP's "
+      f"patch convolution has no bias: vlmjax's {r['params']['vlmjax_patch_bias']} are folded into the position "
+      "embedding on export), built by `open_clip.create_model` from vlmjax's open_clip export, with the same "
+      f"initial weights. Batch {cfg['batch_size']}, images {cfg['image_size']}², text length "
+      f"{cfg['max_text_len']}, float32, one synthetic batch; CLIP softmax loss with a learnable logit scale "
+      f"(clamped to [0, ln 100] after each update), AdamW (peak lr {opt['learning_rate']:g}, "
+      f"{opt['warmup_steps']} warm-up steps, β = ({opt['b1']:g}, {opt['b2']:g}), ε = {opt['eps']:g}, weight "
+      f"decay {opt['weight_decay']:g}), gradient clipping at global norm {opt['grad_clip_norm']:g}. "
+      f"{_g(r['model_flops_per_step'])} model GFLOP per step (analytic).", "",
+      f"{r['warmup']} warm-up step(s) per row (compilation included), then {r['repeats']} repeats of "
+      f"{r['steps']} steps, the rows taking turns within each repeat; best repeat (median in brackets).", "",
+      "| train step | examples/s | s / step | CPU-s / step | model GFLOP/s | vlmjax's speed-up over it | "
+      "first step (compile) | loss at step 0 | loss after the last step |",
+      "|---|---|---|---|---|---|---|---|---|"]
+  labels = {VLMJAX_ROW: "vlmjax (`jax.jit`)", EAGER_ROW: "open_clip, eager (open_clip_train's default)",
+            COMPILED_ROW: "open_clip, `torch.compile` (--torchcompile)"}
+  for row_name, row in rows.items():
+    lines.append(
+        f"| {labels[row_name]} | {row['examples_per_sec']:.2f} ({row['examples_per_sec_median']:.2f}) | "
+        f"{min(row['step_times_s']):.3f} | {min(row['step_cpu_times_s']):.3f} | "
+        f"{_g(row['model_flops_per_sec'])} | "
+        + ("–" if row_name == VLMJAX_ROW else f"×{row['vlmjax_speedup']:.2f} (×{row['vlmjax_speedup_median']:.2f})")
+        + f" | {row['first_step_s']:.1f} s"
+        + (f" (+ {row['compile_s']:.1f} s XLA compile before it)" if row.get("compile_s") else "")
+        + f" | {row['loss_step0']:.6f} | {row['loss_last']:.6f} |")
+  for row_name, failure in r["failed"].items():
+    lines.append(f"| {labels[row_name]} | failed after {failure['after_s']:.0f} s: {failure['error']} |"
+                 " | | | | | | |")
+  if not r["torch_compile_tried"]:
+    lines.append(f"| {labels[COMPILED_ROW]} | not run (--torch_compile=false) | | | | | | | |")
+  lines += [""]
+  if eager:
+    lines += [f"Step-0 losses agree to {r['loss_step0_max_abs_diff']:.1e} (same weights, same batch). "
+              "CPU-s / step is this process's CPU time (all threads) per step: on a shared machine it "
+              "moves less than wall time. vlmjax's step also checks the loss, gradient and update for "
+              "NaN/Inf (and skips such a step); the PyTorch step does not.", ""]
+  return "\n".join(lines)
+
+
+def _g(x, unit=1e9):
+  return f"{x / unit:,.2f}"
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def define_flags():
+  config_flags.DEFINE_config_file("config", None, "Experiment config file (path.py[:arg]) whose model to "
+                                  "benchmark.", lock_config=True)
+  flags.DEFINE_string("out", None, "Folder for the JSON and markdown reports.")
+  flags.DEFINE_string("name", None, "Report file name (default: open_clip_<the config file's name>).")
+  flags.DEFINE_integer("steps", 3, "Timed train steps per repeat and row.")
+  flags.DEFINE_integer("warmup", 1, "Untimed train steps per row first (compilation included).")
+  flags.DEFINE_integer("repeats", 3, "Timed repeats; the best and the median are reported.")
+  flags.DEFINE_bool("torch_compile", True, "Also time open_clip under torch.compile (--torchcompile).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  metrics.quiet_absl_logging()
+  if not FLAGS.out or FLAGS.config is None:
+    bench.fail("--config and --out are required")
+  name = FLAGS.name or "open_clip_" + re.sub(r"\.py$", "", os.path.basename(
+      config_flags.get_config_filename(FLAGS["config"])))
+  try:
+    result = bench_against_open_clip(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats, FLAGS.torch_compile)
+    paths = bench.write_report(FLAGS.out, name, result, markdown(name, result))
+  except (ImportError, config_lib.ConfigError, registry.RegistryError, ValueError, RuntimeError, OSError) as e:
+    bench.fail(e)
+  with open(paths[1], encoding="utf-8") as f:
+    print(f.read())
+  print(f"Wrote {paths[0]} and {paths[1]}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  jax.config.config_with_absl()
+  app.run(main, flags_parser=bench.parse_flags)
