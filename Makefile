@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_WORKDIR ?= workdirs/demo
 
-.PHONY: demo test test-fast test-interop install libtpu clean
+.PHONY: demo test test-fast test-interop bench-open-clip install libtpu clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,15 @@ test-fast: $(STAMP)
 # install it; there those tests report as skipped.
 test-interop: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[test,interop]"
-	$(BIN)/python -m pytest -q tests/test_interop.py tests/test_interop_torch.py
+	$(BIN)/python -m pytest -q tests/test_interop.py tests/test_interop_torch.py tests/test_bench_open_clip.py
+
+# vlmjax's train step against open_clip's PyTorch one on the same model, side by side in one run per
+# config (README "Benchmarks"): installs the `interop` extra as test-interop does. Run it on an idle
+# machine; the reports record the load average.
+bench-open-clip: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,interop]"
+	$(BIN)/python -m vlmjax.bench_open_clip --config configs/bench_vits16.py --out benchmarks
+	$(BIN)/python -m vlmjax.bench_open_clip --config configs/demo.py --out benchmarks
 
 # libtpu for `python -m vlmjax.compile` (TPU sizing) on a machine without TPUs: the version jax[tpu]
 # names, installed into .venv/libtpu rather than site-packages, where JAX would try to start a TPU
