@@ -1,7 +1,7 @@
 """vlmjax's train step against open_clip's PyTorch train step on the same model, timed side by side.
 
   python -m vlmjax.bench_open_clip --config configs/bench_vits16.py --out benchmarks
-      [--steps=3] [--repeats=3] [--warmup=1] [--torch_compile=true]  -> OUT/open_clip_<config>.{json,md}
+      [--steps=2] [--repeats=4] [--warmup=1] [--torch_compile=true]  -> OUT/open_clip_<config>.{json,md}
 
 Needs the `interop` extra (torch, open_clip: `pip install -e '.[interop]'`, or `make bench-open-clip`);
 torch and open_clip are imported only when this runs, never by the core install.
@@ -30,6 +30,7 @@ import os
 import platform
 import re
 import statistics
+import sys
 import tempfile
 import time
 
@@ -52,6 +53,8 @@ INSTALL_HINT = "pip install -e '.[interop]' (or make bench-open-clip)"
 # What makes a vlmjax tower CLIP's (vlmjax.interop.clip.to_torch refuses anything else).
 CLIP_TOWERS = (("image", ViT, "S/16", dict(pool="cls", posemb="learn", pre_norm=True, stem="patch")),
                ("text", TextTransformer, "S", dict(pool="eos", causal=True)))
+
+BUSY_LOAD = 1.5  # load average above which the report says the machine was not idle
 
 VLMJAX_ROW, EAGER_ROW, COMPILED_ROW = "vlmjax", "open_clip eager", "open_clip torch.compile"
 
@@ -213,7 +216,7 @@ def _environment(mesh, load_start, torch) -> dict:
   return env
 
 
-def bench_against_open_clip(config, steps: int = 3, warmup: int = 1, repeats: int = 3,
+def bench_against_open_clip(config, steps: int = 2, warmup: int = 1, repeats: int = 4,
                             torch_compile: bool = True, devices=None) -> dict:
   """Times vlmjax's train step and open_clip's (eager, and compiled if `torch_compile`) on the same
   model, weights and batch, interleaved; returns the report's fields. `devices`: vlmjax's mesh
@@ -349,6 +352,12 @@ def markdown(name: str, r: dict) -> str:
   if not r["torch_compile_tried"]:
     lines.append(f"| {labels[COMPILED_ROW]} | not run (--torch_compile=false) | | | | | | | |")
   lines += [""]
+  load, cores = env["load_average_start"][0], env["cpu_count"]
+  if load > BUSY_LOAD:
+    lines += [f"**Not measured on an idle machine**: load average {load:.2f} at the start on {cores} cores. "
+              "Other processes took CPU time from every row, and not necessarily evenly (compare each "
+              "row's wall time with its CPU time); rerun on an idle machine: "
+              f"`{r.get('command') or 'python -m vlmjax.bench_open_clip --config CONFIG --out benchmarks'}`.", ""]
   if eager:
     lines += [f"Step-0 losses agree to {r['loss_step0_max_abs_diff']:.1e} (same weights, same batch). "
               "CPU-s / step is this process's CPU time (all threads) per step: on a shared machine it "
@@ -368,9 +377,9 @@ def define_flags():
                                   "benchmark.", lock_config=True)
   flags.DEFINE_string("out", None, "Folder for the JSON and markdown reports.")
   flags.DEFINE_string("name", None, "Report file name (default: open_clip_<the config file's name>).")
-  flags.DEFINE_integer("steps", 3, "Timed train steps per repeat and row.")
+  flags.DEFINE_integer("steps", 2, "Timed train steps per repeat and row.")
   flags.DEFINE_integer("warmup", 1, "Untimed train steps per row first (compilation included).")
-  flags.DEFINE_integer("repeats", 3, "Timed repeats; the best and the median are reported.")
+  flags.DEFINE_integer("repeats", 4, "Timed repeats; the best and the median are reported.")
   flags.DEFINE_bool("torch_compile", True, "Also time open_clip under torch.compile (--torchcompile).")
 
 
@@ -384,6 +393,7 @@ def main(argv):
       config_flags.get_config_filename(FLAGS["config"])))
   try:
     result = bench_against_open_clip(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats, FLAGS.torch_compile)
+    result["command"] = " ".join(["python -m vlmjax.bench_open_clip"] + sys.argv[1:])
     paths = bench.write_report(FLAGS.out, name, result, markdown(name, result))
   except (ImportError, config_lib.ConfigError, registry.RegistryError, ValueError, RuntimeError, OSError) as e:
     bench.fail(e)
