@@ -95,7 +95,10 @@ def _recompute_greedy(model, params, images, prefix, steps):
     dict(projector=dict(kind="mlp")),
     dict(projector=dict(kind="tome", r=4, depth=2, width=32, num_heads=2)),
     dict(decoder=dict(DECODER, depth=3, pdrop_layers=(1, 2), pdrop_ratios=(0.5, 0.25))),
-], ids=["mlp", "tome", "pyramid_drop"])
+    # Gemma's token-embedding scale: prefill and each cached step scale alike, the image slots not.
+    dict(decoder=dict(DECODER, depth=3, pdrop_layers=(1, 2), pdrop_ratios=(0.5, 0.25),
+                      scale_token_embeddings=True, activation="gelu_tanh")),
+], ids=["mlp", "tome", "pyramid_drop", "pyramid_drop_scaled_tokens"])
 def test_captioning_with_kv_cache_equals_recomputing(overrides):
   model, params, images, _ = _vlm(**overrides)
   n = model.num_image_tokens(32)

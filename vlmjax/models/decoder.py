@@ -1,7 +1,9 @@
 """Causal decoder LM (RMSNorm, RoPE, SwiGLU, grouped-query attention, KV cache), and PyramidDrop.
 
 The decoder reads token ids with `IMAGE_TOKEN` placeholders; the image embeddings a VLM passes are
-put at those positions, in order. `attention_mask` is one int per token (DESIGN.md §5):
+put at those positions, in order. With `scale_token_embeddings` (Gemma's) only the token embeddings
+are multiplied by sqrt(width): the image embeddings go in as the projector makes them, as in
+PaliGemma. `attention_mask` is one int per token (DESIGN.md §5):
 
   0 = padding (never attended), 1 = a bidirectional block (the image tokens: each block of 1s
   attends to itself as a whole), 2 = causal.
@@ -82,6 +84,9 @@ class Decoder(layers.Tower, kw_only=True):
   head_dim: int | None = None
   activation: str = "silu"
   tie_embeddings: bool = True
+  # Gemma: the token embeddings (not the image embeddings at IMAGE_TOKEN slots, as in PaliGemma)
+  # times sqrt(width), in the compute dtype as HF and big_vision compute it.
+  scale_token_embeddings: bool = False
   rope_max_wavelength: float = 10_000.0  # RoPE base (HF `rope_theta`)
   pdrop_layers: tuple = ()    # PyramidDrop: layers before each drop, increasing, e.g. (8, 16, 24)
   pdrop_ratios: tuple = ()    # fraction of the original image tokens kept after each, e.g. (.5, .25, .125)
@@ -135,6 +140,8 @@ class Decoder(layers.Tower, kw_only=True):
     embed = self.param("embedding", nn.with_logical_partitioning(
         nn.initializers.normal(self.width ** -0.5), ("vocab", "embed")), (self.vocab_size, self.width))
     x = jnp.take(embed, jnp.maximum(tokens, 0), axis=0).astype(self.dtype)
+    if self.scale_token_embeddings:
+      x = x * jnp.asarray(self.width ** 0.5, self.dtype)
     image_mask = tokens == IMAGE_TOKEN
     num_image = 0
     if image_embeddings is not None:
