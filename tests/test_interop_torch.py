@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 
 from PIL import Image  # noqa: E402
 
-from test_interop import (CLIP_MODEL, IMAGES, LM_MODEL, TOKENS, VOCAB, clip_model, clip_outputs,  # noqa: E402
+from test_interop import (CLIP_MODEL, GEMMA_LM, IMAGES, LM_MODEL, TOKENS, VOCAB, clip_model, clip_outputs,  # noqa: E402
                           clip_params, lm_setup)  # clip_params: the shared fixture
 from vlmjax import interop  # noqa: E402
 from vlmjax.data import pipeline  # noqa: E402
@@ -135,6 +135,39 @@ def test_hf_llama_model_imports_with_the_same_logits():
   with torch.no_grad():
     want = hf(input_ids=torch.from_numpy(tokens)).logits.numpy()
   decoder, params = interop.hf_llama.load(hf.state_dict(), config.to_dict())
+  got = LanguageModel(decoder=decoder, vocab_size=VOCAB).apply({"params": {"decoder": params}},
+                                                               tokens.astype(np.int32))["logits"]
+  assert max_diff(got, want) <= TOL
+
+
+def gemma_logits(hf, tokens):
+  with torch.no_grad():
+    return hf(input_ids=torch.from_numpy(tokens)).logits.numpy()
+
+
+def test_hf_gemma_loads_an_export_with_the_same_logits(tmp_path):
+  model, params = lm_setup(GEMMA_LM)
+  interop.write("hf_llama", str(tmp_path), GEMMA_LM, params)
+  hf = transformers.GemmaForCausalLM.from_pretrained(str(tmp_path)).eval()
+  assert type(hf.config).__name__ == "GemmaConfig" and hf.config.hidden_act == "gelu_pytorch_tanh"
+  # vlmjax's norm scale s is Gemma's 1 + w.
+  assert max_diff(hf.model.norm.weight.detach().numpy() + 1, params["decoder"]["final_norm"]["scale"]) < 1e-6
+  tokens = RNG.integers(1, VOCAB, (2, 8))
+  want = model.apply({"params": params}, tokens.astype(np.int32))["logits"]
+  assert max_diff(gemma_logits(hf, tokens), want) <= TOL
+
+
+def test_hf_gemma_model_imports_with_the_same_logits():
+  config = transformers.GemmaConfig(
+      vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+      num_key_value_heads=1, head_dim=16, rms_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
+      rope_parameters={"rope_type": "default", "rope_theta": 100.0})
+  hf = jiggle_torch(transformers.GemmaForCausalLM(config))  # every norm weight w moved off 0: (1 + w) matters
+  assert min(float(m.weight.detach().abs().min()) for n, m in hf.named_modules() if n.endswith("norm")) > 0
+  tokens = RNG.integers(1, VOCAB, (2, 8))
+  want = gemma_logits(hf, tokens)
+  decoder, params = interop.hf_llama.load(hf.state_dict(), config.to_dict())
+  assert decoder["scale_token_embeddings"] and decoder["tie_embeddings"] and decoder["activation"] == "gelu_tanh"
   got = LanguageModel(decoder=decoder, vocab_size=VOCAB).apply({"params": {"decoder": params}},
                                                                tokens.astype(np.int32))["logits"]
   assert max_diff(got, want) <= TOL

@@ -13,7 +13,8 @@ the training state:
   tokenizer.model                 the SentencePiece model (absent for an imported model without one)
   bundle.json                     {"step", "dtype", "model", "format", "vocab_size", "source"}
 
-`--to` writes a folder open_clip, HF `CLIPModel` or HF `LlamaForCausalLM` load (see vlmjax/interop);
+`--to` writes a folder open_clip, HF `CLIPModel` or HF `LlamaForCausalLM` (`GemmaForCausalLM` for a
+decoder with `scale_token_embeddings`) load (see vlmjax/interop);
 `--from` reads one back into a bundle, which `c.init.workdir` also accepts (fine-tune from it). An
 existing BUNDLE is replaced only once the new one is complete.
 """

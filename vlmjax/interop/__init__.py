@@ -2,7 +2,9 @@
 
   open_clip  a dual encoder <-> `open_clip.create_model_and_transforms('local-dir:FOLDER')`
   hf_clip    a dual encoder <-> `transformers.CLIPModel.from_pretrained(FOLDER)`
-  hf_llama   a decoder LM (or a VLM's decoder) <-> `transformers.LlamaForCausalLM.from_pretrained(FOLDER)`
+  hf_llama   a decoder LM (or a VLM's decoder) <-> `transformers.LlamaForCausalLM.from_pretrained(FOLDER)`,
+             or `GemmaForCausalLM` for a decoder with `scale_token_embeddings` (read: by config.json's
+             `model_type`, 'llama' or 'gemma')
 
 Everything here is numpy and safetensors: neither torch nor open_clip nor transformers is needed to
 write or read these folders (a `.bin`/`.pth` state dict needs torch to be read). The name maps are in
