@@ -57,6 +57,7 @@ def tiny_config(data_dir: str, **overrides):
   c.checkpoint = dict(every_steps=0, keep=3, async_save=False)
   c.log_every_steps = 1
   c.progress_bar = False
+  c.peak_flops_per_device = -1.0  # no MFU: measuring the matmul peak costs seconds per training process
   c.evals = dict()
   for key, value in overrides.items():
     target = c

@@ -32,6 +32,7 @@ def get_config(arg=None):
   c.model.text = dict(variant="mu", width=32, depth=1, mlp_dim=64, num_heads=2, max_len=16)
   c.model.embed_dim = 32
   c.progress_bar = False
+  c.peak_flops_per_device = -1.0
   c.evals = dict()
 """
 
