@@ -203,6 +203,7 @@ def _first_line(error: BaseException, limit: int = 400) -> str:
 
 def _environment(mesh, load_start, torch) -> dict:
   import open_clip
+  import torch._inductor.config as inductor_config
   env = bench._environment(mesh.devices.flat, load_start)
   parallel = torch.__config__.parallel_info().splitlines()
   env.update(
@@ -211,6 +212,7 @@ def _environment(mesh, load_start, torch) -> dict:
       torch_parallel_backend=next((line.split(":", 1)[1].strip() for line in parallel
                                    if line.startswith("ATen parallel backend")), None),
       torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
+      inductor_fx_graph_cache=bool(inductor_config.fx_graph_cache),
       xla_cpu_threads="one per core (XLA's default)", XLA_FLAGS=os.environ.get("XLA_FLAGS", ""),
       OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS"))
   return env
@@ -352,9 +354,10 @@ def markdown(name: str, r: dict) -> str:
   if not r["torch_compile_tried"]:
     lines.append(f"| {labels[COMPILED_ROW]} | not run (--torch_compile=false) | | | | | | | |")
   lines += [""]
-  load, cores = env["load_average_start"][0], env["cpu_count"]
-  if load > BUSY_LOAD:
-    lines += [f"**Not measured on an idle machine**: load average {load:.2f} at the start on {cores} cores. "
+  loads, cores = (env["load_average_start"][0], env["load_average_end"][0]), env["cpu_count"]
+  if max(loads) > BUSY_LOAD:
+    lines += [f"**Not measured on an idle machine**: load average {loads[0]:.2f} at the start and "
+              f"{loads[1]:.2f} at the end, on {cores} cores. "
               "Other processes took CPU time from every row, and not necessarily evenly (compare each "
               "row's wall time with its CPU time); rerun on an idle machine: "
               f"`{r.get('command') or 'python -m vlmjax.bench_open_clip --config CONFIG --out benchmarks'}`.", ""]
@@ -362,7 +365,9 @@ def markdown(name: str, r: dict) -> str:
     lines += [f"Step-0 losses agree to {r['loss_step0_max_abs_diff']:.1e} (same weights, same batch). "
               "CPU-s / step is this process's CPU time (all threads) per step: on a shared machine it "
               "moves less than wall time. vlmjax's step also checks the loss, gradient and update for "
-              "NaN/Inf (and skips such a step); the PyTorch step does not.", ""]
+              "NaN/Inf (and skips such a step); the PyTorch step does not. torch.compile's first step is "
+              "shorter when Inductor finds its kernels in its on-disk cache from an earlier run "
+              "(`torch._inductor.config.fx_graph_cache`); XLA compiles from scratch here.", ""]
   return "\n".join(lines)
 
 
