@@ -1,8 +1,14 @@
 """Shared fixtures. Every test sees 8 fake CPU devices (set before jax is imported anywhere)."""
 import os
 
+# For this process and the training processes tests start: the tests' programs are tiny, so XLA's
+# compiling is most of their time, and its LLVM passes are most of that. Level 0 skips them: about a
+# third less CPU time for the suite; the same operations run, only less optimised code computes them.
+FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
 os.environ["XLA_FLAGS"] = " ".join(
-    f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8") if f)
+    f for f in (os.environ.get("XLA_FLAGS", ""), FAST_COMPILE_XLA_FLAGS,
+                "--xla_force_host_platform_device_count=8") if f)
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import atexit  # noqa: E402

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import FAST_COMPILE_XLA_FLAGS, REPO
 
 CONFIG_HEADER = """from vlmjax.config import base_config
 
@@ -46,7 +46,7 @@ def write_config(tmp_path, body: str, name="config.py") -> str:
 
 def run_cli(tiny_data_dir, workdir, *args, config="configs/demo.py", timeout=300, data_overrides=True):
   env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  env["XLA_FLAGS"] = f"{FAST_COMPILE_XLA_FLAGS} --xla_force_host_platform_device_count=8"
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
   cmd = [sys.executable, "-m", "vlmjax.train", "--config", str(config), "--workdir", str(workdir)]

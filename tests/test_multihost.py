@@ -13,7 +13,7 @@ import grain
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_config
+from conftest import FAST_COMPILE_XLA_FLAGS, REPO, tiny_config
 from test_launch import run_process_group
 from vlmjax.checkpoint import Checkpointer
 from vlmjax.data import pipeline
@@ -41,6 +41,7 @@ def _launch(config, tmp_path, workdir, *extra):
       "import json\nimport ml_collections\n\n\ndef get_config():\n"
       f"  with open({str(json_path)!r}) as f:\n    return ml_collections.ConfigDict(json.load(f))\n")
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  env["XLA_FLAGS"] = FAST_COMPILE_XLA_FLAGS  # launch/local.py adds each process's device count
   result = run_process_group(
       [sys.executable, str(REPO / "launch" / "local.py"), "2", "--devices_per_process", "4", "--",
        "--config", str(config_path), "--workdir", str(workdir), *extra], timeout=1800, env=env, cwd=REPO)

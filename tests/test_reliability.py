@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, tiny_config
+from conftest import FAST_COMPILE_XLA_FLAGS, REPO, tiny_config
 from test_resume import _final_params
 from vlmjax import registry, sharding, trainer, workdir as workdir_lib
 from vlmjax.checkpoint import Checkpointer
@@ -445,7 +445,7 @@ class Cli:
     return path
 
   def run(self, config_path, workdir, *args, devices=8, hook=("none", 0)):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+    env = dict(os.environ, XLA_FLAGS=f"{FAST_COMPILE_XLA_FLAGS} --xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
                PYTHONPATH=str(REPO), JAX_COMPILATION_CACHE_DIR=str(self.folder / "xla_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     cmd = [sys.executable, str(self.folder / "hook.py"), hook[0], str(hook[1]), "--config", str(config_path),
