@@ -522,6 +522,11 @@ def main(argv):
       paths = write_report(FLAGS.out, name, result, train_step_markdown(name, result))
   except (config_lib.ConfigError, registry.RegistryError, ValueError, RuntimeError, OSError) as e:
     fail(e)
+  print_report(paths)
+
+
+def print_report(paths):
+  """Prints the markdown report written by `write_report` (paths: its (json, markdown) paths)."""
   with open(paths[1], encoding="utf-8") as f:
     print(f.read())
   print(f"Wrote {paths[0]} and {paths[1]}")

@@ -402,9 +402,7 @@ def main(argv):
     paths = bench.write_report(FLAGS.out, name, result, markdown(name, result))
   except (ImportError, config_lib.ConfigError, registry.RegistryError, ValueError, RuntimeError, OSError) as e:
     bench.fail(e)
-  with open(paths[1], encoding="utf-8") as f:
-    print(f.read())
-  print(f"Wrote {paths[0]} and {paths[1]}")
+  bench.print_report(paths)
 
 
 if __name__ == "__main__":
