@@ -45,6 +45,26 @@ def test_vit_position_embeddings():
   np.testing.assert_allclose(table[0, :16], table[4, :16])  # same column x=0, different row
 
 
+@pytest.mark.parametrize("size,kernel,stride,padding", [
+    (32, 3, 2, "SAME"), (15, 3, 2, "SAME"), (12, 5, 2, "SAME"), (32, 8, 8, "VALID"), (30, 8, 8, "VALID"),
+    (9, 3, 1, "SAME")])
+def test_patch_conv_equals_nn_conv(size, kernel, stride, padding):
+  """The matmul-form convolution of the ViT stems: nn.Conv's output and gradients from the same params."""
+  from vlmjax.models.vit import PatchConv
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, 3))
+  conv = nn.Conv(5, (kernel, kernel), strides=(stride, stride), padding=padding)
+  ours = PatchConv(5, kernel, stride, padding=padding, bias_init=nn.initializers.normal(1.0))
+  params = ours.init(jax.random.PRNGKey(1), x)
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, conv.init(jax.random.PRNGKey(1), x))
+  loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+  (value, grads), (ref_value, ref_grads) = [
+      jax.value_and_grad(loss(m), argnums=(0, 1))(params, x) for m in (ours, conv)]
+  assert ours.apply(params, x).shape == conv.apply(params, x).shape
+  np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_vit_conv_stem():
   """ViTc stem: log2(p) stride-2 convs then a 1×1 projection; same token grid as the patch stem."""
   images = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
