@@ -64,7 +64,7 @@ class ViT(layers.Tower):
   """images [B, H, W, 3] float in [-1, 1] -> (pooled [B, D], tokens [B, N, D]).
 
   `stem`: 'patch' (one p×p convolution of stride p) or 'conv' (ViTc, Xiao et al. 2021: log2(p)
-  stride-2 3×3 convolutions with LayerNorm + ReLU, then a 1×1 projection; a few % of the FLOPs, and
+  stride-2 3×3 convolutions with instance norm + ReLU, then a 1×1 projection; a few % of the FLOPs, and
   it learns local shape far faster from scratch than a linear patch embedding).
   `pool`: 'cls' (class token, CLIP) or 'gap' (mean of patch tokens); the returned tokens exclude
   the class token. `posemb`: 'learn' (one learned vector per position, the class token's included,
@@ -89,7 +89,14 @@ class ViT(layers.Tower):
       channels = max(self.width >> (steps - 1 - i), 8)
       x = PatchConv(channels, 3, 2, padding="SAME", use_bias=False, dtype=self.dtype, name=f"stem_conv{i}",
                     kernel_init=layers.kernel_init((None, None, None, None), nn.initializers.he_normal()))(x)
-      x = nn.relu(layers.Norm("layer", f"stem_norm{i}")(x).astype(self.dtype))
+      # Instance norm (each channel over the image), not LayerNorm over a pixel's channels: the
+      # latter rescales every pixel to the same norm, erasing the contrast that outlines a shape.
+      # Supervised shape probe of the demo tower (README "The demo's results"): 93% after 200
+      # steps with it, 30% with LayerNorm, 83% with no norm.
+      x = nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-6, dtype=jnp.float32, name=f"stem_norm{i}",
+                       scale_init=nn.with_logical_partitioning(nn.initializers.ones, (None,)),
+                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))(x)
+      x = nn.relu(x).astype(self.dtype)
     return x
 
   @nn.compact
