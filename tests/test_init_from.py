@@ -55,3 +55,28 @@ def test_init_errors_name_the_key(tiny_data_dir, tmp_path, source_run):
   with pytest.raises(ConfigError, match="init.workdir: .* does not hold params matching"):
     train(tiny_config(tiny_data_dir, **ALL_DEVICES, **{"init.workdir": source_run, "init.params": "^image/",
                                         "model.image": wider}), str(tmp_path / "c"))
+
+
+def test_init_also_loads_each_tower_from_its_own_run(tiny_data_dir, tmp_path, source_run):
+  """`init.also`: the image tower from one run and the text tower from another (big_vision's
+  per-tower model_init; a VLM's decoder from an LM run and its image tower from a CLIP run)."""
+  other_run = str(tmp_path / "other")
+  train(tiny_config(tiny_data_dir, total_steps=3, seed=7, **ALL_DEVICES,
+                    **{"tokenizer.path": os.path.join(source_run, "tokenizer.model")}), other_run)
+  config = tiny_config(tiny_data_dir, total_steps=1, seed=1, **ALL_DEVICES, **{
+      "init.workdir": source_run, "init.params": "^image/",
+      "init.also": {"text": dict(workdir=other_run, params="^text/")},
+      "optimizer.frozen": "^(image|text)/", "tokenizer.path": os.path.join(source_run, "tokenizer.model")})
+  train(config, str(tmp_path / "both"))
+  source, other = dict(_leaves(_params(source_run))), dict(_leaves(_params(other_run)))
+  both = dict(_leaves(_params(str(tmp_path / "both"))))
+  for tower, origin in (("image/", source), ("text/", other)):
+    keys = [k for k in origin if k.startswith(tower)]
+    assert keys and all(np.array_equal(origin[k], both[k]) for k in keys), tower
+  assert not all(np.array_equal(source[k], other[k]) for k in source if k.startswith("text/"))
+
+
+def test_init_also_entry_must_be_workdir_and_params(tiny_data_dir, tmp_path):
+  config = tiny_config(tiny_data_dir, **ALL_DEVICES, **{"init.also": {"image": dict(path="x", params="^image/")}})
+  with pytest.raises(ConfigError, match=r"'init.also.image' must be dict\(workdir=str, params=str\)"):
+    train(config, str(tmp_path / "a"))

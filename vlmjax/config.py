@@ -16,7 +16,7 @@ from vlmjax import registry
 from vlmjax.models.sizes import decode_variant
 
 # Sections whose keys are free-form: they are checked against the constructor they configure.
-OPEN_SECTIONS = ("model", "objectives", "evals", "data.fields", "data.files")
+OPEN_SECTIONS = ("model", "objectives", "evals", "data.fields", "data.files", "init.also")
 
 
 class ConfigError(ValueError):
@@ -54,7 +54,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = dict(name="dual_encoder", image=dict(variant="S/16"), text=dict(variant="S"), embed_dim=384)
   c.objectives = dict(clip=dict(weight=1.0))
-  c.init = dict(workdir="", params=".*")  # start the params matching the regex from another run's checkpoint
+  # Start the params matching `params` (a regex) from another run's checkpoint or a bundle; `also`:
+  # more sources by name, each dict(workdir=..., params=...), applied after it (big_vision's
+  # per-tower model_init), e.g. a VLM's decoder from a text-only LM run and its image tower from a
+  # CLIP run.
+  c.init = dict(workdir="", params=".*", also={})
   c.precision = dict(compute_dtype="float32")  # params are always float32; bfloat16 on accelerators
 
   c.optimizer = dict(
@@ -130,9 +134,22 @@ def _check_kwargs(what: str, target, kwargs: dict, provided=()):
                         f"{', '.join(k for k in params if k not in provided and k not in ('parent', 'name'))})")
 
 
+def init_sources(init) -> list[tuple[str, str]]:
+  """(workdir, params regex) pairs to start params from, in order: `init` itself, then `init.also`."""
+  sources = [(init.workdir, init.params)] if init.workdir else []
+  for name, source in init.get("also", {}).items():
+    unknown = set(source) - {"workdir", "params"} if isinstance(source, (dict, ml_collections.ConfigDict)) else {"?"}
+    if unknown or not isinstance(source.get("workdir"), str) or not isinstance(source.get("params"), str):
+      raise ConfigError(f"config: 'init.also.{name}' must be dict(workdir=str, params=str), got {source!r}")
+    if source.workdir:
+      sources.append((source.workdir, source.params))
+  return sources
+
+
 def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
   """Raises ConfigError on the first problem. `batch_ways` = data × fsdp mesh size."""
   _check_against_base(config)
+  init_sources(config.init)
   try:
     model_cls = registry.get("model", config.model.name)
     model_kwargs = {k: v for k, v in config.model.items() if k != "name"}
