@@ -1,13 +1,14 @@
 """LiMBeR-style (Merullo et al. 2023): only a linear map from the image tower's tokens into the
 decoder's input embeddings trains; the image tower and the LM are frozen. Dropout 0.1 on the prefix.
 
-  python -m vlmjax.train --config configs/lm_text_only.py --workdir workdirs/lm_text_only   # first
+  python -m vlmjax.train --config configs/lm_text_only.py --workdir workdirs/lm_text_only   # first,
+  python -m vlmjax.train --config configs/clip.py --workdir workdirs/clip                   # both
   python -m vlmjax.train --config configs/vlm_limber.py --workdir workdirs/vlm_limber
 
-configs/vlm_ntp.py otherwise (same data, steps, schedule, evaluation). The LM is the trained
-configs/lm_text_only.py run; the image tower is frozen at its random initialisation (this system
-imports no pretrained image tower yet, and `init` takes one source run), so the linear map can only
-use what random features keep (colour, coarse layout). Measured (150 steps × 32, `test`, 500 images, greedy; README's VLM table):
+configs/vlm_ntp.py otherwise (same data, steps, schedule, evaluation): the LM is the trained
+configs/lm_text_only.py run and the image tower the trained configs/clip.py run, both frozen, as
+LiMBeR maps a frozen pretrained image encoder into a frozen LM.
+Measured (150 steps × 32, `test`, 500 images, greedy; README's VLM table):
 CIDEr 31.5, BLEU-1 32.3, BLEU-4 8.9, caption NLL 1.052; 1.57× the step speed of vlm_ntp.py.
 """
 import os

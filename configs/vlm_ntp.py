@@ -1,11 +1,13 @@
 """Captioning VLM trained with next-token prediction: the baseline of the VLM comparison (README).
 
-  python -m vlmjax.train --config configs/lm_text_only.py --workdir workdirs/lm_text_only   # first
+  python -m vlmjax.train --config configs/lm_text_only.py --workdir workdirs/lm_text_only   # first,
+  python -m vlmjax.train --config configs/clip.py --workdir workdirs/clip                   # both
   python -m vlmjax.train --config configs/vlm_ntp.py --workdir workdirs/vlm_ntp
 
-ViT (8-pixel patches on 64×64 images: 64 tokens, trained from scratch) -> MLP projector (LLaVA) ->
-the decoder of configs/lm_text_only.py, started from that run (`init`, override with
---config.init.workdir=...). Everything trains. Image tokens form one bidirectional block before
+The image tower of configs/clip.py (conv stem to 8×8 tokens on 64×64 images, 2 layers), started
+from that CLIP run -> MLP projector (LLaVA) -> the decoder of configs/lm_text_only.py, started from
+that run (`init`; override with --config.init.workdir=... and --config.init.also.image.workdir=...).
+Everything trains. Image tokens form one bidirectional block before
 `BOS caption EOS`; the loss is on the caption and its EOS.
 
 Token-reduction variants by argument (same budget):
@@ -20,9 +22,10 @@ CIDEr 29.7, BLEU-1 35.1, BLEU-4 10.2, caption NLL 0.976; :tome CIDEr 36.4, BLEU-
 """
 from vlmjax.config import base_config
 
-STEPS = 150
+STEPS = 300
 LM_WORKDIR = "workdirs/lm_text_only"
-IMAGE = dict(variant="mu/8", width=128, depth=4, mlp_dim=512, num_heads=4, pool="gap", stem="conv")
+CLIP_WORKDIR = "workdirs/clip"
+IMAGE = dict(variant="mu/8", width=128, depth=2, mlp_dim=512, num_heads=4, pool="gap", stem="conv")  # configs/clip.py's
 DECODER = dict(variant="mu", width=128, depth=4, mlp_dim=384, num_heads=4, num_kv_heads=2)
 VARIANTS = {
     "": {},
@@ -42,12 +45,12 @@ def get_config(arg=None):
   c.tokenizer.vocab_size = 256  # as configs/lm_text_only.py: the same captions give the same tokenizer
   c.model = {"name": "vlm", "image": IMAGE, "decoder": DECODER, "projector": dict(kind="mlp"),
              **VARIANTS[arg or ""]}
-  c.init = dict(workdir=LM_WORKDIR, params="^decoder/")
+  c.init = dict(workdir=LM_WORKDIR, params="^decoder/", also=dict(image=dict(workdir=CLIP_WORKDIR, params="^image/")))
   c.objectives = dict(ntp=dict(weight=1.0))
   c.optimizer.learning_rate = 1e-3
   c.optimizer.weight_decay = 0.05
   c.optimizer.warmup_steps = 30
-  c.checkpoint.every_steps = 50
+  c.checkpoint.every_steps = 100
   c.log_every_steps = 20
   c.evals = dict(
       caption=dict(type="captioning", split="test", num_examples=500, max_new_tokens=32),

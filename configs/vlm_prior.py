@@ -2,7 +2,8 @@
 (1 − p_ref)^α, p_ref from the text-only reference LM of configs/lm_text_only.py (α = 1, weights
 renormalised to mean 1 per caption), computed in the step under stop_gradient.
 
-  python -m vlmjax.train --config configs/lm_text_only.py --workdir workdirs/lm_text_only   # first
+  python -m vlmjax.train --config configs/lm_text_only.py --workdir workdirs/lm_text_only   # first,
+  python -m vlmjax.train --config configs/clip.py --workdir workdirs/clip                   # both
   python -m vlmjax.train --config configs/vlm_prior.py --workdir workdirs/vlm_prior
 
 The argument after ':' is the reference run (default workdirs/lm_text_only); it is also where the

@@ -3,7 +3,8 @@ trained with the captioning loss plus 0.1 × assignment prediction: image and te
 are assigned to the frozen LM's word embeddings by log-domain Sinkhorn (ε = 0.01, word-frequency
 prior from the training captions) and each predicts the other's assignment (τ = 0.01).
 
-  python -m vlmjax.train --config configs/lm_text_only.py --workdir workdirs/lm_text_only   # first
+  python -m vlmjax.train --config configs/lm_text_only.py --workdir workdirs/lm_text_only   # first,
+  python -m vlmjax.train --config configs/clip.py --workdir workdirs/clip                   # both
   python -m vlmjax.train --config configs/vlm_vlap.py --workdir workdirs/vlm_vlap
 
 Measured (150 steps × 32, `test`, 500 images, greedy; README's VLM table):
