@@ -67,7 +67,13 @@ def test_init_also_loads_each_tower_from_its_own_run(tiny_data_dir, tmp_path, so
       "init.workdir": source_run, "init.params": "^image/",
       "init.also": {"text": dict(workdir=other_run, params="^text/")},
       "optimizer.frozen": "^(image|text)/", "tokenizer.path": os.path.join(source_run, "tokenizer.model")})
+  files = lambda run: {name: open(os.path.join(run, name), "rb").read() for name in sorted(os.listdir(run))
+                       if os.path.isfile(os.path.join(run, name))}
+  before = [files(source_run), files(other_run)]
   train(config, str(tmp_path / "both"))
+  # The run writes its own workdir only: its sources' files are untouched.
+  assert [files(source_run), files(other_run)] == before
+  assert "metrics.jsonl" in files(str(tmp_path / "both"))
   source, other = dict(_leaves(_params(source_run))), dict(_leaves(_params(other_run)))
   both = dict(_leaves(_params(str(tmp_path / "both"))))
   for tower, origin in (("image/", source), ("text/", other)):

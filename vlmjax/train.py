@@ -127,9 +127,9 @@ def train(config, workdir: str, stop_after_steps: int | None = None, overwrite: 
     state = checkpointer.restore(abstract, data_iter)
   else:
     state, state_shardings = trainer.create_train_state(model, tx, sample, config.seed, mesh, rules)
-    for workdir, pattern in config_lib.init_sources(config.init):
+    for source_workdir, pattern in config_lib.init_sources(config.init):
       try:
-        state["params"] = init_params_from(workdir, state["params"], pattern)
+        state["params"] = init_params_from(source_workdir, state["params"], pattern)
       except ValueError as e:
         raise config_lib.ConfigError(str(e)) from None
   train_step = trainer.make_train_step(model, objectives, tx, schedule, mesh, state_shardings,
