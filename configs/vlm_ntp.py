@@ -16,9 +16,10 @@ Token-reduction variants by argument (same budget):
   --config configs/vlm_ntp.py:pdrop   PyramidDrop: after decoder layers 1, 2, 3 keep 50 / 25 / 12.5 %
                                       of the image tokens
 
-Every configs/vlm_*.py of the comparison starts from this file. Measured (150 steps × 32, `test`, 500 images, greedy; README's VLM table):
-CIDEr 29.7, BLEU-1 35.1, BLEU-4 10.2, caption NLL 0.976; :tome CIDEr 36.4, BLEU-4 8.2, NLL 0.979,
-1.32× faster; :pdrop CIDEr 36.6, BLEU-4 8.4, NLL 0.979, 1.25× faster.
+Every configs/vlm_*.py of the comparison starts from this file.
+Measured (300 steps × 32, `test`, 500 images, greedy, 2026-11-26; README's VLM table):
+CIDEr 237.6, BLEU-1 78.6, BLEU-4 42.2, caption NLL 0.661; :tome CIDEr 240.5, BLEU-4 42.7, NLL 0.661,
+1.52× faster; :pdrop CIDEr 240.6, BLEU-4 42.5, NLL 0.654, 1.45× faster.
 """
 from vlmjax.config import base_config
 
