@@ -4,7 +4,10 @@ sub-caption-to-patch grouping loss, at the comparison's budget (configs/clip.py)
   python -m vlmjax.train --config configs/dreamlip.py --workdir workdirs/dreamlip
 
 Each image carries its short caption and `input.subcaptions` = 3 sentences of its `long_caption`.
-The grouping loss has its own temperature (`model.local_logit_scale`). Not measured yet: no equal-budget run of it on the 2-core machine so far (README.md, method table).
+The grouping loss has its own temperature (`model.local_logit_scale`).
+Measured (2-core CPU, 300 steps of batch 128, 2026-11-26): zero-shot top-1 25.1%, unseen 24.4%, R@1
+i→t 16.3% / t→i 16.3%, compositional attribute 84.4% / relation 81.3% / count 100.0% (README.md,
+method table).
 """
 import os
 
