@@ -5,7 +5,9 @@ projections trained from scratch, at the comparison's budget. The baseline for c
   python -m vlmjax.train --config configs/lit.py:workdirs/clip --workdir workdirs/lit
 
 The argument after ':' is the run whose image tower is loaded (default workdirs/clip).
-Not measured yet: no equal-budget run of it on the 2-core machine so far (README.md, method table).
+Measured (2-core CPU, 300 steps of batch 128, 2026-11-26): zero-shot top-1 52.8%, unseen 14.3%, R@1
+i→t 24.5% / t→i 21.2%, compositional attribute 85.8% / relation 71.9% / count 99.8% (README.md,
+method table).
 """
 import os
 
