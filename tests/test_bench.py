@@ -113,6 +113,11 @@ def test_flops_count_by_hand():
   assert got["forward"] == forward and got["train_step"] == 3 * forward
   with pytest.raises(ValueError, match="no analytic FLOP count for model 'vlm'"):
     flops.dual_encoder_flops({"name": "vlm"}, {})
+  # The conv stem (ViTc): 8×8 -> 4×4 -> 2×2 through 3×3 stride-2 convs of 3 -> 8 -> 8 channels
+  # (at least 8), then the 1×1 projection to the width 8 on 4 patches.
+  conv = dict(model, image=dict(model["image"], variant="mu/4", width=8, stem="conv"))
+  got = flops.dual_encoder_flops(conv, {"image": (1, 8, 8, 3), "text": (1, 3)})
+  assert got["image/patch_embed"] == 2 * 16 * 9 * 3 * 8 + 2 * 4 * 9 * 8 * 8 + 2 * 4 * 8 * 8
 
 
 def test_training_logs_mfu_against_a_declared_peak(tiny_data_dir):

@@ -6,6 +6,7 @@ rematerialisation repeats (that is hardware FLOPs, not model FLOPs). Per tower a
 length T, with width W, depth L, MLP width M, and H heads of size Dh (H·Dh = W for these towers):
 
   patch embedding (ViT)    2 · N · (p·p·3) · W           N = (image_size / p)² patches
+    or conv stem (ViTc)    Σ_i 2 · N_i · 9 · C_i · C_i+1  + 2 · N · W · W   (stride-2 3×3 convs, then 1×1)
   attention projections    L · 2 · T · W · 4·H·Dh         query, key, value and output
   attention scores         L · 2 · 2 · T² · H·Dh          q·kᵀ and weights·v (the causal text mask
                                                           is applied to a full T×T block)
@@ -90,7 +91,16 @@ def dual_encoder_flops(model_config, batch_shapes: dict) -> dict:
     p = image["patch_size"]
     patches = (height // p) * (width_px // p)
     tokens = patches + (1 if image["pool"] == "cls" else 0)
-    add("image", {"patch_embed": 2 * patches * p * p * shape[-1] * image["width"]}, count)
+    if image.get("stem", "patch") == "conv":
+      # ViTc (vit.ViT.conv_stem): log2(p) stride-2 3×3 convs doubling channels up to W, then 1×1 to W.
+      steps, channels, size, stem = p.bit_length() - 1, shape[-1], height * width_px, 0
+      for i in range(steps):
+        out_channels, size = max(image["width"] >> (steps - 1 - i), 8), size // 4
+        stem += 2 * size * 9 * channels * out_channels
+        channels = out_channels
+      add("image", {"patch_embed": stem + 2 * patches * channels * image["width"]}, count)
+    else:
+      add("image", {"patch_embed": 2 * patches * p * p * shape[-1] * image["width"]}, count)
     add("image", transformer_flops(image["width"], image["depth"], image["mlp_dim"], image["num_heads"],
                                    tokens), count)
     projections += count * 2 * image["width"] * embed_dim
