@@ -138,8 +138,8 @@ def init_sources(init) -> list[tuple[str, str]]:
   """(workdir, params regex) pairs to start params from, in order: `init` itself, then `init.also`."""
   sources = [(init.workdir, init.params)] if init.workdir else []
   for name, source in init.get("also", {}).items():
-    unknown = set(source) - {"workdir", "params"} if isinstance(source, (dict, ml_collections.ConfigDict)) else {"?"}
-    if unknown or not isinstance(source.get("workdir"), str) or not isinstance(source.get("params"), str):
+    if not isinstance(source, (dict, ml_collections.ConfigDict)) or set(source.keys()) != {"workdir", "params"} \
+        or not all(isinstance(source[k], str) for k in ("workdir", "params")):
       raise ConfigError(f"config: 'init.also.{name}' must be dict(workdir=str, params=str), got {source!r}")
     if source.workdir:
       sources.append((source.workdir, source.params))

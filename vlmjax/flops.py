@@ -24,7 +24,7 @@ import dataclasses
 
 from vlmjax.models.sizes import decode_variant
 from vlmjax.models.text import TextTransformer
-from vlmjax.models.vit import ViT
+from vlmjax.models.vit import ViT, conv_stem_channels
 
 # Batch keys by the tower that encodes them, and how many leading dims are examples.
 IMAGE_KEYS = ("image", "image_view2")                                  # [B, S, S, 3]
@@ -93,9 +93,9 @@ def dual_encoder_flops(model_config, batch_shapes: dict) -> dict:
     tokens = patches + (1 if image["pool"] == "cls" else 0)
     if image.get("stem", "patch") == "conv":
       # ViTc (vit.ViT.conv_stem): log2(p) stride-2 3×3 convs doubling channels up to W, then 1×1 to W.
-      steps, channels, size, stem = p.bit_length() - 1, shape[-1], height * width_px, 0
-      for i in range(steps):
-        out_channels, size = max(image["width"] >> (steps - 1 - i), 8), size // 4
+      channels, size, stem = shape[-1], height * width_px, 0
+      for out_channels in conv_stem_channels(p, image["width"]):
+        size //= 4
         stem += 2 * size * 9 * channels * out_channels
         channels = out_channels
       add("image", {"patch_embed": stem + 2 * patches * channels * image["width"]}, count)

@@ -16,6 +16,14 @@ def sincos2d(height: int, width: int, dim: int, temperature: float = 10_000.0):
   return jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)[None]
 
 
+def conv_stem_channels(patch_size: int, width: int) -> list[int]:
+  """Output channels of ViTc's log2(p) stride-2 3×3 convolutions: doubling up to `width`, at least 8."""
+  steps = patch_size.bit_length() - 1
+  if patch_size < 2 or 2 ** steps != patch_size:
+    raise ValueError(f"ViT stem 'conv' needs a power-of-two patch_size, got {patch_size}")
+  return [max(width >> (steps - 1 - i), 8) for i in range(steps)]
+
+
 class PatchConv(nn.Module):
   """A 2-D convolution with `nn.Conv`'s parameters ({kernel: [k, k, C, F], bias: [F]}) and output,
   computed as image patches [B, H', W', k·k·C] @ kernel [k·k·C, F].
@@ -80,13 +88,8 @@ class ViT(layers.Tower):
 
   def conv_stem(self, images):
     """[B, H, W, 3] -> [B, H/p, W/p, width]: stride-2 3×3 convs doubling channels up to `width`."""
-    p = self.patch_size
-    steps = p.bit_length() - 1
-    if p < 2 or 2 ** steps != p:
-      raise ValueError(f"ViT stem 'conv' needs a power-of-two patch_size, got {p}")
     x = images
-    for i in range(steps):
-      channels = max(self.width >> (steps - 1 - i), 8)
+    for i, channels in enumerate(conv_stem_channels(self.patch_size, self.width)):
       x = PatchConv(channels, 3, 2, padding="SAME", use_bias=False, dtype=self.dtype, name=f"stem_conv{i}",
                     kernel_init=layers.kernel_init((None, None, None, None), nn.initializers.he_normal()))(x)
       # Instance norm (each channel over the image), not LayerNorm over a pixel's channels: the
