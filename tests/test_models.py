@@ -77,3 +77,43 @@ def test_vit_conv_stem():
   assert pooled.shape == (2, 32) and tokens.shape == (2, 16, 32) and np.isfinite(tokens).all()
   with pytest.raises(ValueError, match="power-of-two patch_size"):
     ViT(patch_size=6, stem="conv", **TOWER).init(jax.random.PRNGKey(0), images)
+
+
+@pytest.mark.parametrize("num_kv_heads,use_bias", [(None, True), (2, False)])
+def test_attention_equals_plain_multi_head_attention(num_kv_heads, use_bias):
+  """One fused q/k/v matmul and batched-over-heads scores give textbook attention; the params are
+  nn.DenseGeneral's (names, shapes and initial values), so checkpoints and exports are unchanged."""
+  from vlmjax.models import layers
+  heads, head_dim, width = 4, 8, 32
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, width))
+  mask = jnp.tril(jnp.ones((5, 5), bool))[None, None].repeat(2, 0)
+  attention = layers.Attention(num_heads=heads, num_kv_heads=num_kv_heads, use_bias=use_bias)
+  params = nn.meta.unbox(attention.init(jax.random.PRNGKey(0), x, mask))["params"]
+  kv = num_kv_heads or heads
+  # Same initial values as DenseGeneral modules of the same names would get.
+  class Reference(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return [nn.DenseGeneral((n, head_dim), use_bias=use_bias, name=name,
+                              kernel_init=nn.initializers.xavier_uniform())(x)
+              for name, n in (("query", heads), ("key", kv), ("value", kv))]
+  reference = nn.meta.unbox(Reference().init(jax.random.PRNGKey(0), x))["params"]
+  for name in reference:
+    assert jax.tree.map(jnp.shape, params[name]) == jax.tree.map(jnp.shape, reference[name])
+    np.testing.assert_array_equal(params[name]["kernel"], reference[name]["kernel"])
+
+  p = jax.tree.map(np.asarray, params)
+  xs = np.asarray(x, np.float64)
+  def proj(name):
+    y = np.einsum("btd,dnk->btnk", xs, p[name]["kernel"])
+    return y + p[name]["bias"] if use_bias else y
+  q, k, v = proj("query"), proj("key"), proj("value")
+  k, v = np.repeat(k, heads // kv, axis=2), np.repeat(v, heads // kv, axis=2)  # query head h uses kv head h // G
+  logits = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(head_dim)
+  logits = np.where(np.asarray(mask), logits, -1e9)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  out = np.einsum("bhts,bshd->bthd", weights, v)
+  expected = np.einsum("bthd,hde->bte", out, p["out"]["kernel"]) + (p["out"]["bias"] if use_bias else 0)
+  got = attention.apply({"params": params}, x, mask)
+  np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-5)

@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from vlmjax import config as config_lib, flops as flops_lib, metrics, registry, sharding, trainer  # noqa: E402
+from vlmjax import config as config_lib, cpu_memory, flops as flops_lib, metrics, registry, sharding, trainer  # noqa: E402
 from vlmjax.models import layers  # noqa: E402
 from vlmjax.models.text import TextTransformer  # noqa: E402
 from vlmjax.models.vit import ViT  # noqa: E402
@@ -286,6 +286,7 @@ def _environment(devices, load_start) -> dict:
           "device_kind": devices[0].device_kind, "cpu": platform.processor() or platform.machine(),
           "cpu_count": os.cpu_count(), "load_average_start": list(load_start),
           "load_average_end": list(os.getloadavg()),
+          "malloc_retains_freed_memory": cpu_memory.retained,
           "date": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
@@ -304,7 +305,8 @@ def train_step_markdown(name: str, r: dict) -> str:
       f"# Train-step benchmark: {name}", "",
       f"{env['date']}, jax {env['jax']}, {env['devices']} × {env['device_kind']} ({env['backend']}, "
       f"{env['cpu_count']} CPU cores), load average {env['load_average_start'][0]:.2f} at the start, "
-      f"{env['load_average_end'][0]:.2f} at the end.", "",
+      f"{env['load_average_end'][0]:.2f} at the end. glibc malloc keeps freed memory "
+      f"(`vlmjax.cpu_memory`): {'yes' if env.get('malloc_retains_freed_memory') else 'no'}.", "",
       f"Batch {cfg['batch_size']}, images {cfg['image_size']}², text length {cfg['max_text_len']}, "
       f"compute dtype {cfg['compute_dtype']}, objectives {', '.join(cfg['objectives'])}, "
       f"mesh {cfg['mesh']}. Synthetic batches; {r['warmup']} warm-up steps, then {r['repeats']} × "
@@ -533,6 +535,7 @@ def print_report(paths):
 
 
 if __name__ == "__main__":
+  cpu_memory.retain_freed_memory()  # before JAX starts its backends
   define_flags()
   jax.config.config_with_absl()
   app.run(main, flags_parser=parse_flags)

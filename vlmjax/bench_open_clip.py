@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
-from vlmjax import bench, config as config_lib, flops as flops_lib, interop, metrics, registry, sharding, trainer
+from vlmjax import bench, config as config_lib, cpu_memory, flops as flops_lib, interop, metrics, registry, sharding, trainer
 from vlmjax.interop import clip as interop_clip
 from vlmjax.models.text import TextTransformer
 from vlmjax.models.vit import ViT
@@ -321,7 +321,8 @@ def markdown(name: str, r: dict) -> str:
       f"jax {env['jax']} (XLA CPU, {env['xla_cpu_threads']}); torch {env['torch']} "
       f"({env['torch_threads']} threads, {env['torch_interop_threads']} inter-op, "
       f"{env['torch_parallel_backend']}, {env['torch_cpu_capability']}), open_clip {env['open_clip']}; "
-      "one process.", "",
+      "one process; glibc malloc keeps freed memory (`vlmjax.cpu_memory`, for every row): "
+      f"{'yes' if env.get('malloc_retains_freed_memory') else 'no'}.", "",
       f"The same model: the config's dual encoder in CLIP's architecture (changed: {changes}), "
       f"{r['params']['vlmjax']:,} parameters in vlmjax, {r['params']['open_clip']:,} in open_clip (CLIP's "
       f"patch convolution has no bias: vlmjax's {r['params']['vlmjax_patch_bias']} are folded into the position "
@@ -364,7 +365,7 @@ def markdown(name: str, r: dict) -> str:
   if eager:
     lines += [f"Step-0 losses agree to {r['loss_step0_max_abs_diff']:.1e} (same weights, same batch). "
               "CPU-s / step is this process's CPU time (all threads) per step: on a shared machine it "
-              "moves less than wall time. vlmjax's step also checks the loss, gradient and update for "
+              "moves less than wall time. vlmjax's step also checks the loss and gradients for "
               "NaN/Inf (and skips such a step); the PyTorch step does not. torch.compile's first step is "
               "shorter when Inductor finds its kernels in its on-disk cache from an earlier run "
               "(`torch._inductor.config.fx_graph_cache`); XLA compiles from scratch here.", ""]
@@ -406,6 +407,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  cpu_memory.retain_freed_memory()  # before JAX starts its backends
   define_flags()
   jax.config.config_with_absl()
   app.run(main, flags_parser=bench.parse_flags)

@@ -16,7 +16,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from vlmjax import config as config_lib, sharding, trainer
+from vlmjax import config as config_lib, cpu_memory, sharding, trainer
 from vlmjax.data.pipeline import caption_sequence
 from vlmjax.data.tokenizer import BOS, EOS
 from vlmjax.metrics import quiet_absl_logging
@@ -95,5 +95,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  cpu_memory.retain_freed_memory()  # before JAX starts its backends
   jax.config.config_with_absl()
   app.run(main)

@@ -3,7 +3,7 @@
 The train state is a plain pytree `{params, opt_state, step, rng, extras}` created already sharded: its
 shapes come from `jax.eval_shape`, its shardings from the params' logical axis names, and
 `jax.jit(init, out_shardings=...)` materialises it in place. The step is jitted with explicit in/out
-shardings and donates the old state. A step whose loss, gradients or update are not finite is
+shardings and donates the old state. A step whose loss or gradients are not finite is
 skipped (params and optimizer state unchanged) and counted in `extras`, with the bad data records.
 """
 import re
@@ -145,8 +145,10 @@ def make_train_step(model, objectives, tx, schedule, mesh, state_shardings, micr
       if hasattr(objective, "project_params"):
         params = objective.project_params(params)
     grad_norm = optax.global_norm(grads)
-    # A NaN/Inf loss, gradient or update (a bad batch, an overflow) is skipped, never applied.
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
+    # A NaN/Inf loss or gradient (a bad batch, an overflow) is skipped, never applied. The update is
+    # not checked: AdamW's update of finite gradients and params is finite (|m| / sqrt(v) is bounded),
+    # and another pass over every param costs ~5% of a CPU step.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                                      (params, opt_state), (state["params"], state["opt_state"]))
     extras = count_extras(state["extras"], finite, batch)
