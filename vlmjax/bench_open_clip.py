@@ -218,7 +218,7 @@ def _environment(mesh, load_start, torch) -> dict:
   return env
 
 
-def bench_against_open_clip(config, steps: int = 2, warmup: int = 1, repeats: int = 4,
+def bench_against_open_clip(config, steps: int = 2, warmup: int = 3, repeats: int = 4,
                             torch_compile: bool = True, devices=None) -> dict:
   """Times vlmjax's train step and open_clip's (eager, and compiled if `torch_compile`) on the same
   model, weights and batch, interleaved; returns the report's fields. `devices`: vlmjax's mesh
@@ -384,7 +384,8 @@ def define_flags():
   flags.DEFINE_string("out", None, "Folder for the JSON and markdown reports.")
   flags.DEFINE_string("name", None, "Report file name (default: open_clip_<the config file's name>).")
   flags.DEFINE_integer("steps", 2, "Timed train steps per repeat and row.")
-  flags.DEFINE_integer("warmup", 1, "Untimed train steps per row first (compilation included).")
+  flags.DEFINE_integer("warmup", 3, "Untimed train steps per row first (compilation included; XLA:CPU's "
+                       "heap reaches its steady size over the first few steps).")
   flags.DEFINE_integer("repeats", 4, "Timed repeats; the best and the median are reported.")
   flags.DEFINE_bool("torch_compile", True, "Also time open_clip under torch.compile (--torchcompile).")
 
