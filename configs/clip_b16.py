@@ -14,7 +14,7 @@ kept); FSDP over all 32 chips (1024 examples per chip). AdamW lr 5e-4, β2 0.98,
 cosine over 32 epochs of a 400M-pair dataset (~390k steps), as in the CLIP paper.
 
 Measured with `vlmjax.compile --topology v5p-64` (jax 0.10.2, libtpu 0.0.42.1), per chip:
-20.70 GiB of 95.74 GiB HBM (arguments 0.64 GiB: params, Adam state, batch; temporaries 20.00 GiB).
+20.29 GiB of 95.74 GiB HBM (arguments 0.64 GiB: params, Adam state, batch; temporaries 19.59 GiB).
 The data defaults to the built-in dataset (so the config runs anywhere); point `data` at yours.
 """
 import math
