@@ -9,7 +9,8 @@ freed blocks stay in the heap and the next step reuses them, as tcmalloc and jem
 The process's resident memory stays at its peak instead of dropping between steps.
 
 The settings only reach threads that have not allocated yet, so entry points call
-`retain_freed_memory()` before JAX starts its backends. Runs that use an accelerator are left as
+`retain_freed_memory()` before JAX starts its backends: the benchmarks do; `vlmjax.train` does not
+(a demo training run, whose tf.data threads would share the one arena, was 5–10% slower with it). Runs that use an accelerator are left as
 they are (host threads then feed data, and one arena would serialise their allocations).
 """
 import ctypes

@@ -17,7 +17,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from vlmjax import config as config_lib, cpu_memory, distributed, evaluate, registry, sharding, trainer, workdir as workdir_lib
+from vlmjax import config as config_lib, distributed, evaluate, registry, sharding, trainer, workdir as workdir_lib
 from vlmjax.checkpoint import Checkpointer, init_params_from
 from vlmjax.data import pipeline, sources
 from vlmjax.data.tokenizer import Tokenizer
@@ -231,6 +231,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cpu_memory.retain_freed_memory()  # before JAX starts its backends
   jax.config.config_with_absl()
   app.run(main, flags_parser=parse_flags)
