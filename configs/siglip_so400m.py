@@ -15,9 +15,9 @@ bf16 compute, fp32 params, remat 'full'; FSDP over all 128 chips. AdamW lr 1e-3,
 as SigLIP trains; 40 B examples seen.
 
 Measured with `vlmjax.compile --topology v5p-256` (jax 0.10.2, libtpu 0.0.42.1), per chip:
-13.44 GiB of 95.74 GiB HBM (arguments 0.26 GiB: params, Adam state, batch; temporaries 13.12 GiB);
-863 M params; 2.2e14 compiled FLOPs per chip per step; XLA's cost model estimates 767 ms per step
-(42.7k examples/s, MFU 50.6% of 459 TFLOP/s bf16; ICI collectives not modelled).
+13.34 GiB of 95.74 GiB HBM (arguments 0.26 GiB: params, Adam state, batch; temporaries 13.04 GiB);
+863 M params; 2.2e14 compiled FLOPs per chip per step; XLA's cost model estimates 811 ms per step
+(40.4k examples/s, MFU 47.9% of 459 TFLOP/s bf16; ICI collectives not modelled).
 The data defaults to the built-in dataset (so the config runs anywhere); point `data` at yours.
 """
 import math
