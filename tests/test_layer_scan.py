@@ -48,6 +48,35 @@ def test_scan_and_unrolled_stacks_are_the_same_function(remat):
     np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.parametrize("unroll", [2, 4])
+def test_unrolled_scan_is_the_same_function_without_a_loop(unroll):
+  """`unroll` keeps the stacked params and their initial values and computes the same function and
+  gradients; with unroll = depth the compiled step has no loop left (what makes it faster on CPU)."""
+  depth = 4
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 32))
+  looped, unrolled = _stack(depth, True, "dots"), Transformer(depth, BLOCK, scan=True, remat="dots", unroll=unroll)
+  params = nn.meta.unbox(looped.init(jax.random.PRNGKey(0), x)["params"])
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(nn.meta.unbox(unrolled.init(jax.random.PRNGKey(0), x)["params"]))):
+    np.testing.assert_array_equal(a, b)
+
+  def step(model):
+    return jax.jit(jax.value_and_grad(lambda p: jnp.sum(model.apply({"params": p}, x) ** 2)))
+
+  (out_looped, grads_looped), (out_unrolled, grads_unrolled) = step(looped)(params), step(unrolled)(params)
+  np.testing.assert_allclose(out_unrolled, out_looped, rtol=1e-6)
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(grads_looped))
+  for got, want in zip(jax.tree.leaves(grads_unrolled), jax.tree.leaves(grads_looped)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * scale)
+  hlo = lambda model: step(model).lower(params).compile().as_text()
+  assert " while(" in hlo(looped)
+  assert (" while(" in hlo(unrolled)) == (unroll < depth)
+
+
+def test_unroll_must_be_a_positive_integer():
+  with pytest.raises(ValueError, match="unroll: 0 is not a positive integer"):
+    Transformer(2, BLOCK, unroll=0).init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 32)))
+
+
 def _compile_seconds(depths, scan, repeats=3):
   """Seconds to lower and compile a train-like step (value and grad) of the stack at each depth, best
   of `repeats`; the depths take turns, so that load from other processes falls on all alike."""

@@ -173,7 +173,7 @@ class Decoder(layers.Tower, kw_only=True):
         depth -= 1
       if depth:
         x = layers.Transformer(depth, block, scan=self.scan, remat=self.remat, final_norm=False,
-                               name="layers" if stage == 0 else f"layers_{stage}")(
+                               unroll=self.unroll, name="layers" if stage == 0 else f"layers_{stage}")(
                                    x, mask, positions, not train, cache_index)
     hidden = layers.Norm("rms", "final_norm", self.norm_eps)(x)
     if self.tie_embeddings:
