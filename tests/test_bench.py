@@ -98,6 +98,14 @@ def test_xla_flops_of_scanned_layers_need_the_unrolled_copy(tiny_data_dir):
                               peak_seconds=0.0)["flops"]
   assert 0.5 <= fl["analytic_per_step"] / fl["xla_per_step_unrolled"] <= 2.0, fl
   assert fl["xla_per_step_as_compiled"] < 0.6 * fl["xla_per_step_unrolled"], fl
+  # With unroll = depth no loop is left: the count as compiled is complete, and no copy is compiled.
+  unrolled = tiny_config(tiny_data_dir, **{"model.image.depth": 3, "model.text.depth": 3,
+                                           "model.image.unroll": 3, "model.text.unroll": 3})
+  fl_unrolled = bench.bench_train_step(unrolled, steps=1, warmup=0, repeats=1, devices=jax.devices()[:1],
+                                       peak_seconds=0.0)["flops"]
+  assert fl_unrolled["xla_per_step_unrolled"] is None, fl_unrolled
+  assert fl_unrolled["xla_per_step_as_compiled"] == pytest.approx(fl["xla_per_step_unrolled"], rel=0.01)
+  assert fl_unrolled["analytic_over_xla"] == pytest.approx(fl["analytic_over_xla"], rel=0.01)
 
 
 def test_flops_count_by_hand():

@@ -180,11 +180,11 @@ def bench_train_step(config, steps: int = 10, warmup: int = 2, repeats: int = 3,
 
   xla_unrolled_flops, unrolled_compile_s = None, None
   towers = {t: flops_lib.tower_settings(config.model.get(t, {}), cls) for t, cls in (("image", ViT), ("text", TextTransformer))}
-  scanned = any(t["scan"] for t in towers.values())
-  # XLA counts a scan body once: its count of the step as compiled is complete only without scans of
-  # more than one layer.
-  as_run_complete = not any(t["scan"] and t["depth"] > 1 for t in towers.values())
-  if xla_unrolled and scanned:
+  # XLA counts a loop's body once: its count of the step as compiled is complete only where no tower
+  # loops over its layers (not scanned, one layer, or `unroll` >= depth).
+  looped = any(t["scan"] and 1 < t["depth"] and t["unroll"] < t["depth"] for t in towers.values())
+  as_run_complete = not looped
+  if xla_unrolled and looped:
     unrolled = _unscanned(config)
     model_u = _build_step(unrolled, mesh)[0]
     abstract, shardings_u = trainer.abstract_train_state(model_u, tx, trainer.sample_batch(unrolled), mesh, rules)
@@ -317,7 +317,7 @@ def train_step_markdown(name: str, r: dict) -> str:
       f"| examples/s | {r['examples_per_sec']:.1f} ({r['examples_per_sec_median']:.1f}) |",
       f"| model GFLOP per step, analytic | {_g(fl['analytic_per_step'])} |",
       f"| XLA GFLOP per step, layers unrolled | {_g(fl['xla_per_step_unrolled'])} |",
-      f"| XLA GFLOP per step, as compiled (scanned layer body counted once) | "
+      f"| XLA GFLOP per step, as compiled (a layer loop's body counted once) | "
       f"{_g(fl['xla_per_step_as_compiled'])} |",
       "| analytic / XLA | " + (f"{fl['analytic_over_xla']:.3f}" if fl["analytic_over_xla"] else
                                "n/a (scanned layers: run with --xla_unrolled)") + " |",
