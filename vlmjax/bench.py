@@ -316,7 +316,9 @@ def train_step_markdown(name: str, r: dict) -> str:
       f"| steps/s | {r['steps_per_sec']:.3f} ({r['steps_per_sec_median']:.3f}) |",
       f"| examples/s | {r['examples_per_sec']:.1f} ({r['examples_per_sec_median']:.1f}) |",
       f"| model GFLOP per step, analytic | {_g(fl['analytic_per_step'])} |",
-      f"| XLA GFLOP per step, layers unrolled | {_g(fl['xla_per_step_unrolled'])} |",
+      "| XLA GFLOP per step, layers unrolled | " + (
+          _g(fl["xla_per_step_unrolled"]) if fl["xla_per_step_unrolled"] is not None or fl["analytic_over_xla"] is None
+          else "not needed (no layer loop: the count as compiled is complete)") + " |",
       f"| XLA GFLOP per step, as compiled (a layer loop's body counted once) | "
       f"{_g(fl['xla_per_step_as_compiled'])} |",
       "| analytic / XLA | " + (f"{fl['analytic_over_xla']:.3f}" if fl["analytic_over_xla"] else
