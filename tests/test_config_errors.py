@@ -177,6 +177,18 @@ def test_unknown_tower_key_in_config_file(tiny_data_dir, tmp_path, body, culprit
   assert culprit in line
 
 
+@pytest.mark.parametrize("body,culprit", [
+    ("c.model.image.unroll = 0", "'model.image.unroll' 0 must be a positive integer"),
+    ("c.model.text.remat = 'dot'", "'model.text.remat' 'dot' is not a remat policy"),
+])
+def test_bad_layer_stack_setting_in_config_file(tiny_data_dir, tmp_path, body, culprit):
+  """A stack's `unroll` and `remat` values are checked with the config, not when the model is built."""
+  config = write_config(tmp_path, body)
+  workdir = tmp_path / "w"
+  line = error_line(run_cli(tiny_data_dir, workdir, config=config), workdir)
+  assert culprit in line
+
+
 def test_unknown_model_variant(tiny_data_dir, tmp_path):
   workdir = tmp_path / "w"
   line = error_line(run_cli(tiny_data_dir, workdir, "--config.model.image.variant=Q/16"), workdir)

@@ -13,6 +13,7 @@ import ml_collections
 import jax.numpy as jnp
 
 from vlmjax import registry
+from vlmjax.models.layers import REMAT_POLICIES
 from vlmjax.models.sizes import decode_variant
 
 # Sections whose keys are free-form: they are checked against the constructor they configure.
@@ -134,6 +135,17 @@ def _check_kwargs(what: str, target, kwargs: dict, provided=()):
                         f"{', '.join(k for k in params if k not in provided and k not in ('parent', 'name'))})")
 
 
+def _check_stack(what: str, settings: dict):
+  """A transformer stack's `remat` and `unroll`, which the model would only reject when it is built."""
+  if "remat" in settings and settings["remat"] not in REMAT_POLICIES:
+    raise ConfigError(f"config: '{what}.remat' {settings['remat']!r} is not a remat policy "
+                      f"(one of {', '.join(REMAT_POLICIES)})")
+  unroll = settings.get("unroll", 1)
+  if type(unroll) is not int or unroll < 1:
+    raise ConfigError(f"config: '{what}.unroll' {unroll!r} must be a positive integer (layers per "
+                      "iteration of the scanned loop)")
+
+
 def init_sources(init) -> list[tuple[str, str]]:
   """(workdir, params regex) pairs to start params from, in order: `init` itself, then `init.also`."""
   sources = [(init.workdir, init.params)] if init.workdir else []
@@ -154,6 +166,7 @@ def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
     model_cls = registry.get("model", config.model.name)
     model_kwargs = {k: v for k, v in config.model.items() if k != "name"}
     _check_kwargs("model", model_cls, model_kwargs, provided=("vocab_size", "dtype"))
+    _check_stack("model", model_kwargs)
     for tower, tower_cls in getattr(model_cls, "towers", {}).items():
       tower_cfg = dict(config.model.get(tower) or {})
       try:
@@ -161,6 +174,7 @@ def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
       except ValueError as e:
         raise ConfigError(f"config: model.{tower}.variant: {e}") from None
       _check_kwargs(f"model.{tower}", tower_cls, tower_cfg, provided=("vocab_size", "dtype"))
+      _check_stack(f"model.{tower}", tower_cfg)
     for name, cfg in config.objectives.items():
       objective = registry.get("objective", name)
       if "weight" not in cfg:
