@@ -10,8 +10,9 @@ The process's resident memory stays at its peak instead of dropping between step
 
 The settings only reach threads that have not allocated yet, so entry points call
 `retain_freed_memory()` before JAX starts its backends: the benchmarks do; `vlmjax.train` does not
-(a demo training run, whose tf.data threads would share the one arena, was 5–10% slower with it). Runs that use an accelerator are left as
-they are (host threads then feed data, and one arena would serialise their allocations).
+(demo training runs gained no time with it: the kernel time it saves, its data loader's threads
+lose contending for the one arena; README.md). Runs that use an accelerator are left as they are
+(host threads then feed data, and one arena would serialise their allocations).
 """
 import ctypes
 import ctypes.util
