@@ -6,8 +6,8 @@ The demo's model and data, trained for the comparison's equal budget of STEPS st
 zero-shot classification, retrieval and compositional understanding (hard negatives per kind).
 Every configs/<method>.py of the comparison starts from this file and changes only the objective.
 
-Measured (2-core CPU, 300 steps of batch 128, 2026-11-26): zero-shot top-1 48.1%, unseen 15.7%, R@1
-i→t 22.8% / t→i 20.1%, compositional attribute 87.6% / relation 72.8% / count 99.7% (README.md,
+Measured (2-core CPU, 300 steps of batch 128, 2026-11-27): zero-shot top-1 48.0%, unseen 17.4%, R@1
+i→t 22.5% / t→i 19.9%, compositional attribute 87.7% / relation 73.2% / count 99.7% (README.md,
 method table).
 """
 import os

@@ -7,8 +7,8 @@
 
 Texts are scored 32 at a time (chunk_size), so the [B, c, N, T] similarity block stays small.
 Zero-shot and retrieval use the pooled embeddings, as FILIP's global form.
-Measured (2-core CPU, 300 steps of batch 128, 2026-11-26): zero-shot top-1 41.4%, unseen 20.4%, R@1
-i→t 21.1% / t→i 20.7%, compositional attribute 86.7% / relation 78.2% / count 99.9% (README.md,
+Measured (2-core CPU, 300 steps of batch 128, 2026-11-27): zero-shot top-1 39.8%, unseen 23.2%, R@1
+i→t 22.5% / t→i 20.4%, compositional attribute 87.0% / relation 77.3% / count 100.0% (README.md,
 method table).
 """
 import os

@@ -3,8 +3,8 @@
 
   python -m vlmjax.train --config configs/negatives.py --workdir workdirs/negatives
 
-Measured (2-core CPU, 300 steps of batch 128, 2026-11-26): zero-shot top-1 38.8%, unseen 13.2%, R@1
-i→t 25.8% / t→i 20.6%, compositional attribute 89.2% / relation 88.6% / count 100.0% (README.md,
+Measured (2-core CPU, 300 steps of batch 128, 2026-11-27): zero-shot top-1 39.7%, unseen 13.6%, R@1
+i→t 27.2% / t→i 20.9%, compositional attribute 89.2% / relation 88.6% / count 100.0% (README.md,
 method table).
 """
 import os

@@ -3,8 +3,8 @@ at the comparison's budget (configs/clip.py).
 
   python -m vlmjax.train --config configs/tcl.py --workdir workdirs/tcl
 
-Measured (2-core CPU, 300 steps of batch 128, 2026-11-26): zero-shot top-1 49.7%, unseen 13.9%, R@1
-i→t 24.6% / t→i 19.0%, compositional attribute 85.2% / relation 85.7% / count 99.5% (README.md,
+Measured (2-core CPU, 300 steps of batch 128, 2026-11-27): zero-shot top-1 49.0%, unseen 14.5%, R@1
+i→t 23.8% / t→i 19.4%, compositional attribute 85.2% / relation 85.4% / count 99.6% (README.md,
 method table).
 """
 import os
