@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from vlmjax import config as config_lib, sharding, trainer
+from vlmjax import config as config_lib, experiment, sharding, trainer
 
 VOCAB = 64
 CASES = {
@@ -37,11 +37,11 @@ def _batch(rng, batch_size, config, subcaptions=0):
 
 def _grads_and_metrics(config, mesh, batch, microbatch_counts):
   """For each count: the grads (params before − after one SGD step at lr 1) and the step's metrics."""
-  model = trainer.build_model(config, VOCAB)
-  objectives = trainer.build_objectives(config)
+  built = experiment.build(config, VOCAB, mesh=mesh)
+  model, objectives = built.model, built.objectives
   tx, schedule = optax.sgd(1.0), optax.constant_schedule(1.0)
   state, shardings = trainer.create_train_state(
-      model, tx, trainer.sample_batch(config), config.seed, mesh, sharding.rules_from_config(()))
+      model, tx, built.sample_batch(), config.seed, mesh, sharding.rules_from_config(()))
   before = jax.device_get(state["params"])
   batch = sharding.global_batch(batch, mesh)
   out = []

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import single_device_mesh
-from vlmjax import sharding, trainer
+from vlmjax import experiment, sharding, trainer
 from vlmjax.objectives.contrastive import MAX_LOGIT_SCALE, ClipObjective, clip_loss
 
 LN100 = float(np.log(100.0))
@@ -139,14 +139,9 @@ def _random_batch(rng, batch_size, image_size=32, text_len=16):
 
 
 def _setup(config, mesh):
-  model = trainer.build_model(config, VOCAB)
-  objectives = trainer.build_objectives(config)
-  tx, schedule = trainer.make_optimizer(config.optimizer, config.total_steps)
-  rules = sharding.rules_from_config(config.sharding_rules)
-  state, shardings = trainer.create_train_state(model, tx, trainer.sample_batch(config), config.seed, mesh,
-                                                rules)
-  step = trainer.make_train_step(model, objectives, tx, schedule, mesh, shardings)
-  return model, tx, state, step
+  built = experiment.build(config, VOCAB, mesh=mesh)
+  state, shardings = built.init_state()
+  return built.model, built.tx, state, built.train_step(shardings)
 
 
 def test_train_step_keeps_logit_scale_in_range_with_huge_learning_rate(make_tiny_config):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import single_device_mesh, tiny_config
-from vlmjax import evaluate, sharding, trainer
+from vlmjax import evaluate, experiment, sharding, trainer
 from vlmjax.data import shapes
 from vlmjax.evals.common import Embedder, EvalContext
 from vlmjax.evals.retrieval import Retrieval, recall_at_k
@@ -173,11 +173,8 @@ def test_compare_table(tmp_path):
 def test_embedder_matches_model_apply(eval_config, mesh_kind):
   """Embedder pads the last batch and runs sharded; results equal a plain apply, row for row."""
   mesh = single_device_mesh() if mesh_kind == "single" else sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
-  model = trainer.build_model(eval_config, 64)
-  tx, _ = trainer.make_optimizer(eval_config.optimizer, 10)
-  state, _ = trainer.create_train_state(model, tx, trainer.sample_batch(eval_config), 0, mesh,
-                                        sharding.rules_from_config(()))
-  params = state["params"]
+  built = experiment.build(eval_config, 64, mesh=mesh, validate=False)
+  model, params = built.model, built.init_state(0)[0]["params"]
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (20, 32, 32, 3)).astype(np.float32)
   tokens = np.zeros((20, 16), np.int32)

@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, tiny_config
-from vlmjax import checkpoint, evaluate, export, interop, predict, sharding, trainer
+from vlmjax import evaluate, export, interop, predict, sharding
+from vlmjax.init_from import init_params_from
+from vlmjax.run import Bundle, RunDir
 from vlmjax.data import pipeline, sources
 from vlmjax.data.tokenizer import Tokenizer
 from vlmjax.evals.common import Embedder
@@ -53,7 +55,8 @@ def test_bundle_holds_params_only_and_loads_without_the_run(run):
   assert sorted(os.listdir(run.bundle)) == ["bundle.json", "config.json", "params", "tokenizer.model"]
   info = json.load(open(os.path.join(run.bundle, "bundle.json")))
   assert (info["step"], info["dtype"], info["model"], info["format"]) == (4, "float32", "dual_encoder", "orbax")
-  config, _, params, tokenizer = export.load_bundle(run.bundle)
+  loaded = Bundle(run.bundle).load()
+  config, params, tokenizer = loaded.config, loaded.params, loaded.tokenizer
   assert set(params) == {"image", "text", "image_proj", "text_proj", "logit_scale", "logit_bias"}
   assert config.tokenizer.path == "" and tokenizer.vocab_size == info["vocab_size"]
 
@@ -63,14 +66,8 @@ def test_bundle_from_8_devices_predicts_identically_on_1(run, predictors):
   config = run.config
   mesh = sharding.make_mesh(config.mesh)
   assert mesh.size == 8
-  tokenizer = Tokenizer.load(os.path.join(run.workdir, "tokenizer.model"))
-  model = trainer.build_model(config, tokenizer.vocab_size)
-  tx, _ = trainer.make_optimizer(config.optimizer, 1)
-  abstract, _ = trainer.abstract_train_state(model, tx, trainer.sample_batch(config), mesh,
-                                             sharding.rules_from_config(config.sharding_rules))
-  ckpt = checkpoint.Checkpointer(run.workdir, 0, 1, async_save=False)
-  trained = ckpt.restore_params(abstract["params"])
-  ckpt.close()
+  loaded = RunDir(run.workdir).load(mesh=mesh)
+  model, trained, tokenizer = loaded.model, loaded.params, loaded.tokenizer
   paths = predict.list_images([run.folder])[:40]
   one, eight = predictors[1], predictors[8]
   assert one.mesh.size == 1 and eight.mesh.size == 8
@@ -146,7 +143,7 @@ def test_unreadable_images_fail_in_one_line_naming_the_file(run, predictors, tmp
 def test_bfloat16_safetensors_bundle(run, predictors, tmp_path):
   bundle = export.export(run.workdir, str(tmp_path / "bf16"), dtype="bfloat16", fmt="safetensors")
   assert "params.safetensors" in os.listdir(bundle) and "params" not in os.listdir(bundle)
-  _, _, params, _ = export.load_bundle(bundle)
+  params = Bundle(bundle).load().params
   assert params["image"]["patch_embed"]["kernel"].dtype == np.dtype("bfloat16")
   paths = predict.list_images([run.folder])[:16]
   full = predictors[8].embed_images(paths)[1]
@@ -161,9 +158,9 @@ def test_bundle_with_another_models_params_is_refused(run, tmp_path):
   os.system(f"cp -r {run.bundle} {wrong}")
   json.dump(config, open(wrong / "config.json", "w"))
   with pytest.raises(ValueError, match="param 'image_proj/kernel' has shape \\(32, 32\\), the model expects \\(32, 48\\)"):
-    export.load_bundle(str(wrong))
-  with pytest.raises(FileNotFoundError, match="config.json' is missing \\(is '.*' a bundle\\?\\)"):
-    export.load_bundle(str(tmp_path))
+    Bundle(str(wrong)).load()
+  with pytest.raises(FileNotFoundError, match="config.json' does not exist \\(is '.*' a bundle\\?\\)"):
+    Bundle(str(tmp_path)).load()
 
 
 def test_formats_round_trip_through_bundles_and_init(run, predictors, tmp_path):
@@ -176,9 +173,9 @@ def test_formats_round_trip_through_bundles_and_init(run, predictors, tmp_path):
   assert np.max(np.abs(original.embed_images(paths)[1] - again.embed_images(paths)[1])) <= 1e-5
   assert np.max(np.abs(original.embed_texts(["a red circle"]) - again.embed_texts(["a red circle"]))) <= 1e-5
   # `c.init.workdir` may name a bundle: the matching params come from it.
-  _, model, params, _ = export.load_bundle(imported)
+  params = Bundle(imported).load().params
   fresh = jax.tree.map(lambda x: x * 0, params)
-  merged = checkpoint.init_params_from(imported, fresh, "^image/")
+  merged = init_params_from(imported, fresh, "^image/")
   assert np.array_equal(merged["image"]["cls"], params["image"]["cls"])
   assert not np.any(np.asarray(merged["text"]["pos_embedding"]))
   # A tokenizer whose pieces do not match the token embedding's rows is refused.

@@ -15,9 +15,8 @@ import pytest
 
 from conftest import FAST_COMPILE_XLA_FLAGS, REPO, tiny_config
 from test_launch import run_process_group
-from vlmjax.checkpoint import Checkpointer
 from vlmjax.data import pipeline
-from vlmjax.metrics import read_metrics
+from vlmjax.run import RunDir, read_metrics
 from vlmjax.train import train
 
 TOTAL = 8
@@ -94,7 +93,7 @@ def runs(tiny_data_dir, tmp_path_factory):
   # 2 processes to STOP, then this single process to TOTAL.
   two_then_one = tmp_path_factory.mktemp("two_then_one")
   _launch(config, tmp_path_factory.mktemp("cfg_a"), two_then_one, "--stop_after_steps", str(STOP))
-  checkpointer = Checkpointer(str(two_then_one), 0, 3, async_save=False)
+  checkpointer = RunDir(str(two_then_one)).checkpointer(0, 3)
   # (orbax may add its own marker files, e.g. commit_success.txt, beside the per-process states)
   saved_by_two = (checkpointer.latest_step(), sorted(
       p.name for p in (checkpointer.manager.directory / str(STOP) / "data").iterdir() if p.suffix == ".json"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from vlmjax.metrics import read_metrics
+from vlmjax.run import read_metrics
 from vlmjax.train import train
 
 CASES = {

@@ -10,7 +10,7 @@ from conftest import tiny_config
 from vlmjax.config import ConfigError
 from vlmjax.data.pipeline import caption_sequence
 from vlmjax.data.tokenizer import Tokenizer
-from vlmjax.metrics import read_metrics
+from vlmjax.run import read_metrics
 from vlmjax.objectives.ntp import PriorObjective, prior_weights, token_cross_entropy
 from vlmjax.train import train
 

@@ -30,12 +30,11 @@ from PIL import Image
 
 from conftest import FAST_COMPILE_XLA_FLAGS, REPO, tiny_config
 from test_resume import _final_params
-from vlmjax import registry, sharding, trainer, workdir as workdir_lib
-from vlmjax.checkpoint import Checkpointer
+from vlmjax import experiment, registry, sharding, trainer, workdir as workdir_lib
 from vlmjax.config import ConfigError
 from vlmjax.data import pipeline, sources
 from vlmjax.data.tokenizer import Tokenizer
-from vlmjax.metrics import drop_metrics_after, read_metrics
+from vlmjax.run import RunDir, drop_metrics_after, read_metrics
 from vlmjax.objectives.contrastive import ClipObjective
 from vlmjax.preemption import Preemption
 from vlmjax.train import NonFiniteError, train
@@ -48,11 +47,8 @@ def _losses(workdir):
 def _restore_states(config, workdir, steps):
   """{step: the full train state of that checkpoint, on the host}."""
   tokenizer = Tokenizer.load(os.path.join(workdir, "tokenizer.model"))
-  model = trainer.build_model(config, tokenizer.vocab_size)
-  tx, _ = trainer.make_optimizer(config.optimizer, config.total_steps)
-  abstract, _ = trainer.abstract_train_state(model, tx, trainer.sample_batch(config), sharding.make_mesh(config.mesh),
-                                             sharding.rules_from_config(config.sharding_rules))
-  checkpointer = Checkpointer(workdir, 0, 10, async_save=False)
+  abstract, _ = experiment.build(config, tokenizer.vocab_size).abstract_state()
+  checkpointer = RunDir(workdir).checkpointer(0, 10)
   try:
     return {step: jax.device_get(checkpointer.restore(abstract, step=step)) for step in steps}
   finally:
@@ -60,7 +56,7 @@ def _restore_states(config, workdir, steps):
 
 
 def _saved_steps(workdir):
-  checkpointer = Checkpointer(workdir, 0, 10, async_save=False)
+  checkpointer = RunDir(workdir).checkpointer(0, 10)
   try:
     return sorted(checkpointer.manager.all_steps())
   finally:
@@ -222,7 +218,7 @@ def test_tfds_record_that_cannot_be_decoded_is_a_bad_record(tiny_data_dir):
 def _fake_run(workdir, config):
   """A workdir as a run leaves it: config.json and a checkpoint (of a stand-in state)."""
   workdir_lib.prepare(config, str(workdir))
-  checkpointer = Checkpointer(str(workdir), 0, 3, async_save=False)
+  checkpointer = RunDir(str(workdir)).checkpointer(0, 3)
   checkpointer.save(4, {"x": np.zeros(3, np.float32)})
   checkpointer.close()
   (workdir / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")
@@ -289,7 +285,7 @@ def test_checkpoints_and_config_are_read_without_pickle(tmp_path, tiny_data_dir,
   data = make_data()
   next(data)
   state = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, "step": np.int32(1)}
-  checkpointer = Checkpointer(str(tmp_path), 0, 3, async_save=False)
+  checkpointer = RunDir(str(tmp_path)).checkpointer(0, 3)
   checkpointer.save(1, state, data)
   checkpointer.close()
   expected = next(data)
@@ -304,7 +300,7 @@ def test_checkpoints_and_config_are_read_without_pickle(tmp_path, tiny_data_dir,
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=replicated),
                           state)
   restored_data = make_data()
-  checkpointer = Checkpointer(str(tmp_path), 0, 3, async_save=False)
+  checkpointer = RunDir(str(tmp_path)).checkpointer(0, 3)
   restored = checkpointer.restore(abstract, restored_data)
   checkpointer.close()
   np.testing.assert_array_equal(restored["params"]["w"], state["params"]["w"])

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import single_device_mesh, tiny_config
-from vlmjax import sharding, trainer
-from vlmjax.checkpoint import Checkpointer
+from vlmjax import experiment, sharding, trainer
 from vlmjax.data.tokenizer import Tokenizer
-from vlmjax.metrics import read_metrics
+from vlmjax.run import RunDir, read_metrics
 from vlmjax.train import train
 
 TOTAL = 40
@@ -32,12 +31,9 @@ def _config(data_dir):
 
 def _final_params(config, workdir, step=TOTAL, mesh=None, host=True):
   tokenizer = Tokenizer.load(os.path.join(workdir, "tokenizer.model"))
-  model = trainer.build_model(config, tokenizer.vocab_size)
-  tx, _ = trainer.make_optimizer(config.optimizer, config.total_steps)
   mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
-  abstract, _ = trainer.abstract_train_state(model, tx, trainer.sample_batch(config), mesh,
-                                             sharding.rules_from_config(config.sharding_rules))
-  checkpointer = Checkpointer(workdir, 0, 3, async_save=False)
+  abstract, _ = experiment.build(config, tokenizer.vocab_size, mesh=mesh).abstract_state()
+  checkpointer = RunDir(workdir).checkpointer(0, 3)
   try:
     assert checkpointer.latest_step() == step
     params = checkpointer.restore_params(abstract["params"], step)
@@ -53,7 +49,7 @@ def runs(tiny_data_dir, tmp_path_factory):
   workdir_b = str(tmp_path_factory.mktemp("run_b"))
   results_a = train(config, workdir_a)
   interrupted = train(config, workdir_b, stop_after_steps=STOP)
-  checkpointer = Checkpointer(workdir_b, 0, 3, async_save=False)
+  checkpointer = RunDir(workdir_b).checkpointer(0, 3)
   steps_after_stop = checkpointer.manager.all_steps()
   checkpointer.close()
   metrics_after_stop = read_metrics(workdir_b)

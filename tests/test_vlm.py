@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import single_device_mesh, tiny_config
-from vlmjax import sharding, trainer
-from vlmjax.checkpoint import Checkpointer
-from vlmjax.data.pipeline import caption_sequence
+from vlmjax import experiment, sharding
+from vlmjax.batch_spec import caption_sequence
 from vlmjax.data.tokenizer import Tokenizer
-from vlmjax.metrics import read_metrics
+from vlmjax.run import RunDir, read_metrics
 from vlmjax.models.decoder import IMAGE_TOKEN
 from vlmjax.models.generate import generate, prefix_kinds
 from vlmjax.models.vlm import VLM
@@ -136,12 +135,10 @@ def test_vlm_trains_end_to_end(tiny_data_dir, tmp_path, case):
   assert len(losses) == 4 and np.isfinite(losses).all() and losses[-1] < losses[0], losses
   if case == "limber_frozen":
     tokenizer = Tokenizer.load(f"{workdir}/tokenizer.model")
-    model = trainer.build_model(config, tokenizer.vocab_size)
-    tx, _ = trainer.make_optimizer(config.optimizer, 4)
-    mesh, rules = single_device_mesh(), sharding.rules_from_config(())
-    start, _ = trainer.create_train_state(model, tx, trainer.sample_batch(config), config.seed, mesh, rules)
-    abstract, _ = trainer.abstract_train_state(model, tx, trainer.sample_batch(config), mesh, rules)
-    checkpointer = Checkpointer(workdir, 0, 1, async_save=False)
+    built = experiment.build(config, tokenizer.vocab_size, mesh=single_device_mesh(), validate=False)
+    start, _ = built.init_state()
+    abstract, _ = built.abstract_state()
+    checkpointer = RunDir(workdir).checkpointer(0, 1)
     final = checkpointer.restore_params(abstract["params"])
     checkpointer.close()
     for part in ("image", "decoder", "projector"):
@@ -151,15 +148,15 @@ def test_vlm_trains_end_to_end(tiny_data_dir, tmp_path, case):
 
 
 @pytest.mark.parametrize("name", ["vlm", "lm"])
-def test_sample_batch_has_every_field_of_a_pipeline_example(tiny_data_dir, name):
-  """init, eval_shape and `vlmjax.compile` build the step from `sample_batch`: it must carry what the
+def test_batch_spec_has_every_field_of_a_pipeline_example(tiny_data_dir, name):
+  """init, eval_shape and TPU sizing build the step from the batch spec: it must carry what the
   objectives read (targets, loss_weights), with the pipeline's shapes and dtypes."""
   model_config = TINY_VLM if name == "vlm" else dict(name="lm", decoder=DECODER)
-  config = tiny_config(tiny_data_dir, model=model_config)
-  model = trainer.build_model(config, VOCAB)
+  config = tiny_config(tiny_data_dir, model=model_config, objectives={"ntp": {"weight": 1.0}})
+  built = experiment.build(config, VOCAB, mesh=single_device_mesh())
   example = caption_sequence(np.array([2, 7, 3] + [0] * (config.input.max_text_len - 3)),
-                             model.num_image_tokens(config.input.image_size))
-  sample = trainer.sample_batch(config)
+                             built.model.num_image_tokens(config.input.image_size))
+  sample = built.synthetic_batch(VOCAB)
   assert set(example) <= set(sample)
   for key, value in example.items():
     assert sample[key].shape[1:] == value.shape and sample[key].dtype == value.dtype, key

@@ -9,22 +9,21 @@ DIR/eval_results.json. The second prints finished runs' results side by side (no
 """
 import json
 import os
-import sys
 
 from absl import app, flags
 import jax
-import ml_collections
 
-from vlmjax import config as config_lib, registry, sharding, trainer
-from vlmjax.checkpoint import Checkpointer
+from vlmjax import cli, config as config_lib, experiment as experiment_lib, registry
 from vlmjax.metrics import quiet_absl_logging
-from vlmjax.data.tokenizer import Tokenizer
 from vlmjax.evals.common import EvalContext, Embedder
+from vlmjax.run import RunDir
 
 
-def run_evals(config, model, params, mesh, tokenizer) -> dict:
-  ctx = EvalContext(config.data, config.input, tokenizer, Embedder(model, params, mesh, config.batch_size),
-                    config.batch_size)
+def run_evals(experiment, params, tokenizer) -> dict:
+  """Every evaluator of `experiment.config.evals` on `params` -> {'name/metric': value}."""
+  config = experiment.config
+  embedder = Embedder(experiment.model, params, experiment.mesh, config.batch_size, experiment.rules)
+  ctx = EvalContext(config.data, config.input, tokenizer, embedder, config.batch_size)
   results = {}
   for name, cfg in config.evals.items():
     kwargs = {k: v for k, v in cfg.to_dict().items() if k != "type"}
@@ -47,7 +46,7 @@ def compare_table(workdirs: list[str]) -> str:
   (the union, in first-seen order), a row per workdir."""
   rows = {}
   for workdir in workdirs:
-    path = os.path.join(workdir, "eval_results.json")
+    path = RunDir(workdir).file(RunDir.EVAL_RESULTS)
     if not os.path.exists(path):
       raise FileNotFoundError(f"evaluate: '{path}' does not exist (has '{workdir}' finished or been evaluated?)")
     with open(path, encoding="utf-8") as f:
@@ -60,28 +59,14 @@ def compare_table(workdirs: list[str]) -> str:
   return "\n".join(lines)
 
 
-def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"evaluate: '{path}' does not exist (is '{workdir}' a training workdir?)")
-  with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
-  config = load_workdir_config(workdir)
-  tokenizer = Tokenizer.load(config.tokenizer.path or os.path.join(workdir, "tokenizer.model"))
-  mesh = sharding.make_mesh(config.mesh)
-  rules = sharding.rules_from_config(config.sharding_rules)
-  model = trainer.build_model(config, tokenizer.vocab_size)
-  tx, _ = trainer.make_optimizer(config.optimizer, 1)
-  abstract, _ = trainer.abstract_train_state(model, tx, trainer.sample_batch(config), mesh, rules)
-  checkpointer = Checkpointer(workdir, 0, config.checkpoint.keep, async_save=False)
-  if checkpointer.latest_step() is None:
-    raise FileNotFoundError(f"evaluate: no checkpoint in '{checkpointer.directory}'")
-  params = checkpointer.restore_params(abstract["params"], step)
-  results = run_evals(config, model, params, mesh, tokenizer)
-  with open(os.path.join(workdir, "eval_results.json"), "w", encoding="utf-8") as f:
+  """Runs the evaluators of a run's config on its params at `step` (default: the newest), on the
+  run's mesh; writes eval_results.json."""
+  run = RunDir(workdir)
+  config = run.read_config()
+  loaded = run.load(step, mesh=experiment_lib.make_mesh(config))
+  results = run_evals(loaded.experiment, loaded.params, loaded.tokenizer)
+  with open(run.file(RunDir.EVAL_RESULTS), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=1)
   return results
 
@@ -97,8 +82,7 @@ def main(argv):
       raise ValueError("give --workdir DIR (or --compare DIR1,DIR2,...)")
     results = evaluate_workdir(FLAGS.workdir, FLAGS.step)
   except (FileNotFoundError, config_lib.ConfigError, ValueError) as e:
-    print(f"vlmjax.evaluate: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail("evaluate", e)
   print(format_table(results))
 
 

@@ -16,14 +16,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
 class MetricWriter:
+  """Appends records to a JSON-lines file and to TensorBoard event files in `tensorboard_dir`."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, jsonl_path: str, tensorboard_dir: str):
     self.enabled = jax.process_index() == 0
     if self.enabled:
       from tensorboardX import SummaryWriter  # protobuf only, no TensorFlow
-      os.makedirs(workdir, exist_ok=True)
-      self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-      self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      os.makedirs(os.path.dirname(os.path.abspath(jsonl_path)), exist_ok=True)
+      self.jsonl = open(jsonl_path, "a", encoding="utf-8")
+      self.tensorboard = SummaryWriter(tensorboard_dir)
 
   def write(self, step: int, metrics: dict):
     if not self.enabled:
@@ -39,37 +40,6 @@ class MetricWriter:
     if self.enabled:
       self.jsonl.close()
       self.tensorboard.close()
-
-
-def read_metrics(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def drop_metrics_after(workdir: str, step: int):
-  """Removes metrics.jsonl records past `step`: what a killed run logged after its last checkpoint,
-  which the resumed run logs again (so each step appears once), and a line a kill cut short.
-  TensorBoard's event files keep both."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return
-  with open(path, encoding="utf-8") as f:
-    lines = [line for line in f if line.strip()]
-  keep = []
-  for line in lines:
-    try:
-      record = json.loads(line)
-    except ValueError:
-      continue
-    if record.get("step", 0) <= step:
-      keep.append(line if line.endswith("\n") else line + "\n")
-  if len(keep) < len(lines):
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      f.writelines(keep)
-    os.replace(path + ".tmp", path)
 
 
 class Progress:

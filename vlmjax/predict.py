@@ -34,13 +34,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 import tqdm
 
-from vlmjax import export, sharding
+from vlmjax import cli, sharding
 from vlmjax.data import pipeline
-from vlmjax.evals.captioning import generation_prefix, prompt_ids
+from vlmjax.evals.captioning import generation_prefix
 from vlmjax.evals.common import Embedder
 from vlmjax.evals.zeroshot import DEFAULT_PROMPTS, ZeroShot
 from vlmjax.metrics import quiet_absl_logging
 from vlmjax.models.generate import make_generate
+from vlmjax.run import Bundle
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 COMMANDS = ("embed", "classify", "retrieve", "caption")
@@ -83,10 +84,12 @@ class Predictor:
     if devices > len(available):
       raise PredictError(f"predict: --devices {devices} but this process has {len(available)}")
     self.mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1), available[:devices])
-    self.config, self.model, params, self.tokenizer = export.load_bundle(bundle, self.mesh, dtype="float32")
+    loaded = Bundle(bundle).load(mesh=self.mesh, dtype="float32")
+    self.config, self.model, params, self.tokenizer = loaded.config, loaded.model, loaded.params, loaded.tokenizer
+    self.rules = loaded.experiment.rules
     self.bundle, self.params = bundle, params
     self.batch_size = -(-batch_size // devices) * devices
-    self.embedder = Embedder(self.model, params, self.mesh, self.batch_size)
+    self.embedder = Embedder(self.model, params, self.mesh, self.batch_size, self.rules)
     self.preprocess = pipeline.Preprocess(None, self.config.input.image_size, self.config.input.max_text_len)
     self.skip_unreadable, self.progress = skip_unreadable, progress
 
@@ -266,7 +269,7 @@ def caption(predictor: Predictor, paths, max_new_tokens: int = 32, temperature: 
   if predictor.tokenizer is None:
     raise PredictError(f"predict: bundle '{predictor.bundle}' has no tokenizer.model to decode captions with")
   prefix = generation_prefix(model.num_image_tokens(config.input.image_size),
-                             prompt_ids(predictor.tokenizer, config.input))
+                             pipeline.prompt_ids(predictor.tokenizer, config.input))
   generate = make_generate(model, max_new_tokens, temperature, top_k)
   size = predictor.batch_size
   prefixes = sharding.global_batch(np.tile(prefix, (size, 1)), predictor.mesh)
@@ -278,7 +281,7 @@ def caption(predictor: Predictor, paths, max_new_tokens: int = 32, temperature: 
       if pixels:
         images = np.stack([x for _, x in pixels]).astype(np.float32)
         images = np.concatenate([images, np.zeros((size - len(images),) + images.shape[1:], np.float32)])
-        with jax.set_mesh(predictor.mesh):
+        with predictor.embedder.use():
           tokens = generate(predictor.params, prefixes, jax.random.fold_in(rng, i),
                             sharding.global_batch(images, predictor.mesh))
         texts = predictor.tokenizer.decode(np.asarray(jax.device_get(tokens))[:len(pixels)])
@@ -344,8 +347,7 @@ def main(argv):
       raise PredictError(f"predict: give a command ({', '.join(COMMANDS)}) after the flags")
     run(argv[1], argv[2:], FLAGS)
   except (PredictError, FileNotFoundError, ValueError) as e:
-    print(f"vlmjax.predict: error: {str(e).splitlines()[0]}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail("predict", str(e).splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ optimizer state sharded) and `tensor` (heads / MLP split). Parameters carry logi
 rules below map them onto mesh axes. The default rules give FSDP: the batch is split over
 `data`+`fsdp`, parameters over `fsdp` on their `embed` dimension, and over `tensor` on heads/MLP.
 """
+import contextlib
 import math
 
 import flax.linen as nn
@@ -26,6 +27,15 @@ DEFAULT_RULES = (
     ("length", None),
     ("patch", None),
     ("layers", None),
+    # Activations have names of their own (as in MaxText), so their placement is set apart from the
+    # params': the batch over data×fsdp, heads / MLP / vocabulary over tensor.
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_mlp", "tensor"),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_vocab", "tensor"),
 )
 
 
@@ -60,9 +70,21 @@ def batch_axes_size(mesh: Mesh) -> int:
 
 
 def rules_from_config(rules) -> tuple:
+  """`config.sharding_rules` as flax rules; () = DEFAULT_RULES. Activation names the config does
+  not map keep their default placement."""
   if not rules:
     return DEFAULT_RULES
-  return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes) for name, axes in rules)
+  rules = tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes) for name, axes in rules)
+  named = {name for name, _ in rules}
+  return rules + tuple(r for r in DEFAULT_RULES if r[0].startswith("activation_") and r[0] not in named)
+
+
+@contextlib.contextmanager
+def use(mesh: Mesh, rules=DEFAULT_RULES):
+  """The mesh and logical axis rules a jitted `model.apply` is traced under (train, eval, predict,
+  generate): its activations get the sharding constraints their logical names map to."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
 
 
 def fit_spec(spec: P, shape, mesh: Mesh) -> P:

@@ -4,25 +4,25 @@
 
 Wires the pieces a config names: data source -> grain pipeline -> global sharded batch -> jitted
 step -> metrics / checkpoints / evaluators. A workdir with checkpoints is resumed from the newest
-(if its config matches, see `vlmjax.workdir`). SIGTERM/SIGINT checkpoint the current step and exit 0;
+(if its config matches, see `vlmjax.workdir`; its files: `vlmjax.run.RunDir`). SIGTERM/SIGINT checkpoint the current step and exit 0;
 NaN/Inf steps are skipped and bad data records skipped and counted (README, "Reliability").
 """
 import contextlib
 import json
 import os
-import re
-import sys
 
 from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from vlmjax import config as config_lib, distributed, evaluate, registry, sharding, trainer, workdir as workdir_lib
-from vlmjax.checkpoint import Checkpointer, init_params_from
+from vlmjax import cli, config as config_lib, distributed, evaluate, experiment as experiment_lib, registry, sharding
+from vlmjax import workdir as workdir_lib
 from vlmjax.data import pipeline, sources
 from vlmjax.data.tokenizer import Tokenizer
-from vlmjax.metrics import MetricWriter, Progress, drop_metrics_after, quiet_absl_logging, throughput_metrics
+from vlmjax.init_from import init_params_from
+from vlmjax.metrics import MetricWriter, Progress, quiet_absl_logging, throughput_metrics
 from vlmjax.preemption import Preemption
+from vlmjax.run import RunDir, drop_metrics_after
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (path.py[:arg]).", lock_config=True)
@@ -32,12 +32,10 @@ flags.DEFINE_bool("overwrite", False, "Delete the workdir's previous run (checkp
                   "config) and start over, instead of refusing a workdir whose run has another config.")
 
 
-def get_tokenizer(config, workdir: str, train_source) -> Tokenizer:
-  """The config's tokenizer; else the workdir's; else one trained on the training captions."""
-  if config.tokenizer.path:
-    return Tokenizer.load(config.tokenizer.path)
-  path = os.path.join(workdir, "tokenizer.model")
-  if os.path.exists(path):
+def get_tokenizer(config, run: RunDir, train_source) -> Tokenizer:
+  """The config's tokenizer; else the run's; else one trained on the training captions."""
+  path = run.tokenizer_file(config)
+  if config.tokenizer.path or os.path.exists(path):
     return Tokenizer.load(path)
   count = min(config.tokenizer.train_examples, len(train_source))
   logging.info("Training a %d-piece SentencePiece tokenizer on %d captions", config.tokenizer.vocab_size, count)
@@ -88,63 +86,53 @@ def train(config, workdir: str, stop_after_steps: int | None = None, overwrite: 
   and no evaluation runs; calling again with the same workdir continues the run. SIGTERM/SIGINT do
   the same after the step in flight. `overwrite`: start over in a workdir holding another run.
   """
-  try:
-    mesh = sharding.make_mesh(config.mesh)
-  except ValueError as e:
-    raise config_lib.ConfigError(f"config: {e}") from None
-  config_lib.validate(config, mesh.size, sharding.batch_axes_size(mesh), jax.process_count())
-  rules = sharding.rules_from_config(config.sharding_rules)
+  experiment_lib.check(config)  # every value, before anything in the workdir is touched
   workdir_lib.prepare(config, workdir, overwrite)  # refuses another run's workdir; writes config.json
-
+  run = RunDir(workdir)
   train_source = sources.make_source(config.data, config.data.train_split)
-  tokenizer = get_tokenizer(config, workdir, train_source)
+  tokenizer = get_tokenizer(config, run, train_source)
   steps = total_steps(config, len(train_source))
-  model = trainer.build_model(config, tokenizer.vocab_size)
-  objectives = trainer.build_objectives(config)
-  tx, schedule = trainer.make_optimizer(config.optimizer, steps)
+  prompt = pipeline.prompt_ids(tokenizer, config.input)
+  experiment = experiment_lib.build(config, tokenizer.vocab_size, total_steps=steps, prompt_len=len(prompt))
+  mesh = experiment.mesh
 
-  batch_fields = {f for _, objective in objectives.values() for f in getattr(objective, "batch_fields", ())}
   preprocess = pipeline.Preprocess(tokenizer, config.input.image_size, config.input.max_text_len, train=True,
                                    crop_min=config.input.crop_min, brightness=config.input.brightness,
-                                   negatives="negative_text" in batch_fields,
-                                   subcaptions=config.input.subcaptions if "multi_text" in batch_fields else 0,
-                                   second_view="image_view2" in batch_fields,
-                                   max_caption_chars=config.data.max_caption_chars)
-  preprocess = registry.get("preprocess", config.model.name)(preprocess, config, tokenizer, model)
-  for _, objective in objectives.values():  # e.g. VLAP's word-frequency prior from the captions
+                                   fields=tuple(f for f in experiment.fields.values() if f.make),
+                                   input_config=config.input, max_caption_chars=config.data.max_caption_chars)
+  preprocess = registry.get("preprocess", config.model.name)(preprocess, config, tokenizer, experiment.model)
+  for _, objective in experiment.objectives.values():  # e.g. VLAP's word-frequency prior from the captions
     if hasattr(objective, "prepare"):
       objective.prepare(train_source, tokenizer)
   data_iter = iter(pipeline.train_dataset(
       train_source, preprocess, config.batch_size // jax.process_count(), config.seed,
       jax.process_index(), jax.process_count(), config.data.num_threads))
 
-  checkpointer = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep,
-                              config.checkpoint.async_save, cleanup=True)
-  sample = trainer.sample_batch(config)
+  checkpointer = run.checkpointer(config.checkpoint.every_steps, config.checkpoint.keep,
+                                  config.checkpoint.async_save, cleanup=True)
   if checkpointer.latest_step() is not None:
-    abstract, state_shardings = trainer.abstract_train_state(model, tx, sample, mesh, rules)
+    abstract, state_shardings = experiment.abstract_state()
     print(f"Resuming from step {checkpointer.latest_step()} in {checkpointer.directory}", flush=True)
     state = checkpointer.restore(abstract, data_iter)
   else:
-    state, state_shardings = trainer.create_train_state(model, tx, sample, config.seed, mesh, rules)
+    state, state_shardings = experiment.init_state()
     for source_workdir, pattern in config_lib.init_sources(config.init):
       try:
         state["params"] = init_params_from(source_workdir, state["params"], pattern)
       except ValueError as e:
         raise config_lib.ConfigError(str(e)) from None
-  train_step = trainer.make_train_step(model, objectives, tx, schedule, mesh, state_shardings,
-                                       microbatches=config.microbatches, rules=rules)
+  train_step = experiment.train_step(state_shardings)
 
   start = int(state["step"])
   if jax.process_index() == 0:
     drop_metrics_after(workdir, start)  # what a killed run logged past its last checkpoint
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(run.file(RunDir.METRICS), run.file(RunDir.TENSORBOARD))
   progress = Progress(start, steps, config.batch_size, config.progress_bar)
   streak, done, stopped = None, start, None  # streak: a step's skips in a row, read one step late
   with Preemption() as preemption, contextlib.closing(checkpointer):  # closing: finish an async save
     for step in range(start, steps):
       batch = sharding.global_batch(next(data_iter), mesh)
-      with jax.set_mesh(mesh):
+      with experiment.use_mesh():
         state, metrics = train_step(state, batch)
       if streak is not None:  # the previous step's: done by now, so the host never waits on this one
         check_nonfinite(streak, done, config.max_consecutive_nonfinite)
@@ -161,7 +149,7 @@ def train(config, workdir: str, stop_after_steps: int | None = None, overwrite: 
       if checkpointer.should_save(done, steps) or stopped:
         checkpointer.save(done, state, data_iter)
       if config.eval_every_steps and done % config.eval_every_steps == 0 and done != steps:
-        writer.write(done, evaluate.run_evals(config, model, state["params"], mesh, tokenizer))
+        writer.write(done, evaluate.run_evals(experiment, state["params"], tokenizer))
       if stopped:
         break
     if streak is not None and not stopped:
@@ -175,11 +163,11 @@ def train(config, workdir: str, stop_after_steps: int | None = None, overwrite: 
             "run the same command to resume", flush=True)
     return {}
 
-  results = evaluate.run_evals(config, model, state["params"], mesh, tokenizer) if config.evals else {}
+  results = evaluate.run_evals(experiment, state["params"], tokenizer) if config.evals else {}
   writer.write(steps, results)
   writer.close()
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "eval_results.json"), "w", encoding="utf-8") as f:
+    with open(run.file(RunDir.EVAL_RESULTS), "w", encoding="utf-8") as f:
       json.dump(results, f, indent=1)
   return results
 
@@ -188,48 +176,21 @@ USER_ERRORS = (config_lib.ConfigError, registry.RegistryError, distributed.Distr
                KeyError, pipeline.BadDataError, NonFiniteError)
 
 
-def fail(message) -> None:
-  """One line on stderr naming the culprit, exit status 2; never a traceback for a user's mistake."""
-  text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
-  print(f"vlmjax.train: error: {text}", file=sys.stderr)
-  sys.exit(2)
-
-
-def parse_flags(argv):
-  """absl parsing, but errors in --config / --config.key=value become one line naming the argument.
-
-  ml_collections reads the config file and applies overrides while the flags are parsed, before
-  `main` runs, so its errors (unknown key, wrong type, missing file) are caught here.
-  """
-  try:
-    return FLAGS(argv)
-  except Exception as e:  # absl and ml_collections raise many types for bad arguments
-    message = str(e).splitlines()[-1] if str(e).strip() else type(e).__name__
-    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-    named = [a for a in overrides if a.removeprefix("--config.").rsplit(".", 1)[-1] in str(e)]
-    culprit = named[0] if named else None
-    if isinstance(e, AttributeError) and culprit:
-      suggestion = re.search(r'Did you mean "([^"]+)"', str(e))
-      hint = f" (did you mean '{suggestion.group(1)}'?)" if suggestion else ""
-      fail(f"config: unknown key '{culprit.removeprefix('--config.')}'{hint}")
-    fail(f"config: {culprit + ': ' if culprit else ''}{message}")
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   quiet_absl_logging()
   if FLAGS.config is None or FLAGS.workdir is None:
-    fail("--config and --workdir are required")
+    cli.fail("train", "--config and --workdir are required")
   try:
     distributed.initialize_from_env()  # several processes (launch/): before any device is touched
     results = train(FLAGS.config, FLAGS.workdir, FLAGS.stop_after_steps, FLAGS.overwrite)
   except USER_ERRORS as e:
-    fail(e.args[0] if isinstance(e, KeyError) and e.args else e)
+    cli.fail("train", e.args[0] if isinstance(e, KeyError) and e.args else e)
   if results and jax.process_index() == 0:
     print(evaluate.format_table(results))
 
 
 if __name__ == "__main__":
   jax.config.config_with_absl()
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.flags_parser("train"))

@@ -13,9 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vlmjax import registry, sharding
-from vlmjax.models import layers
-from vlmjax.data.pipeline import BAD_REASONS
+from vlmjax import sharding
+from vlmjax.batch_spec import BAD_REASONS
 
 
 def path_str(path) -> str:
@@ -51,21 +50,6 @@ def make_optimizer(opt, total_steps: int):
     labels = lambda params: _path_mask(params, lambda p, x: "frozen" if frozen.search(p) else "trained")
     tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
   return tx, schedule
-
-
-def build_model(config, vocab_size: int):
-  kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
-  return registry.get("model", config.model.name)(
-      **kwargs, vocab_size=vocab_size, dtype=jnp.dtype(config.precision.compute_dtype))
-
-
-def build_objectives(config):
-  """{name: (weight, objective)} from `config.objectives`."""
-  out = {}
-  for name, cfg in config.objectives.items():
-    kwargs = {k: v for k, v in cfg.to_dict().items() if k != "weight"}
-    out[name] = (float(cfg.weight), registry.get("objective", name)(**kwargs))
-  return out
 
 
 def model_inputs(model, batch, train: bool):
@@ -118,7 +102,7 @@ def make_train_step(model, objectives, tx, schedule, mesh, state_shardings, micr
   `rules` (the params' logical axis rules) also place the activations: batch over data×fsdp."""
 
   def forward(params, batch, rng):
-    with layers.activation_rules(rules):  # else the activations' logical constraints are no-ops
+    with nn.logical_axis_rules(rules):  # the activations' logical constraints (`layers.constrain`)
       return model.apply({"params": params}, **model_inputs(model, batch, True), rngs={"dropout": rng})
 
   def objectives_loss(outputs, batch, step):
@@ -235,14 +219,3 @@ def cached_value_and_grad(forward, loss_of_outputs, microbatches: int, batch_sha
     return (loss, aux), grads
 
   return value_and_grad
-
-
-def sample_batch(config) -> dict:
-  """A batch of one with the shapes the input pipeline produces, for init and eval_shape (the
-  model's own `sample_batch` when it has one: decoders take tokens, not texts)."""
-  model = build_model(config, vocab_size=1)  # only its shapes are read
-  if hasattr(model, "sample_batch"):
-    return model.sample_batch(config.input)
-  size = config.input.image_size
-  return {"image": jnp.zeros((1, size, size, 3), jnp.float32),
-          "text": jnp.zeros((1, config.input.max_text_len), jnp.int32)}

@@ -13,8 +13,8 @@ import shutil
 import jax
 from jax.experimental import multihost_utils
 
-from vlmjax.checkpoint import Checkpointer
 from vlmjax.config import ConfigError
+from vlmjax.run import RunDir
 
 # Keys a resumed run may change: how often and where it logs, evaluates and checkpoints, the mesh and
 # its sharding rules and microbatches (a checkpoint restores onto any mesh; accumulation gives the same
@@ -27,9 +27,6 @@ RESUMABLE_KEYS = (
     "max_consecutive_nonfinite", "data.num_threads", "data.data_dir", "data.image_root",
     "data.max_bad_fraction")
 
-# What a run writes into its workdir: deleted by `overwrite`.
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "eval_results.json", "tokenizer.model",
-               "config.json")
 
 
 def _flatten(tree, prefix=""):
@@ -55,8 +52,8 @@ def config_differences(saved: dict, new: dict) -> list[str]:
 
 def _delete_run(workdir: str, config):
   keep = os.path.abspath(config.tokenizer.path) if config.tokenizer.path else None
-  for name in RUN_OUTPUTS:
-    path = os.path.join(workdir, name)
+  for name in RunDir.OUTPUTS:  # what a run writes into its folder
+    path = RunDir(workdir).file(name)
     if os.path.abspath(path) == keep:
       continue  # the config's own tokenizer file, not an output of the run
     if os.path.isdir(path):
@@ -67,14 +64,12 @@ def _delete_run(workdir: str, config):
 
 def _check(config, workdir: str):
   """Raises ConfigError if the workdir holds checkpoints of a run with another config."""
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    return  # (and do not create the folder: a run that fails before training leaves no trace)
-  checkpointer = Checkpointer(workdir, every_steps=0, keep=1, async_save=False)
-  latest = checkpointer.latest_step()
-  checkpointer.close()
-  path = os.path.join(workdir, "config.json")
-  if latest is None or not os.path.exists(path):
+  run = RunDir(workdir)
+  steps = run.steps()  # (no checkpoints/ is created: a run that fails before training leaves no trace)
+  path = run.file(RunDir.CONFIG)
+  if not steps or not os.path.exists(path):
     return
+  latest = steps[-1]
   try:
     with open(path, encoding="utf-8") as f:
       saved = json.load(f)
@@ -99,9 +94,9 @@ def prepare(config, workdir: str, overwrite: bool = False):
   if jax.process_index() == 0:
     if overwrite:
       _delete_run(workdir, config)
-    tmp = os.path.join(workdir, "config.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    path = RunDir(workdir).file(RunDir.CONFIG)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=1))
-    os.replace(tmp, os.path.join(workdir, "config.json"))
+    os.replace(path + ".tmp", path)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("vlmjax.workdir.prepare")  # nobody reads before process 0 is done

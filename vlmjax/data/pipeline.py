@@ -20,11 +20,8 @@ import numpy as np
 from PIL import Image
 
 from vlmjax import registry
+from vlmjax.batch_spec import BAD_REASONS, caption_sequence
 from vlmjax.data.tokenizer import Tokenizer
-from vlmjax.models.decoder import BIDIRECTIONAL, CAUSAL, IMAGE_TOKEN, PAD
-
-# Why a record is skipped; `bad_records` counts are int32 [len(BAD_REASONS)] in this order.
-BAD_REASONS = ("corrupt_image", "empty_image", "empty_caption", "long_caption", "not_utf8")
 MIN_RECORDS_FOR_BAD_FRACTION = 200  # the fraction of bad records is judged once this many were read
 MAX_BAD_IN_A_ROW = 100  # a slot whose next 100 candidates are all bad: the data is unreadable
 
@@ -88,12 +85,29 @@ def sample_sentences(text: str, count: int, rng: np.random.Generator) -> list[st
 
 
 @dataclasses.dataclass
+class Example:
+  """What a batch field's `make` (`batch_spec.Field`) reads: the source record, its decoded image
+  (before augmentation), the example made so far and this example's RNG."""
+  record: dict
+  image: Image.Image
+  made: dict
+  rng: np.random.Generator
+  preprocess: "Preprocess"
+
+  def tokenize(self, texts) -> np.ndarray:
+    """texts -> int32 [len(texts), max_len] rows, as the caption is tokenized."""
+    return self.preprocess.tokenizer.encode(list(texts), self.preprocess.max_len)
+
+  def augment(self) -> np.ndarray:
+    """Another draw of the image's augmentation: float32 [S, S, 3]."""
+    return self.preprocess.augment(self.image, self.rng)
+
+
+@dataclasses.dataclass
 class Preprocess(grain.transforms.RandomMap):
-  """record -> {'image': float32 [S, S, 3] in [-1, 1], 'text': int32 [T], ...passthrough}, and with
-  `negatives`, 'negative_text': int32 [K, T] from the record's `negative_captions`; and with
-  `subcaptions` = K − 1 > 0, 'multi_text': int32 [K, T], the caption then K − 1 sentences sampled
-  from the record's `long_caption` (DreamLIP; without replacement when there are enough); and with
-  `second_view`, 'image_view2' (another augmentation draw) and 'text_view2' (TCL).
+  """record -> {'image': float32 [S, S, 3] in [-1, 1], 'text': int32 [T], ...}: then each of
+  `fields` (`batch_spec.Field`s with a `make`, in order, at the shape `input_config` gives them)
+  and the record's `passthrough` keys.
 
   Training augmentation is deliberately light and label-preserving: a random square crop of
   `crop_min`..1 of the image side (so position words in captions stay true) and a brightness jitter
@@ -106,9 +120,8 @@ class Preprocess(grain.transforms.RandomMap):
   crop_min: float = 1.0
   brightness: float = 0.0
   passthrough: tuple = ()
-  negatives: bool = False
-  subcaptions: int = 0
-  second_view: bool = False
+  fields: tuple = ()
+  input_config: object = None  # what `fields` read their shapes from
   max_caption_chars: int = 0  # longer captions are bad records (0: no limit)
 
   def augment(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
@@ -139,13 +152,9 @@ class Preprocess(grain.transforms.RandomMap):
       return BadRecord("empty_image", f"the image is {image.size[0]}x{image.size[1]}")
     out = {"image": self.augment(image, rng),
            "text": self.tokenizer.encode([record["caption"]], self.max_len)[0]}
-    if self.second_view:  # TCL: another draw of the same augmentation, and the text again
-      out["image_view2"], out["text_view2"] = self.augment(image, rng), out["text"]
-    if self.negatives:
-      out["negative_text"] = self.tokenizer.encode(record["negative_captions"], self.max_len)
-    if self.subcaptions:
-      out["multi_text"] = self.tokenizer.encode(
-          [record["caption"]] + sample_sentences(record["long_caption"], self.subcaptions, rng), self.max_len)
+    example = Example(record, image, out, rng, self)
+    for field in self.fields:
+      out[field.name] = np.asarray(field.make(example, field.shape(self.input_config)), field.dtype)
     for key in self.passthrough:
       out[key] = np.asarray(record[key])
     return out
@@ -228,29 +237,7 @@ def eval_batches(source, preprocess: Preprocess, batch_size: int, indices=None, 
   yield from ds.batch(batch_size, drop_remainder=False)
 
 
-# --- Decoder (VLM / LM) examples: DESIGN.md §5 --------------------------------------------------
-
-
-def caption_sequence(text, num_image_tokens: int, prompt=()) -> dict:
-  """A caption as a decoder example. text int [L] = [BOS pieces EOS pad...] (`Tokenizer.encode`),
-  prompt: piece ids (no BOS/EOS) -> int32/float32 arrays of length n + len(prompt) + L:
-
-  - `tokens`: [IMAGE_TOKEN × n] BOS prompt pieces EOS pad...
-  - `targets`: the next token where it is supervised (a caption piece or the EOS), else 0;
-  - `loss_weights`: 1.0 there, 0.0 at image, BOS/prompt and padding positions;
-  - `attention_mask`: 1 for image slots (one bidirectional block), 2 for text, 0 for padding.
-  """
-  text, prompt = np.asarray(text, np.int32), np.asarray(prompt, np.int32).reshape(-1)
-  tokens = np.concatenate([np.full(num_image_tokens, IMAGE_TOKEN, np.int32), text[:1], prompt, text[1:]])
-  start = num_image_tokens + 1 + len(prompt)  # the first caption piece
-  is_caption = np.zeros(len(tokens), bool)
-  is_caption[start:] = tokens[start:] != PAD
-  supervised = np.append(is_caption[1:], False)
-  return {"tokens": tokens,
-          "targets": np.where(supervised, np.roll(tokens, -1), PAD).astype(np.int32),
-          "loss_weights": supervised.astype(np.float32),
-          "attention_mask": np.where(tokens == IMAGE_TOKEN, BIDIRECTIONAL,
-                                     np.where(tokens != PAD, CAUSAL, PAD)).astype(np.int32)}
+# --- Decoder (VLM / LM) examples: `batch_spec.caption_sequence` ---------------------------------
 
 
 @dataclasses.dataclass
@@ -276,14 +263,19 @@ class CaptionPreprocess(grain.transforms.RandomMap):
     return self.random_map(record, np.random.default_rng(0))
 
 
+def prompt_ids(tokenizer: Tokenizer, input_config) -> tuple:
+  """The pieces of `input_config.prompt` (text put between BOS and a decoder's caption), or ()."""
+  prompt = input_config.get("prompt", "")
+  return tuple(tokenizer.sp.encode(prompt)) if prompt else ()
+
+
 @registry.register("preprocess", "vlm")
 @registry.register("preprocess", "lm")
 def caption_preprocess(base: Preprocess, config, tokenizer: Tokenizer, model):
   """The decoder example maker for `model` (an LM or VLM) on `config.input` (`prompt`: text put
   between BOS and the caption, never supervised)."""
-  prompt = config.input.get("prompt", "")
   num_image_tokens = model.num_image_tokens(config.input.image_size)
-  return CaptionPreprocess(base, num_image_tokens, tuple(tokenizer.sp.encode(prompt)) if prompt else (),
+  return CaptionPreprocess(base, num_image_tokens, prompt_ids(tokenizer, config.input),
                            with_image=num_image_tokens > 0)
 
 

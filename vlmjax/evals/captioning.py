@@ -18,7 +18,7 @@ import numpy as np
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 
-from vlmjax import registry, sharding, trainer
+from vlmjax import batch_spec, registry, sharding, trainer
 from vlmjax.data import pipeline
 from vlmjax.data.tokenizer import BOS, EOS
 from vlmjax.models.generate import make_generate
@@ -42,14 +42,9 @@ def caption_metrics(references: list[list[str]], predictions: list[str]) -> dict
   return {"CIDEr": float(cider), **{f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)}}
 
 
-def prompt_ids(tokenizer, input_config) -> tuple:
-  prompt = input_config.get("prompt", "")
-  return tuple(tokenizer.sp.encode(prompt)) if prompt else ()
-
-
 def generation_prefix(num_image_tokens: int, prompt=()) -> np.ndarray:
   """The tokens a caption is generated after: the training layout up to the first caption piece."""
-  tokens = pipeline.caption_sequence(np.array([BOS, EOS]), num_image_tokens, prompt)["tokens"]
+  tokens = batch_spec.caption_sequence(np.array([BOS, EOS]), num_image_tokens, prompt)["tokens"]
   return tokens[:num_image_tokens + 1 + len(prompt)]
 
 
@@ -75,7 +70,7 @@ class Captioning:
     count = min(self.num_examples, len(source)) if self.num_examples > 0 else len(source)
     reference_fn = getattr(source, "reference_captions", lambda i: [source[i]["caption"]])
     prefix = generation_prefix(model.num_image_tokens(ctx.input_config.image_size),
-                               prompt_ids(ctx.tokenizer, ctx.input_config))
+                               pipeline.prompt_ids(ctx.tokenizer, ctx.input_config))
     generate = make_generate(model, self.max_new_tokens, self.temperature, self.top_k)
     rng = jax.random.PRNGKey(self.seed)
     prefixes = sharding.global_batch(np.tile(prefix, (batch_size, 1)), mesh)
@@ -83,7 +78,7 @@ class Captioning:
     _, batches = ctx.batches(self.split, limit=count)
     for i, batch in enumerate(batches):
       images = sharding.global_batch(_padded(np.asarray(batch["image"], np.float32), batch_size), mesh)
-      with jax.set_mesh(mesh):
+      with embedder.use():
         tokens = generate(embedder.params, prefixes, jax.random.fold_in(rng, i), images)
       predictions += ctx.tokenizer.decode(np.asarray(jax.device_get(tokens))[:len(batch["image"])])
     if len(predictions) != count:
@@ -108,7 +103,8 @@ class TokenNll:
     count = min(self.num_examples, len(source)) if self.num_examples > 0 else len(source)
     base = pipeline.Preprocess(ctx.tokenizer, ctx.input_config.image_size, ctx.input_config.max_text_len)
     num_image_tokens = model.num_image_tokens(ctx.input_config.image_size)
-    preprocess = pipeline.CaptionPreprocess(base, num_image_tokens, prompt_ids(ctx.tokenizer, ctx.input_config),
+    preprocess = pipeline.CaptionPreprocess(base, num_image_tokens,
+                                            pipeline.prompt_ids(ctx.tokenizer, ctx.input_config),
                                             with_image=num_image_tokens > 0)
 
     @jax.jit
@@ -123,7 +119,7 @@ class TokenNll:
     keys = ("image", "tokens", "targets", "loss_weights", "attention_mask")
     for batch in pipeline.eval_batches(source, preprocess, batch_size, range(count)):
       batch = {k: sharding.global_batch(_padded(np.asarray(batch[k]), batch_size), mesh) for k in keys if k in batch}
-      with jax.set_mesh(mesh):
+      with embedder.use():
         totals += np.asarray(jax.device_get(sums(embedder.params, batch)), np.float64)
     nll = float(totals[0] / max(totals[2], 1))
     return {f"{self.name}/nll": nll, f"{self.name}/perplexity": math.exp(nll),

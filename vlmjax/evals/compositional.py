@@ -6,6 +6,7 @@ kind (for `vlmjax_shapes`: attribute swap, relation swap, wrong count); chance i
 import numpy as np
 
 from vlmjax import registry
+from vlmjax.objectives.contrastive import NEGATIVE_TEXT
 
 
 @registry.register("evaluator", "compositional")
@@ -16,7 +17,7 @@ class Compositional:
     self.name, self.split, self.kinds, self.num_examples = name, split, tuple(kinds), num_examples
 
   def run(self, ctx) -> dict:
-    _, batches = ctx.batches(self.split, limit=self.num_examples, negatives=True)
+    _, batches = ctx.batches(self.split, limit=self.num_examples, fields=(NEGATIVE_TEXT,))
     wins, total = np.zeros(len(self.kinds)), 0
     for batch in batches:
       images = ctx.embedder.embed_images(batch["image"])                 # [b, E]

@@ -3,7 +3,7 @@
 The decoder reads token ids with `IMAGE_TOKEN` placeholders; the image embeddings a VLM passes are
 put at those positions, in order. With `scale_token_embeddings` (Gemma's) only the token embeddings
 are multiplied by sqrt(width): the image embeddings go in as the projector makes them, as in
-PaliGemma. `attention_mask` is one int per token (DESIGN.md §5):
+PaliGemma. `attention_mask` is one int per token (`batch_spec`'s kinds):
 
   0 = padding (never attended), 1 = a bidirectional block (the image tokens: each block of 1s
   attends to itself as a whole), 2 = causal.
@@ -28,12 +28,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlmjax import registry
+from vlmjax import batch_spec, registry
+from vlmjax.batch_spec import BIDIRECTIONAL, CAUSAL, IMAGE_TOKEN, PAD  # noqa: F401  (the decoder layout)
 from vlmjax.models import layers
 from vlmjax.models.sizes import decode_variant
 
-IMAGE_TOKEN = -1  # placeholder id at image positions; never a tokenizer piece
-PAD, BIDIRECTIONAL, CAUSAL = 0, 1, 2  # attention_mask kinds
 
 
 def attention_mask_matrix(kinds):
@@ -182,7 +181,7 @@ class Decoder(layers.Tower, kw_only=True):
     else:
       logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, name="head",
                         kernel_init=layers.kernel_init(("embed", "vocab")))(hidden.astype(self.dtype))
-    logits = layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+    logits = layers.constrain(logits.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab"))
     hidden = hidden.astype(jnp.float32)
     if hidden.shape[1] != length:  # tokens were dropped: back to the input positions, zeros there
       rows = jnp.arange(batch)[:, None]
@@ -221,11 +220,9 @@ class LanguageModel(nn.Module):
     del image_size
     return 0
 
-  def sample_batch(self, input_config) -> dict:
-    length = input_config.max_text_len
-    tokens = jnp.zeros((1, length), jnp.int32)
-    return {"tokens": tokens, "attention_mask": tokens, "targets": tokens,
-            "loss_weights": jnp.zeros((1, length), jnp.float32)}
+  def batch_fields(self, input_config, prompt_len: int = 0) -> tuple:
+    del input_config
+    return batch_spec.caption_fields(0, prompt_len)
 
 
 def layer_list(decoder_params) -> list:

@@ -3,7 +3,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from vlmjax import registry
+from vlmjax import batch_spec, registry
 from vlmjax.models import layers
 from vlmjax.models.sizes import decode_variant
 from vlmjax.models.text import TextTransformer
@@ -44,6 +44,11 @@ class DualEncoder(nn.Module):
                 "multi_texts": "multi_text", "images_view2": "image_view2",
                 "texts_view2": "text_view2"}  # call argument -> batch key
   towers = {"image": ViT, "text": TextTransformer}   # config.model.<tower> -> its module, for validation
+
+  def batch_fields(self, input_config, prompt_len: int = 0) -> tuple:
+    """An image and its caption; objectives ask for more (hard negatives, second views, ...)."""
+    del input_config, prompt_len
+    return (batch_spec.IMAGE, batch_spec.TEXT)
 
   def setup(self):
     image = {**decode_variant(self.image.get("variant", "S/16")), **{

@@ -2,11 +2,9 @@
 
 One attention, one MLP, one block, one stack. Every parameter carries logical axis names
 (`embed`, `mlp`, `heads`, `kv`, `layers`) that `vlmjax.sharding` maps onto mesh axes, and activations
-get logical constraints on (`batch`, `length`, `embed`). Parameters are float32; `dtype` is the
-compute dtype. Softmax and norms run in float32.
+get logical constraints under their own names (`activation_batch`, `activation_length`, ...).
+Parameters are float32; `dtype` is the compute dtype. Softmax and norms run in float32.
 """
-import contextlib
-import threading
 from typing import Callable
 
 import flax.linen as nn
@@ -32,28 +30,14 @@ REMAT_POLICIES = {
 }
 
 
-_activation_rules = threading.local()
-
-
-@contextlib.contextmanager
-def activation_rules(rules):
-  """Within it (while a step is traced), `constrain` places activations by these logical axis rules,
-  e.g. the batch over data×fsdp; outside, constraints follow flax's rules context (none: no-ops).
-  Not `nn.logical_axis_rules`: under that flax also constrains params as they are unboxed, which
-  fails for DenseGeneral kernels (initialised flat, then reshaped)."""
-  previous = getattr(_activation_rules, "rules", None)
-  _activation_rules.rules = rules
-  try:
-    yield
-  finally:
-    _activation_rules.rules = previous
-
-
 def constrain(x: Array, axes: tuple) -> Array:
-  """x with the sharding its logical `axes` name (mesh axes that do not divide a dimension dropped)."""
-  rules, mesh = getattr(_activation_rules, "rules", None), jax.sharding.get_abstract_mesh()
+  """x with the sharding its logical `axes` (activation names, `activation_batch`, ...) map to under
+  flax's `nn.logical_axis_rules` context, mesh axes that do not divide a dimension dropped; a no-op
+  outside a mesh or without rules. Every apply runs under the rules (`sharding.use`), so train,
+  eval, predict and generate place their activations alike."""
+  rules, mesh = nn.get_logical_axis_rules(), jax.sharding.get_abstract_mesh()
   if not rules or mesh.empty:
-    return nn.with_logical_constraint(x, axes)
+    return x
   return jax.lax.with_sharding_constraint(x, sharding.fit_spec(nn.logical_to_mesh_axes(axes, rules), x.shape, mesh))
 
 
@@ -106,7 +90,7 @@ class Mlp(nn.Module):
     h = act(dense(self.mlp_dim, ("embed", "mlp"), "fc1")(x))
     if self.gated:
       h = h * dense(self.mlp_dim, ("embed", "mlp"), "gate")(x)
-    h = constrain(h, ("batch", "length", "mlp"))
+    h = constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
     h = nn.Dropout(self.dropout)(h, deterministic)
     return dense(width, ("mlp", "embed"), "fc2")(h)
 
@@ -129,6 +113,29 @@ class HeadsProjection(nn.Module):
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
                       (self.heads, self.head_dim)) if self.use_bias else None
     return kernel, bias
+
+
+class OutProjection(nn.Module):
+  """`nn.DenseGeneral(width, axis=(-2, -1))` on [B, T, H, Dh] -> [B, T, width]: the same param names,
+  shapes and initial values (kernel [H, Dh, width], xavier-uniform over [H·Dh, width]; bias [width])
+  and the same output. Its kernel is made in its final shape: flax checks a param's shape during
+  apply by evaluating its initialiser, and under the logical axis rules a kernel initialised flat
+  (DenseGeneral's) cannot take its three axis names."""
+  width: int
+  use_bias: bool = True
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    def init(rng, shape, dtype=jnp.float32):
+      return nn.initializers.xavier_uniform()(rng, (shape[0] * shape[1], shape[2]), dtype).reshape(shape)
+
+    kernel = self.param("kernel", kernel_init(("heads", "kv", "embed"), init), (*x.shape[-2:], self.width))
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                      (self.width,)) if self.use_bias else None
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = jax.lax.dot_general(x, kernel, (((x.ndim - 2, x.ndim - 1), (0, 1)), ((), ())))
+    return y if bias is None else y + bias
 
 
 class Attention(nn.Module):
@@ -171,23 +178,20 @@ class Attention(nn.Module):
     else:  # grouped-query: fewer key/value heads than query heads
       groups = [[query], [key, value()]]
     q, k, *v = [y for group in groups for y in self.project(x, *group)]
-    q = constrain(q, ("batch", "length", "heads", "kv"))
-    k = constrain(k, ("batch", "length", "heads", "kv"))
+    q = constrain(q, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
+    k = constrain(k, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
     if self.use_rope:
       if positions is None:
         positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
       q, k = rope(q, positions, self.rope_max_wavelength), rope(k, positions, self.rope_max_wavelength)
     if rank_queries is not None:
       return self.rank(q, k, mask, rank_queries, num_kv, head_dim)
-    v = constrain(v[0], ("batch", "length", "heads", "kv"))
+    v = constrain(v[0], ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
     if self.decode:
       k, v = self.update_cache(k, v, cache_index)
     weights = jax.nn.softmax(self.masked_logits(q, k, mask, num_kv, head_dim), axis=-1).astype(self.dtype)
     out = self.attend(weights, v)
-    out = nn.DenseGeneral(
-        width, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype, name="out",
-        kernel_init=kernel_init(("heads", "kv", "embed")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(out)
+    out = OutProjection(width, self.use_bias, self.dtype, name="out")(out)
     return (out, k) if self.return_keys else out
 
   def project(self, x, *projections):
@@ -279,7 +283,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, mask=None, positions=None, deterministic=True, cache_index=None,
                rank_queries=None):
-    x = constrain(x, ("batch", "length", "embed"))
+    x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))
     if rank_queries is not None:
       x = jax.lax.stop_gradient(x)
     h = Norm(self.norm, "norm1", self.norm_eps)(x).astype(self.dtype)
@@ -294,7 +298,7 @@ class Block(nn.Module):
     h = Mlp(self.mlp_dim, self.activation, self.gated_mlp, self.use_bias, self.dropout, self.dtype,
             name="mlp")(h, deterministic)
     x = x + nn.Dropout(self.dropout)(h, deterministic)
-    return constrain(x, ("batch", "length", "embed"))
+    return constrain(x, ("activation_batch", "activation_length", "activation_embed"))
 
 
 def block_class(remat: str):

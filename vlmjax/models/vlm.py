@@ -1,7 +1,7 @@
-"""Vision-language model: image tower -> projector -> image tokens in a causal decoder (DESIGN.md §5).
+"""Vision-language model: image tower -> projector -> image tokens in a causal decoder.
 
 The token sequence holds `IMAGE_TOKEN` placeholders; the projected image tokens fill them in order
-(`vlmjax.data.pipeline.caption_sequence` builds `[image × N] BOS prompt caption EOS pad`). The image
+(`vlmjax.batch_spec.caption_sequence` builds `[image × N] BOS prompt caption EOS pad`). The image
 block attends bidirectionally, text causally (`attention_mask` kinds). Configs pick the pieces:
 `projector.kind` linear (LiMBeR / VLAP), mlp (LLaVA), hreducer (DocOwl) or tome (SimVLG's token
 merging connector); `decoder.pdrop_layers` for PyramidDrop; `optimizer.frozen` to freeze towers.
@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlmjax import registry
+from vlmjax import batch_spec, registry
 from vlmjax.models.decoder import (CAUSAL, IMAGE_TOKEN, PAD, Decoder, decoder_kwargs, rank_query_mask,
                                    take_rows)
 from vlmjax.models.projectors import Projector
@@ -59,13 +59,9 @@ class VLM(nn.Module):
     grid = image_size // self.image_kwargs()["patch_size"]
     return self.make_projector(parent=None).num_output_tokens(grid * grid)
 
-  def sample_batch(self, input_config) -> dict:
-    size, n = input_config.image_size, self.num_image_tokens(input_config.image_size)
-    tokens = jnp.concatenate([jnp.full((1, n), IMAGE_TOKEN, jnp.int32),
-                              jnp.zeros((1, input_config.max_text_len), jnp.int32)], axis=1)
-    return {"image": jnp.zeros((1, size, size, 3), jnp.float32), "tokens": tokens,
-            "attention_mask": jnp.zeros_like(tokens), "targets": jnp.zeros_like(tokens),
-            "loss_weights": jnp.zeros(tokens.shape, jnp.float32)}
+  def batch_fields(self, input_config, prompt_len: int = 0) -> tuple:
+    """The image and the decoder sequence with its image slots (`batch_spec.caption_fields`)."""
+    return (batch_spec.IMAGE, *batch_spec.caption_fields(self.num_image_tokens(input_config.image_size), prompt_len))
 
   @nn.compact
   def __call__(self, images=None, tokens=None, attention_mask=None, loss_weights=None, train: bool = False):

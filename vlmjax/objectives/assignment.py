@@ -1,4 +1,4 @@
-"""VLAP assignment prediction (Park, Lee, Sohn, ICLR 2024; OBJECTIVES.md §6, DESIGN.md §4).
+"""VLAP assignment prediction (Park, Lee, Sohn, ICLR 2024; docs/objectives.md).
 
 The frozen LM's word-embedding table W [K, D] is a fixed codebook. The image representation (mean
 projected image token) and the text representation (the frozen LM's mean final hidden state over the

@@ -1,4 +1,4 @@
-"""Contrastive objectives between image and text embeddings (DESIGN.md §4).
+"""Contrastive objectives between image and text embeddings (docs/objectives.md).
 
 Losses are pure functions of L2-normalised embeddings; the registered objectives adapt them to the
 model's output dict and hold their hyper-parameters. All logits are float32.
@@ -15,7 +15,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from vlmjax import registry
+from vlmjax import batch_spec, registry
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -180,9 +180,20 @@ def clip_loss_with_negatives(image_embeds, text_embeds, negative_embeds, logit_s
   return 0.5 * (image_to_text + text_to_image)
 
 
+# The built-in dataset's negative captions per example: an attribute, a relation and a count swap.
+NEGATIVES_PER_EXAMPLE = 3
+
+NEGATIVE_TEXT = batch_spec.Field(
+    "negative_text", lambda inp: (NEGATIVES_PER_EXAMPLE, inp.max_text_len), "int32",
+    make=lambda example, shape: example.tokenize(example.record["negative_captions"]),
+    draw=lambda rng, n, inp, vocab, batch: batch_spec.random_texts(
+        rng, (n, NEGATIVES_PER_EXAMPLE), inp.max_text_len, vocab))
+
+
 class ClipNegativesObjective(ClipObjective):
-  """CLIP with hard-negative captions (SVLC / Structure-CLIP): the batch carries `negative_text`."""
-  batch_fields = ("negative_text",)
+  """CLIP with hard-negative captions (SVLC / Structure-CLIP): the batch carries `negative_text`
+  [B, K, T], the record's `negative_captions` tokenized."""
+  batch_fields = (NEGATIVE_TEXT,)
 
   def __init__(self, max_logit_scale: float = MAX_LOGIT_SCALE):
     super().__init__(max_logit_scale)

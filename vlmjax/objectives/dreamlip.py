@@ -1,12 +1,14 @@
 """DreamLIP (Zheng et al. 2024): several positive texts per image, and sub-caption grouping.
 
 Each image has K texts: slot 0 the raw caption, slots 1..K−1 sentences sampled from its long caption
-(`vlmjax.data.pipeline.Preprocess(subcaptions=K-1)`). Slots whose text is all padding are masked out.
+(the `multi_text` batch field, K = `config.input.subcaptions` + 1). Slots whose text is all padding
+are masked out.
 """
 import jax
 import jax.numpy as jnp
 
-from vlmjax import registry
+from vlmjax import batch_spec, registry
+from vlmjax.data.pipeline import sample_sentences
 from vlmjax.objectives.contrastive import MAX_LOGIT_SCALE, NEG, _l2
 
 
@@ -64,10 +66,22 @@ def grouping_loss(patch_embeds, text_embeds, text_valid, logit_scale_local, sigm
   return masked_clip_loss(flat(views), flat(text_embeds), text_valid.reshape(-1), logit_scale_local)
 
 
+def make_multi_text(example, shape):
+  """The caption, then K − 1 sentences sampled from the record's `long_caption` (without
+  replacement when it has enough), tokenized: int32 [K, T]."""
+  record = example.record
+  return example.tokenize([record["caption"]] + sample_sentences(record["long_caption"], shape[0] - 1, example.rng))
+
+
+MULTI_TEXT = batch_spec.Field(
+    "multi_text", lambda inp: (inp.subcaptions + 1, inp.max_text_len), "int32", make=make_multi_text,
+    draw=lambda rng, n, inp, vocab, batch: batch_spec.random_texts(rng, (n, inp.subcaptions + 1), inp.max_text_len, vocab))
+
+
 class DreamlipObjective:
   """λ_mpcl · multi-positive loss + λ_group · grouping loss. The grouping loss needs the model's
   separate `logit_scale_local` (`model.local_logit_scale=True`); both scales are clamped like CLIP's."""
-  batch_fields = ("multi_text",)
+  batch_fields = (MULTI_TEXT,)
 
   def __init__(self, mpcl_weight: float = 1.0, grouping_weight: float = 1.0, sigma: float = 0.0,
                max_logit_scale: float = MAX_LOGIT_SCALE):

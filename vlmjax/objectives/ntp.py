@@ -1,20 +1,19 @@
-"""Next-token prediction (DESIGN.md §4): plain NTP and PRIOR's token-weighted NTP.
+"""Next-token prediction: plain NTP and PRIOR's token-weighted NTP (docs/objectives.md).
 
 `loss_weights` [B, T] float carries both the mask (0 at image, prompt and padding positions) and, for
 PRIOR, per-token weights. The loss is Σ w·CE over supervised tokens divided by their count, in
 float32; a position with weight 0 contributes exactly zero loss and zero gradient (a `where`, not a
 multiplication, so even an infinite logit there cannot leak a NaN).
 """
-import json
 import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from vlmjax import config as config_lib, registry
-from vlmjax.checkpoint import load_run_params
-from vlmjax.models.decoder import CAUSAL, IMAGE_TOKEN, PAD, take_rows
+from vlmjax.batch_spec import CAUSAL, IMAGE_TOKEN, PAD
+from vlmjax.models.decoder import take_rows
+from vlmjax.run import RunDir
 
 
 def token_cross_entropy(logits, targets):
@@ -58,21 +57,21 @@ def prior_weights(reference_probs, supervised, alpha: float = 1.0, eps: float = 
 
 
 def load_reference_lm(workdir: str, step: int | None = None):
-  """A text-only LM run's (model, params as host arrays, tokenizer proto) from its workdir."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise config_lib.ConfigError(f"objectives.prior.reference_workdir: '{path}' does not exist "
-                                 "(train configs/lm_text_only.py there first)")
-  with open(path, encoding="utf-8") as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  """A text-only LM run's (model, params as host arrays, tokenizer proto) from its run folder."""
+  run = RunDir(workdir)
+  try:
+    config = run.read_config()
+  except FileNotFoundError:
+    raise config_lib.ConfigError(f"objectives.prior.reference_workdir: '{run.file(RunDir.CONFIG)}' does not "
+                                 "exist (train configs/lm_text_only.py there first)") from None
   if config.model.name != "lm":
     raise config_lib.ConfigError(f"objectives.prior.reference_workdir: '{workdir}' holds a "
                                  f"'{config.model.name}' run; the reference must be a text-only 'lm' run")
   try:
-    _, model, params, tokenizer = load_run_params(workdir, step)
-  except ValueError as e:
+    loaded = run.load(step)
+  except (ValueError, FileNotFoundError) as e:
     raise config_lib.ConfigError(f"objectives.prior.reference_workdir: {e}") from None
-  return model, params, tokenizer.model_proto
+  return loaded.model, jax.device_get(loaded.params), loaded.tokenizer.model_proto
 
 
 def text_only(tokens, values):
@@ -87,7 +86,7 @@ def text_only(tokens, values):
 class PriorObjective:
   """PRIOR (Chen et al. 2025): NTP with each caption token weighted by (1 − p_ref)^α, p_ref the
   probability a text-only reference LM (an 'lm' run of this system on the same captions, same
-  tokenizer) gives it; weights renormalised to mean 1 per caption (OBJECTIVES.md §5).
+  tokenizer) gives it; weights renormalised to mean 1 per caption (docs/objectives.md).
 
   The reference runs inside the step on the text part of each sequence (the image slots removed, so
   it sees `BOS caption EOS` as in its own training), under stop_gradient; its params are constants of

@@ -2,8 +2,17 @@
 import jax
 import jax.numpy as jnp
 
-from vlmjax import registry
+from vlmjax import batch_spec, registry
 from vlmjax.objectives.contrastive import clip_loss
+
+
+# TCL's second views: another draw of the image augmentation, and the caption again (a second
+# dropout pass through the text tower).
+IMAGE_VIEW2 = batch_spec.Field("image_view2", batch_spec.IMAGE.shape, "float32",
+                               make=lambda example, shape: example.augment(), draw=batch_spec.draw_images)
+TEXT_VIEW2 = batch_spec.Field("text_view2", batch_spec.TEXT.shape, "int32",
+                              make=lambda example, shape: example.made["text"],
+                              draw=lambda rng, n, inp, vocab, batch: batch["text"])
 
 
 class TclObjective:
@@ -13,7 +22,7 @@ class TclObjective:
 
   Simplified from the paper: in-batch negatives (no momentum encoder, no queue) and no local-MI term.
   """
-  batch_fields = ("image_view2", "text_view2")
+  batch_fields = (IMAGE_VIEW2, TEXT_VIEW2)
 
   def __init__(self, image_weight: float = 1.0, text_weight: float = 1.0):
     self.image_weight, self.text_weight = image_weight, text_weight

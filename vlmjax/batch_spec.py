@@ -1,0 +1,168 @@
+"""The batch vocabulary: every field a model or objective reads, declared once.
+
+A `Field` is one key of a batch: its per-example shape (a function of `config.input`), its dtype,
+how the input pipeline makes it from a record (`make`), and how a synthetic batch draws it (`draw`).
+Models declare theirs with `model.batch_fields(input_config, prompt_len)`, objectives with a
+`batch_fields` tuple. From that one list come the input pipeline's extra fields, the synthetic
+batches of the benchmarks, the abstract batch of TPU sizing and the batch of one that initialises
+the params (`experiment.Experiment`), so they cannot disagree.
+
+The decoder layout lives here too: token ids with `IMAGE_TOKEN` placeholders and one attention kind
+per token (`PAD` never attended, `BIDIRECTIONAL` a block that attends to itself as a whole: the
+image tokens, `CAUSAL` the text), made by `caption_sequence`.
+"""
+import dataclasses
+from typing import Callable
+
+import jax
+import numpy as np
+
+from vlmjax.data.tokenizer import BOS, EOS
+
+IMAGE_TOKEN = -1  # placeholder id at image positions; never a tokenizer piece
+PAD, BIDIRECTIONAL, CAUSAL = 0, 1, 2  # attention_mask kinds (PAD is also the padding token id)
+
+# Why the input pipeline skipped a record; a train batch's `bad_records` counts them in this order.
+BAD_REASONS = ("corrupt_image", "empty_image", "empty_caption", "long_caption", "not_utf8")
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """One batch key. `shape(input_config)` -> the per-example shape; `dtype` a numpy dtype name.
+
+  `make(example, shape) -> array`: how the pipeline makes it from an `pipeline.Example` (the
+  record, its decoded image, the example so far, the RNG); None when the pipeline's base
+  preprocessing or the model's preprocess makes it.
+  `draw(rng, batch_size, input_config, vocab_size, batch) -> array or {key: array}`: a synthetic
+  value for `batch_size` examples (`batch` holds the fields drawn before); a dict sets several
+  fields drawn together. None when another field's draw sets it.
+  """
+  name: str
+  shape: Callable
+  dtype: str
+  make: Callable | None = None
+  draw: Callable | None = None
+
+
+def random_texts(rng: np.random.Generator, lead: tuple, length: int, vocab_size: int) -> np.ndarray:
+  """int32 [*lead, length] rows as `Tokenizer.encode` writes them: BOS, random pieces of random
+  length, EOS, then padding."""
+  tokens = rng.integers(4, max(vocab_size, 5), size=(*lead, length), dtype=np.int32)
+  lengths = rng.integers(3, length + 1, size=lead)
+  positions = np.arange(length)
+  tokens[..., 0] = BOS
+  tokens = np.where(positions == (lengths - 1)[..., None], EOS, tokens)
+  return np.where(positions < lengths[..., None], tokens, PAD).astype(np.int32)
+
+
+def draw_images(rng, batch_size, input_config, vocab_size, batch):
+  del vocab_size, batch
+  size = input_config.image_size
+  return rng.uniform(-1, 1, size=(batch_size, size, size, 3)).astype(np.float32)
+
+
+def draw_texts(rng, batch_size, input_config, vocab_size, batch):
+  del batch
+  return random_texts(rng, (batch_size,), input_config.max_text_len, vocab_size)
+
+
+def draw_zeros(field: "Field"):
+  return lambda rng, batch_size, input_config, vocab_size, batch: np.zeros(
+      (batch_size, *field.shape(input_config)), field.dtype)
+
+
+IMAGE = Field("image", lambda inp: (inp.image_size, inp.image_size, 3), "float32", draw=draw_images)
+TEXT = Field("text", lambda inp: (inp.max_text_len,), "int32", draw=draw_texts)
+# Made by the train pipeline (`pipeline.SkipBadRecords`) in every train batch: the bad records
+# passed over to fill each example's slot, by reason.
+BAD_RECORDS = Field("bad_records", lambda inp: (len(BAD_REASONS),), "int32",
+                    draw=lambda rng, batch_size, inp, vocab, batch: np.zeros((batch_size, len(BAD_REASONS)), np.int32))
+
+
+# --- Decoder examples ----------------------------------------------------------------------------
+
+
+def caption_sequence(text, num_image_tokens: int, prompt=()) -> dict:
+  """A caption as a decoder example. text int [L] = [BOS pieces EOS pad...] (`Tokenizer.encode`),
+  prompt: piece ids (no BOS/EOS) -> int32/float32 arrays of length n + len(prompt) + L:
+
+  - `tokens`: [IMAGE_TOKEN × n] BOS prompt pieces EOS pad...
+  - `targets`: the next token where it is supervised (a caption piece or the EOS), else 0;
+  - `loss_weights`: 1.0 there, 0.0 at image, BOS/prompt and padding positions;
+  - `attention_mask`: BIDIRECTIONAL for image slots (one block), CAUSAL for text, PAD for padding.
+  """
+  text, prompt = np.asarray(text, np.int32), np.asarray(prompt, np.int32).reshape(-1)
+  tokens = np.concatenate([np.full(num_image_tokens, IMAGE_TOKEN, np.int32), text[:1], prompt, text[1:]])
+  start = num_image_tokens + 1 + len(prompt)  # the first caption piece
+  is_caption = np.zeros(len(tokens), bool)
+  is_caption[start:] = tokens[start:] != PAD
+  supervised = np.append(is_caption[1:], False)
+  return {"tokens": tokens,
+          "targets": np.where(supervised, np.roll(tokens, -1), PAD).astype(np.int32),
+          "loss_weights": supervised.astype(np.float32),
+          "attention_mask": np.where(tokens == IMAGE_TOKEN, BIDIRECTIONAL,
+                                     np.where(tokens != PAD, CAUSAL, PAD)).astype(np.int32)}
+
+
+def caption_fields(num_image_tokens: int, prompt_len: int = 0) -> tuple:
+  """The decoder fields of `caption_sequence` (made by the model's preprocess, `pipeline`):
+  tokens, attention_mask, targets int32 and loss_weights float32, each [n + prompt_len + T]."""
+  length = lambda inp: (num_image_tokens + prompt_len + inp.max_text_len,)
+
+  def draw(rng, batch_size, input_config, vocab_size, batch):
+    del batch
+    texts = random_texts(rng, (batch_size,), input_config.max_text_len, vocab_size)
+    prompt = rng.integers(4, max(vocab_size, 5), size=prompt_len)
+    examples = [caption_sequence(text, num_image_tokens, prompt) for text in texts]
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+  return (Field("tokens", length, "int32", draw=draw), Field("attention_mask", length, "int32"),
+          Field("targets", length, "int32"), Field("loss_weights", length, "float32"))
+
+
+# --- Batches from a list of fields -------------------------------------------------------------
+
+
+def merge(*groups) -> dict:
+  """{name: Field} of several field lists in order; a name declared twice must be the same field."""
+  out = {}
+  for field in (f for group in groups for f in group):
+    if field.name in out and out[field.name] != field:
+      raise ValueError(f"batch field '{field.name}' is declared twice, differently")
+    out[field.name] = field
+  return out
+
+
+def shapes(fields: dict, input_config, batch_size: int) -> dict:
+  """{name: (shape with the batch dimension, dtype)}."""
+  return {name: ((batch_size, *f.shape(input_config)), np.dtype(f.dtype)) for name, f in fields.items()}
+
+
+def zeros_batch(fields: dict, input_config, batch_size: int = 1) -> dict:
+  """Zeros of every field: init and eval_shape read only the shapes. The image slots of decoder
+  tokens are set, since a VLM's init counts them."""
+  batch = {k: np.zeros(s, d) for k, (s, d) in shapes(fields, input_config, batch_size).items()}
+  if "tokens" in batch and "image" in batch:
+    draw = fields["tokens"].draw(np.random.default_rng(0), batch_size, input_config, 8, batch)
+    batch.update(draw)
+  return batch
+
+
+def synthetic_batch(fields: dict, input_config, batch_size: int, vocab_size: int, seed: int = 0) -> dict:
+  """A numpy batch of `batch_size` random examples with the shapes the input pipeline makes."""
+  rng = np.random.default_rng(seed)
+  batch = {}
+  for name, field in fields.items():
+    if name in batch:
+      continue
+    if field.draw is None:
+      raise ValueError(f"batch field '{name}' has no synthetic draw and no other field draws it")
+    value = field.draw(rng, batch_size, input_config, vocab_size, batch)
+    batch.update(value if isinstance(value, dict) else {name: value})
+  return batch
+
+
+def abstract_batch(fields: dict, input_config, batch_size: int, sharding=None) -> dict:
+  """jax.ShapeDtypeStructs of a global batch (for lowering a step without data)."""
+  return {k: jax.ShapeDtypeStruct(s, d, sharding=sharding)
+          for k, (s, d) in shapes(fields, input_config, batch_size).items()}

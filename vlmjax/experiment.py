@@ -1,0 +1,130 @@
+"""The experiment spine: everything a train step needs, built from a config in one place.
+
+`build(config, vocab_size)` validates the config against its mesh and returns an `Experiment`:
+the mesh, the logical axis rules, the model, the objectives, the optimizer and its schedule, and
+the batch fields (`batch_spec`) the model and objectives read. From it come the train state (real
+or abstract), the jitted step, and the batches of one (init), synthetic (benchmarks) and abstract
+(ahead-of-time compiles). `vlmjax.train`, `vlmjax.evaluate`, `vlmjax.export`, the run folder's
+loading and the benchmark tools all build through here and nowhere else.
+"""
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import Mesh
+
+from vlmjax import batch_spec, config as config_lib, registry, sharding, trainer
+
+
+def build_model(config, vocab_size: int) -> nn.Module:
+  """The registered model `config.model.name`, configured by the rest of `config.model`."""
+  kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
+  return registry.get("model", config.model.name)(
+      **kwargs, vocab_size=vocab_size, dtype=jnp.dtype(config.precision.compute_dtype))
+
+
+def build_objectives(config) -> dict:
+  """{name: (weight, objective)} from `config.objectives`."""
+  out = {}
+  for name, cfg in config.objectives.items():
+    kwargs = {k: v for k, v in cfg.to_dict().items() if k != "weight"}
+    out[name] = (float(cfg.weight), registry.get("objective", name)(**kwargs))
+  return out
+
+
+@dataclasses.dataclass
+class Experiment:
+  config: ml_collections.ConfigDict
+  mesh: Mesh
+  rules: tuple
+  model: nn.Module
+  objectives: dict       # {name: (weight, objective)}; empty when built without them
+  tx: object             # optax GradientTransformation
+  schedule: object       # step -> learning rate
+  fields: dict           # {batch key: batch_spec.Field}, model's then objectives'
+
+  @property
+  def batch_size(self) -> int:
+    return self.config.batch_size
+
+  def sample_batch(self) -> dict:
+    """A batch of one (zeros) with every field: what init and eval_shape read."""
+    return batch_spec.zeros_batch(self.model_fields(), self.config.input, 1)
+
+  def model_fields(self) -> dict:
+    return {k: f for k, f in self.fields.items() if k in self.model.batch_keys.values()}
+
+  def train_fields(self) -> dict:
+    """The fields of a train batch: the experiment's and the pipeline's bad-record counts."""
+    return {**self.fields, batch_spec.BAD_RECORDS.name: batch_spec.BAD_RECORDS}
+
+  def synthetic_batch(self, vocab_size: int | None = None, seed: int = 0) -> dict:
+    """A numpy global batch of random examples shaped as the input pipeline's train batches."""
+    vocab = vocab_size or self.config.tokenizer.vocab_size
+    return batch_spec.synthetic_batch(self.train_fields(), self.config.input, self.batch_size, vocab, seed)
+
+  def abstract_batch(self) -> dict:
+    """ShapeDtypeStructs of a global train batch, sharded over the batch axes."""
+    return batch_spec.abstract_batch(self.train_fields(), self.config.input, self.batch_size,
+                                     sharding.batch_sharding(self.mesh))
+
+  def init_state(self, seed: int | None = None):
+    """-> (train state, its shardings), initialised in place on the mesh."""
+    seed = self.config.seed if seed is None else seed
+    return trainer.create_train_state(self.model, self.tx, self.sample_batch(), seed, self.mesh, self.rules)
+
+  def abstract_state(self):
+    """-> (ShapeDtypeStructs with shardings, shardings): the restore target of a checkpoint."""
+    return trainer.abstract_train_state(self.model, self.tx, self.sample_batch(), self.mesh, self.rules)
+
+  def abstract_params(self):
+    return self.abstract_state()[0]["params"]
+
+  def train_step(self, state_shardings):
+    """The jitted step `(state, batch) -> (state, metrics)` for states placed by `state_shardings`."""
+    return trainer.make_train_step(self.model, self.objectives, self.tx, self.schedule, self.mesh,
+                                   state_shardings, microbatches=self.config.microbatches, rules=self.rules)
+
+  def use_mesh(self):
+    """The context every jitted apply of this experiment's model is traced and run under."""
+    return sharding.use(self.mesh, self.rules)
+
+
+def make_mesh(config, devices=None) -> Mesh:
+  try:
+    return sharding.make_mesh(config.mesh, devices)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"config: {e}") from None
+
+
+def check(config, devices=None, processes: int | None = None, mesh: Mesh | None = None) -> Mesh:
+  """Validates `config` for `mesh` (default: `config.mesh` over `devices`, default all) and
+  `processes` (default this run's); -> the mesh. ConfigError naming the key at fault."""
+  mesh = mesh or make_mesh(config, devices)
+  config_lib.validate(config, mesh.size, sharding.batch_axes_size(mesh),
+                      jax.process_count() if processes is None else processes)
+  return mesh
+
+
+def build(config, vocab_size: int, *, total_steps: int | None = None, mesh: Mesh | None = None, devices=None,
+          processes: int | None = None, objectives: bool = True, validate: bool = True,
+          prompt_len: int = 0) -> Experiment:
+  """Builds the experiment of `config` on `mesh` (default: `config.mesh` over `devices`, default all).
+
+  `total_steps`: the schedule's length (default `config.total_steps`); `processes`: the process
+  count the batch must split over (default this run's); `objectives`: False for a reader (evaluate,
+  export) that runs no train step; `validate`: check the config first (a reader of a finished run
+  or a bundle may use another mesh than the run trained on); `prompt_len`: the decoder prompt's
+  pieces (part of the sequence length). Raises ConfigError with one line naming the key at fault.
+  """
+  if mesh is None or validate:
+    mesh = check(config, devices, processes, mesh) if validate else make_mesh(config, devices)
+  model = build_model(config, vocab_size)
+  built = build_objectives(config) if objectives else {}
+  tx, schedule = trainer.make_optimizer(config.optimizer, max(total_steps or config.total_steps, 1))
+  fields = batch_spec.merge(model.batch_fields(config.input, prompt_len),
+                            *(getattr(objective, "batch_fields", ()) for _, objective in built.values()))
+  return Experiment(config, mesh, sharding.rules_from_config(config.sharding_rules), model, built, tx,
+                    schedule, fields)

@@ -1,0 +1,105 @@
+"""Start some params from another run or a bundle (`config.init`): big_vision's model_init.
+
+`init_params_from(path, params, pattern)` replaces the leaves of `params` whose path matches
+`pattern` (e.g. '^image/', LiT: start from a trained tower, then lock it) with those of the newest
+checkpoint of the run folder at `path`, or of the bundle there (imported open_clip / HF weights).
+A decoder laid out in other PyramidDrop stages is re-split into this model's stages.
+"""
+import re
+
+import jax
+
+from vlmjax.models.decoder import restage
+from vlmjax.run import Bundle, RunDir, open_run
+
+
+def select(tree, pattern: str, prefix: str = ""):
+  """The nested-dict subtree of leaves whose '/'-joined path matches `pattern` (re.search)."""
+  out = {}
+  for key, value in tree.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, dict):
+      sub = select(value, pattern, path + "/")
+      if sub:
+        out[key] = sub
+    elif re.search(pattern, path):
+      out[key] = value
+  return out
+
+
+def merge(tree, update):
+  return {k: merge(v, update[k]) if isinstance(v, dict) and k in update else update.get(k, v)
+          for k, v in tree.items()}
+
+
+def init_params_from(path: str, params, pattern: str, step: int | None = None):
+  """`params` with the leaves matching `pattern` taken from the run or bundle at `path`.
+
+  Raises ValueError naming the source, or the first param missing from it or of another shape.
+  """
+  wanted = select(params, pattern)
+  if not wanted:
+    raise ValueError(f"init.params: '{pattern}' matches no parameter of this model")
+  source = open_run(path)
+  if isinstance(source, Bundle):
+    return merge(params, _from_bundle(source, wanted, pattern))
+  if not source.steps():
+    raise ValueError(f"init.workdir: no checkpoint in {source.checkpoint_dir}")
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), wanted)
+  try:
+    loaded, _ = source.restore_params(abstract, step)
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    loaded = _restaged(source, wanted, step)
+    if loaded is None:
+      raise ValueError(f"init.workdir: {path} does not hold params matching '{pattern}' with this "
+                       f"model's shapes ({str(e).splitlines()[0][:200]})") from None
+  return merge(params, loaded)
+
+
+def _restaged(source: RunDir, wanted, step):
+  """`wanted`'s decoder from a run whose decoder has other PyramidDrop stages (an LM run starting a
+  PyramidDrop VLM), re-split into this model's stages; None when that is not the mismatch."""
+  if "decoder" not in wanted:
+    return None
+  try:
+    params = jax.device_get(source.load(step).params)
+    if "decoder" not in params:
+      return None
+    others = {k: v for k, v in wanted.items() if k != "decoder"}
+    tree = {**_select_like(params, others), "decoder": restage(params["decoder"], wanted["decoder"])}
+
+    def place(x, w):
+      if tuple(x.shape) != tuple(w.shape):
+        raise ValueError(f"shape {tuple(x.shape)} against {tuple(w.shape)}")
+      return jax.device_put(jax.numpy.asarray(x, w.dtype), w.sharding)
+    return jax.tree.map(place, tree, wanted)
+  except (ValueError, KeyError, TypeError, FileNotFoundError):
+    return None
+
+
+def _select_like(source, like):
+  """The subtree of `source` with the keys of `like` (KeyError when one is missing)."""
+  if isinstance(like, dict):
+    return {k: _select_like(source[k], v) for k, v in like.items()}
+  return source
+
+
+def _from_bundle(bundle: Bundle, wanted, pattern: str):
+  """The leaves of `wanted` (arrays) from a bundle's params, cast and placed like them."""
+  loaded = select(bundle.read_params(), pattern)
+
+  def take(path, x):
+    y = loaded
+    for k in path:
+      key = getattr(k, "key", k)
+      if not isinstance(y, dict) or key not in y:
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        raise ValueError(f"init.workdir: bundle {bundle.path} has no param '{name}' (matching '{pattern}')")
+      y = y[key]
+    if tuple(y.shape) != tuple(x.shape):
+      name = "/".join(str(getattr(k, "key", k)) for k in path)
+      raise ValueError(f"init.workdir: bundle {bundle.path} param '{name}' has shape {tuple(y.shape)}, this "
+                       f"model's {tuple(x.shape)}")
+    return jax.device_put(y.astype(x.dtype), x.sharding)
+
+  return jax.tree_util.tree_map_with_path(take, wanted)
