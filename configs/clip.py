@@ -1,14 +1,11 @@
-"""CLIP softmax contrastive loss: the baseline of the contrastive-method comparison (README).
+"""CLIP softmax contrastive loss: the baseline of the contrastive-method comparison.
 
   python -m vlmjax.train --config configs/clip.py --workdir workdirs/clip
 
 The demo's model and data, trained for the comparison's equal budget of STEPS steps, and evaluated on
 zero-shot classification, retrieval and compositional understanding (hard negatives per kind).
 Every configs/<method>.py of the comparison starts from this file and changes only the objective.
-
-Measured (2-core CPU, 300 steps of batch 128, 2026-11-27): zero-shot top-1 48.0%, unseen 17.4%, R@1
-i→t 22.5% / t→i 19.9%, compositional attribute 87.7% / relation 73.2% / count 99.7% (README.md,
-method table).
+Current result: 48.0% zero-shot top-1 on `test` (docs/results.md).
 """
 import os
 

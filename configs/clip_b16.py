@@ -1,7 +1,7 @@
 """CLIP ViT-B/16 at scale: OpenAI CLIP's B/16 towers, a 32k global batch, for a v5p-64 slice.
 
   # size it first, on any machine (libtpu: `make libtpu`):
-  python -m vlmjax.compile --config configs/clip_b16.py --topology v5p-64
+  python -m vlmjax.bench.compile --config configs/clip_b16.py --topology v5p-64
   # then on the slice (launch/tpu_vm.sh run ... -- these arguments), with real data:
   python -m vlmjax.train --config configs/clip_b16.py --workdir /mnt/shared/clip_b16 \
       --config.data.name=jsonl --config.data.files.train=/mnt/shared/pairs/train.jsonl
@@ -13,8 +13,7 @@ Model: ViT-B/16 image tower (224 px, class-token pooling, CLIP's pre-LayerNorm, 
 kept); FSDP over all 32 chips (1024 examples per chip). AdamW lr 5e-4, β2 0.98, wd 0.2, 2k warmup,
 cosine over 32 epochs of a 400M-pair dataset (~390k steps), as in the CLIP paper.
 
-Measured with `vlmjax.compile --topology v5p-64` (jax 0.10.2, libtpu 0.0.42.1), per chip:
-20.29 GiB of 95.74 GiB HBM (arguments 0.64 GiB: params, Adam state, batch; temporaries 19.59 GiB).
+Current result: 20.29 GiB of 95.74 GiB HBM per chip on v5p-64 (docs/results.md).
 The data defaults to the built-in dataset (so the config runs anywhere); point `data` at yours.
 """
 import math

@@ -5,9 +5,7 @@ sub-caption-to-patch grouping loss, at the comparison's budget (configs/clip.py)
 
 Each image carries its short caption and `input.subcaptions` = 3 sentences of its `long_caption`.
 The grouping loss has its own temperature (`model.local_logit_scale`).
-Measured (2-core CPU, 300 steps of batch 128, 2026-11-27): zero-shot top-1 26.4%, unseen 25.7%, R@1
-i→t 17.7% / t→i 15.4%, compositional attribute 83.6% / relation 82.1% / count 100.0% (README.md,
-method table).
+Current result: 26.4% zero-shot top-1, 25.7% on unseen pairs (docs/results.md).
 """
 import os
 

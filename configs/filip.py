@@ -7,9 +7,7 @@
 
 Texts are scored 32 at a time (chunk_size), so the [B, c, N, T] similarity block stays small.
 Zero-shot and retrieval use the pooled embeddings, as FILIP's global form.
-Measured (2-core CPU, 300 steps of batch 128, 2026-11-27): zero-shot top-1 39.8%, unseen 23.2%, R@1
-i→t 22.5% / t→i 20.4%, compositional attribute 87.0% / relation 77.3% / count 100.0% (README.md,
-method table).
+Current result: 39.8% zero-shot top-1, 23.2% on unseen pairs (docs/results.md).
 """
 import os
 

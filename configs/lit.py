@@ -5,9 +5,7 @@ projections trained from scratch, at the comparison's budget. The baseline for c
   python -m vlmjax.train --config configs/lit.py:workdirs/clip --workdir workdirs/lit
 
 The argument after ':' is the run whose image tower is loaded (default workdirs/clip).
-Measured (2-core CPU, 300 steps of batch 128, 2026-11-27): zero-shot top-1 52.5%, unseen 17.3%, R@1
-i→t 23.6% / t→i 20.7%, compositional attribute 86.3% / relation 71.2% / count 99.7% (README.md,
-method table).
+Current result: 52.5% zero-shot top-1 (docs/results.md).
 """
 import os
 

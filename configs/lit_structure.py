@@ -5,9 +5,7 @@ embeddings (λ warmed up over 100 steps), at the comparison's budget.
   python -m vlmjax.train --config configs/clip.py --workdir workdirs/clip    # first, the image tower
   python -m vlmjax.train --config configs/lit_structure.py:workdirs/clip --workdir workdirs/lit_structure
 
-Measured (2-core CPU, 300 steps of batch 128, 2026-11-27): zero-shot top-1 51.7%, unseen 18.0%, R@1
-i→t 23.8% / t→i 21.1%, compositional attribute 86.5% / relation 71.2% / count 99.7% (README.md,
-method table).
+Current result: 51.7% zero-shot top-1, level with configs/lit.py (docs/results.md).
 """
 import os
 

@@ -7,8 +7,7 @@ on the `default` vlmjax_shapes captions, `BOS caption EOS`, no image. The VLM co
 load its `decoder/` params and its tokenizer is what theirs must equal (the same settings train the
 same BPE model; PRIOR checks).
 
-Measured (150 steps × 128, 2-core CPU): validation caption NLL 0.984 (perplexity 2.67), next-token
-accuracy 57.7%.
+Current result: caption NLL 0.984 on `validation` (docs/results.md).
 """
 from vlmjax.config import base_config
 

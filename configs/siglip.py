@@ -5,9 +5,7 @@
   python -m vlmjax.train --config configs/siglip.py --workdir workdirs/siglip --config.objectives.siglip.distributed=ring
 
 t' and b start at ln 10 and −10 as in the paper.
-Measured (2-core CPU, 300 steps of batch 128, 2026-11-27): zero-shot top-1 25.9%, unseen 22.5%, R@1
-i→t 15.4% / t→i 13.7%, compositional attribute 85.1% / relation 73.0% / count 99.8% (README.md,
-method table).
+Current result: 25.9% zero-shot top-1, behind CLIP at this short schedule (docs/results.md).
 """
 import math
 import os

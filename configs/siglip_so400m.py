@@ -1,7 +1,7 @@
 """SigLIP So400m/14 at scale: the shape-optimised 400M ViT in both towers, a 32k batch, for v5p-256.
 
   # size it first, on any machine (libtpu: `make libtpu`):
-  python -m vlmjax.compile --config configs/siglip_so400m.py --topology v5p-256
+  python -m vlmjax.bench.compile --config configs/siglip_so400m.py --topology v5p-256
   # then on the slice (launch/tpu_vm.sh run ... -- these arguments), with real data:
   python -m vlmjax.train --config configs/siglip_so400m.py --workdir /mnt/shared/siglip_so400m \
       --config.data.name=jsonl --config.data.files.train=/mnt/shared/pairs/train.jsonl
@@ -14,10 +14,7 @@ attention-pooling head, which this system does not have). SigLIP sigmoid loss in
 bf16 compute, fp32 params, remat 'full'; FSDP over all 128 chips. AdamW lr 1e-3, β2 0.95, wd 1e-4,
 as SigLIP trains; 40 B examples seen.
 
-Measured with `vlmjax.compile --topology v5p-256` (jax 0.10.2, libtpu 0.0.42.1), per chip:
-13.34 GiB of 95.74 GiB HBM (arguments 0.26 GiB: params, Adam state, batch; temporaries 13.04 GiB);
-863 M params; 2.2e14 compiled FLOPs per chip per step; XLA's cost model estimates 811 ms per step
-(40.4k examples/s, MFU 47.9% of 459 TFLOP/s bf16; ICI collectives not modelled).
+Current result: 13.34 GiB of 95.74 GiB HBM per chip on v5p-256, estimated MFU 47.9% (docs/results.md).
 The data defaults to the built-in dataset (so the config runs anywhere); point `data` at yours.
 """
 import math

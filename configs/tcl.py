@@ -3,9 +3,7 @@ at the comparison's budget (configs/clip.py).
 
   python -m vlmjax.train --config configs/tcl.py --workdir workdirs/tcl
 
-Measured (2-core CPU, 300 steps of batch 128, 2026-11-27): zero-shot top-1 49.0%, unseen 14.5%, R@1
-i→t 23.8% / t→i 19.4%, compositional attribute 85.2% / relation 85.4% / count 99.6% (README.md,
-method table).
+Current result: 49.0% zero-shot top-1, relation accuracy 85.4% (docs/results.md).
 """
 import os
 

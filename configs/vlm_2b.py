@@ -2,7 +2,7 @@
 for a v5p-64 slice with FSDP and tensor parallelism.
 
   # size it first, on any machine (libtpu: `make libtpu`):
-  python -m vlmjax.compile --config configs/vlm_2b.py --topology v5p-64
+  python -m vlmjax.bench.compile --config configs/vlm_2b.py --topology v5p-64
   # then on the slice, with your tokenizer (32k pieces) and a decoder from an LM run or an import:
   python -m vlmjax.train --config configs/vlm_2b.py --workdir /mnt/shared/vlm_2b \
       --config.tokenizer.path=/mnt/shared/tokenizer.model --config.init.workdir=/mnt/shared/lm_bundle \
@@ -15,10 +15,7 @@ embeddings: 2.0 B decoder params, 0.4 B frozen. Each sequence is 256 image slots
 bf16 compute, fp32 params, remat 'full'; mesh fsdp × tensor = 16 × 2 (heads and MLP split over
 `tensor`), batch 512. AdamW lr 1e-4 (the decoder and projector), 1k warmup, cosine.
 
-Measured with `vlmjax.compile --topology v5p-64` (jax 0.10.2, libtpu 0.0.42.1), per chip: 4.52 GiB
-of 95.74 GiB HBM (arguments 0.81 GiB: params, Adam state of the trained 2.05 B, batch; temporaries
-3.67 GiB); 2,466 M params in all; 5.1e13 compiled FLOPs per chip per step; XLA's cost model
-estimates 225 ms per step (2.3k examples/s; ICI collectives not modelled), using 5% of HBM.
+Current result: 4.52 GiB of 95.74 GiB HBM per chip on v5p-64 (docs/results.md).
 The data defaults to the built-in dataset (so the config runs anywhere); point `data` at yours.
 """
 from vlmjax.config import base_config

@@ -8,8 +8,7 @@ decoder's input embeddings trains; the image tower and the LM are frozen. Dropou
 configs/vlm_ntp.py otherwise (same data, steps, schedule, evaluation): the LM is the trained
 configs/lm_text_only.py run and the image tower the trained configs/clip.py run, both frozen, as
 LiMBeR maps a frozen pretrained image encoder into a frozen LM.
-Measured (300 steps × 32, `test`, 500 images, greedy, 2026-11-26; README's VLM table):
-CIDEr 89.2, BLEU-1 52.7, BLEU-4 19.1, caption NLL 0.952; 1.35× the step speed of vlm_ntp.py.
+Current result: CIDEr 89.2 on `test` (docs/results.md).
 """
 import os
 

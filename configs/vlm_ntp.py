@@ -1,4 +1,4 @@
-"""Captioning VLM trained with next-token prediction: the baseline of the VLM comparison (README).
+"""Captioning VLM trained with next-token prediction: the baseline of the VLM comparison.
 
   python -m vlmjax.train --config configs/lm_text_only.py --workdir workdirs/lm_text_only   # first,
   python -m vlmjax.train --config configs/clip.py --workdir workdirs/clip                   # both
@@ -17,9 +17,7 @@ Token-reduction variants by argument (same budget):
                                       of the image tokens
 
 Every configs/vlm_*.py of the comparison starts from this file.
-Measured (300 steps × 32, `test`, 500 images, greedy, 2026-11-26; README's VLM table):
-CIDEr 237.6, BLEU-1 78.6, BLEU-4 42.2, caption NLL 0.661; :tome CIDEr 240.5, BLEU-4 42.7, NLL 0.661,
-1.52× faster; :pdrop CIDEr 240.6, BLEU-4 42.5, NLL 0.654, 1.45× faster.
+Current result: CIDEr 237.6 on `test`; :tome 240.5 and :pdrop 240.6, about 1.5× faster (docs/results.md).
 """
 from vlmjax.config import base_config
 

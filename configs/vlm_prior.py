@@ -7,10 +7,9 @@ renormalised to mean 1 per caption), computed in the step under stop_gradient.
   python -m vlmjax.train --config configs/vlm_prior.py --workdir workdirs/vlm_prior
 
 The argument after ':' is the reference run (default workdirs/lm_text_only); it is also where the
-decoder starts from, as in every VLM config. Measured (300 steps × 32, `test`, 500 images, greedy, 2026-11-26; README's VLM table):
-CIDEr 126.5, BLEU-1 23.0, BLEU-4 8.2, caption NLL 0.946; 0.87× the step speed of vlm_ntp.py. Greedy
-captions of multi-object scenes collapse into repeating the count word: the template tokens the
-reference LM predicts get weights near 0 (README).
+decoder starts from, as in every VLM config.
+Current result: CIDEr 126.5 on `test`; greedy captions of multi-object scenes collapse into
+repeating the count word (docs/results.md).
 """
 import os
 

@@ -1,4 +1,4 @@
-"""The CLIP softmax objective (DESIGN.md §4): loss value, gradients, and the temperature projection."""
+"""The CLIP softmax objective (docs/objectives.md): loss value, gradients, and the temperature projection."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -186,7 +186,6 @@ def test_formats_round_trip_through_bundles_and_init(run, predictors, tmp_path):
   pieces = Tokenizer.load(os.path.join(folder, "tokenizer.model")).vocab_size
   with pytest.raises(ValueError, match=f"has {pieces} pieces, the model's token embedding 40 rows"):
     export.import_from("open_clip", folder, str(tmp_path / "bad"))
-  del model
 
 
 def test_caption_from_a_vlm_bundle_reproduces_the_evaluators_scores(tiny_data_dir, tmp_path):

@@ -96,7 +96,7 @@ def _compile_seconds(depths, scan, repeats=3):
 def test_scan_compile_time_is_flat_in_depth(no_compilation_cache):
   shallow, deep = _compile_seconds((2, 24), scan=True, repeats=5)
   assert deep < 1.5 * shallow, f"24 layers took {deep:.2f}s to compile, 2 layers {shallow:.2f}s"
-  # And the test can tell: unrolled, the same 24 layers take several times as long as 2 (about 4.9x
-  # here when idle; 8 layers gave only 2.1x idle and 1.4x under a parallel worker's load).
+  # And the test can tell: unrolled, the same 24 layers take several times as long as 2 (too few
+  # layers would not separate the two under a parallel worker's load).
   shallow, deep = _compile_seconds((2, 24), scan=False, repeats=2)
   assert deep > 1.5 * shallow, f"unrolled: 24 layers {deep:.2f}s, 2 layers {shallow:.2f}s"

@@ -143,8 +143,8 @@ def zeros_batch(fields: dict, input_config, batch_size: int = 1) -> dict:
   tokens are set, since a VLM's init counts them."""
   batch = {k: np.zeros(s, d) for k, (s, d) in shapes(fields, input_config, batch_size).items()}
   if "tokens" in batch and "image" in batch:
-    draw = fields["tokens"].draw(np.random.default_rng(0), batch_size, input_config, 8, batch)
-    batch.update(draw)
+    drawn = fields["tokens"].draw(np.random.default_rng(0), batch_size, input_config, 8, batch)
+    batch.update({k: v for k, v in drawn.items() if k in batch})
   return batch
 
 

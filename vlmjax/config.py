@@ -44,8 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
       caption_key="caption",
       train_split="train",
       num_threads=2,
-      max_bad_fraction=0.1,       # bad records (corrupt image, empty caption, ...) are skipped; more than
-                                  # this fraction of those read stops the run (docs: README, Reliability)
+      max_bad_fraction=0.1,       # bad records (corrupt image, empty caption, ...) are skipped; more
+                                  # than this fraction of those read stops the run
       max_caption_chars=1000,     # a longer caption is a bad record (0: no limit)
   )
   c.input = dict(image_size=64, max_text_len=32, crop_min=1.0, brightness=0.0,

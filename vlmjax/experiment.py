@@ -16,6 +16,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from vlmjax import batch_spec, config as config_lib, registry, sharding, trainer
+from vlmjax.data import pipeline
 
 
 def build_model(config, vocab_size: int) -> nn.Module:
@@ -87,6 +88,17 @@ class Experiment:
     return trainer.make_train_step(self.model, self.objectives, self.tx, self.schedule, self.mesh,
                                    state_shardings, microbatches=self.config.microbatches, rules=self.rules)
 
+  def preprocess(self, tokenizer, train: bool = True):
+    """The input pipeline's map from a source record to an example with every field of the batch:
+    the base image and caption, the objectives' fields (`Field.make`), then the model's example
+    maker (`registry` 'preprocess', e.g. the decoder layout)."""
+    config = self.config
+    base = pipeline.Preprocess(tokenizer, config.input.image_size, config.input.max_text_len, train=train,
+                               crop_min=config.input.crop_min, brightness=config.input.brightness,
+                               fields=tuple(f for f in self.fields.values() if f.make),
+                               input_config=config.input, max_caption_chars=config.data.max_caption_chars)
+    return registry.get("preprocess", config.model.name)(base, config, tokenizer, self.model)
+
   def use_mesh(self):
     """The context every jitted apply of this experiment's model is traced and run under."""
     return sharding.use(self.mesh, self.rules)
@@ -124,7 +136,8 @@ def build(config, vocab_size: int, *, total_steps: int | None = None, mesh: Mesh
   model = build_model(config, vocab_size)
   built = build_objectives(config) if objectives else {}
   tx, schedule = trainer.make_optimizer(config.optimizer, max(total_steps or config.total_steps, 1))
+  # An objective declares its fields on its class: a reader that builds no objective sees them too.
   fields = batch_spec.merge(model.batch_fields(config.input, prompt_len),
-                            *(getattr(objective, "batch_fields", ()) for _, objective in built.values()))
+                            *(getattr(registry.get("objective", name), "batch_fields", ()) for name in config.objectives))
   return Experiment(config, mesh, sharding.rules_from_config(config.sharding_rules), model, built, tx,
                     schedule, fields)

@@ -3,9 +3,10 @@
   python -m vlmjax.train --config configs/demo.py --workdir DIR [--config.batch_size=64 ...]
 
 Wires the pieces a config names: data source -> grain pipeline -> global sharded batch -> jitted
-step -> metrics / checkpoints / evaluators. A workdir with checkpoints is resumed from the newest
-(if its config matches, see `vlmjax.workdir`; its files: `vlmjax.run.RunDir`). SIGTERM/SIGINT checkpoint the current step and exit 0;
-NaN/Inf steps are skipped and bad data records skipped and counted (README, "Reliability").
+step -> metrics / checkpoints / evaluators, all built by `vlmjax.experiment`. A workdir with
+checkpoints is resumed from the newest (if its config matches, see `vlmjax.workdir`; its files:
+`vlmjax.run.RunDir`). SIGTERM/SIGINT checkpoint the current step and exit 0; NaN/Inf steps are
+skipped and bad data records skipped and counted (README, "Reliability guarantees").
 """
 import contextlib
 import json
@@ -96,11 +97,7 @@ def train(config, workdir: str, stop_after_steps: int | None = None, overwrite: 
   experiment = experiment_lib.build(config, tokenizer.vocab_size, total_steps=steps, prompt_len=len(prompt))
   mesh = experiment.mesh
 
-  preprocess = pipeline.Preprocess(tokenizer, config.input.image_size, config.input.max_text_len, train=True,
-                                   crop_min=config.input.crop_min, brightness=config.input.brightness,
-                                   fields=tuple(f for f in experiment.fields.values() if f.make),
-                                   input_config=config.input, max_caption_chars=config.data.max_caption_chars)
-  preprocess = registry.get("preprocess", config.model.name)(preprocess, config, tokenizer, experiment.model)
+  preprocess = experiment.preprocess(tokenizer)
   for _, objective in experiment.objectives.values():  # e.g. VLAP's word-frequency prior from the captions
     if hasattr(objective, "prepare"):
       objective.prepare(train_source, tokenizer)

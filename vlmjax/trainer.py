@@ -131,7 +131,7 @@ def make_train_step(model, objectives, tx, schedule, mesh, state_shardings, micr
     grad_norm = optax.global_norm(grads)
     # A NaN/Inf loss or gradient (a bad batch, an overflow) is skipped, never applied. The update is
     # not checked: AdamW's update of finite gradients and params is finite (|m| / sqrt(v) is bounded),
-    # and another pass over every param costs ~5% of a CPU step.
+    # and another pass over every param would cost a share of every step.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                                      (params, opt_state), (state["params"], state["opt_state"]))

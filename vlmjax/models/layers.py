@@ -318,8 +318,8 @@ class Transformer(nn.Module):
   `unroll` layers run per iteration of the scanned loop: `unroll=depth` emits the layers as
   straight-line code (no loop; compile time grows with depth again) with the same stacked params
   and initialisation. On a CPU that is faster for shallow stacks: the loop saves each layer's
-  residuals into stacked buffers and slices them out again, copies that cost ~25% of the demo's
-  2-layer step.
+  residuals into stacked buffers and slices them out again, copies a shallow stack pays for on every
+  step (benchmarks/README.md).
   """
   depth: int
   block: dict  # keyword arguments of Block

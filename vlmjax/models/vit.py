@@ -29,8 +29,8 @@ class PatchConv(nn.Module):
   computed as image patches [B, H', W', k·k·C] @ kernel [k·k·C, F].
 
   Why not `nn.Conv`: XLA:CPU runs a convolution's weight gradient far slower than the same
-  contraction as a matmul, with batch-to-minor transposes around it (profile of the demo's train
-  step: its 3 stem convolutions took ~40% of the step). Patches are a reshape when the kernel tiles
+  contraction as a matmul, with batch-to-minor transposes around it (the demo's stem convolutions
+  dominated its profiled step, benchmarks/README.md). Patches are a reshape when the kernel tiles
   the image (k == stride, the patch embedding) and k·k strided slices otherwise.
   """
   features: int
@@ -93,9 +93,8 @@ class ViT(layers.Tower):
       x = PatchConv(channels, 3, 2, padding="SAME", use_bias=False, dtype=self.dtype, name=f"stem_conv{i}",
                     kernel_init=layers.kernel_init((None, None, None, None), nn.initializers.he_normal()))(x)
       # Instance norm (each channel over the image), not LayerNorm over a pixel's channels: the
-      # latter rescales every pixel to the same norm, erasing the contrast that outlines a shape.
-      # Supervised shape probe of the demo tower (README "The demo's results"): 93% after 200
-      # steps with it, 30% with LayerNorm, 83% with no norm.
+      # latter rescales every pixel to the same norm, erasing the contrast that outlines a shape
+      # (the demo tower's shape probe, docs/results.md).
       x = nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-6, dtype=jnp.float32, name=f"stem_norm{i}",
                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (None,)),
                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))(x)
