@@ -44,11 +44,11 @@ test-interop: $(STAMP)
 # machine; the reports record the load average.
 bench-open-clip: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[test,interop]"
-	$(BIN)/python -m vlmjax.bench_open_clip --config configs/bench_vits16.py --out benchmarks
+	$(BIN)/python -m vlmjax.bench.open_clip --config configs/bench_vits16.py --out benchmarks
 	# The demo's size with a patch embedding: open_clip has no convolutional stem.
-	$(BIN)/python -m vlmjax.bench_open_clip --config configs/demo.py --config.model.image.stem=patch --out benchmarks
+	$(BIN)/python -m vlmjax.bench.open_clip --config configs/demo.py --config.model.image.stem=patch --out benchmarks
 
-# libtpu for `python -m vlmjax.compile` (TPU sizing) on a machine without TPUs: the version jax[tpu]
+# libtpu for `python -m vlmjax.bench.compile` (TPU sizing) on a machine without TPUs: the version jax[tpu]
 # names, installed into .venv/libtpu rather than site-packages, where JAX would try to start a TPU
 # runtime in every process. On a TPU VM install the `tpu` extra instead.
 libtpu: $(STAMP)

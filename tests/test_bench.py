@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from vlmjax import bench, flops, metrics
+from vlmjax import flops, metrics
+from vlmjax.bench import losses, report as bench_report, train_step
 
 EMBED_DIM = 256
 
@@ -16,7 +17,7 @@ EMBED_DIM = 256
 @functools.cache
 def temp_bytes(objective: str, distributed: str, batch_size: int, num_devices: int) -> int:
   """Per-device temporary bytes of the loss gradient, compiled only (the sizes cost no memory)."""
-  memory = bench.loss_memory(objective, distributed, batch_size, EMBED_DIM, jax.devices()[:num_devices])
+  memory = losses.loss_memory(objective, distributed, batch_size, EMBED_DIM, jax.devices()[:num_devices])
   return memory["temp_size"]
 
 
@@ -51,26 +52,26 @@ def test_loss_memory_with_fixed_per_device_batch_linear_and_constant():
 
 
 def test_loss_report_and_errors(tmp_path):
-  report = bench.bench_losses((2048, 4096), EMBED_DIM, forms=(("siglip", "ring"),))
+  report = losses.bench_losses((2048, 4096), EMBED_DIM, forms=(("siglip", "ring"),))
   assert report["device_counts"] == [4, 8] and report["per_device_batch"] == 512
   form = report["forms"][0]
   assert form["fixed_devices"]["temp_bytes"] == [temp_bytes("siglip", "ring", *run) for run in ON_8]
   assert form["fixed_per_device_batch"]["growth_per_doubling"] == [growth("siglip", "ring", FIXED_B)]
-  json_path, md_path = bench.write_report(str(tmp_path), "losses", report, bench.losses_markdown(report))
+  json_path, md_path = bench_report.write(str(tmp_path), "losses", report, bench_report.losses_markdown(report))
   text = open(md_path, encoding="utf-8").read()
   assert text.count("| siglip | ring |") == 2 and "B = 4096" in text
   assert json.load(open(json_path))["batch_sizes"] == [2048, 4096]
   with pytest.raises(ValueError, match="each double"):
-    bench.bench_losses((1024, 3072, 4096))
+    losses.bench_losses((1024, 3072, 4096))
   with pytest.raises(RuntimeError, match="needs 16 devices"):
-    bench.bench_losses((2048, 4096), num_devices=16)
+    losses.bench_losses((2048, 4096), num_devices=16)
 
 
 def test_train_step_bench_report(tiny_data_dir, tmp_path):
   """Two timed steps of the tiny config's real train step on one device: the report's fields, and the
   analytic FLOPs against XLA's count (norms, softmax, activations and the optimizer are XLA's extra)."""
   config = tiny_config(tiny_data_dir)
-  result = bench.bench_train_step(config, steps=2, warmup=1, repeats=1, devices=jax.devices()[:1],
+  result = train_step.bench_train_step(config, steps=2, warmup=1, repeats=1, devices=jax.devices()[:1],
                                   peak_seconds=0.0, xla_unrolled=False)
   for key in ("lower_s", "compile_s", "steps_per_sec", "examples_per_sec", "model_flops_per_sec", "mfu",
               "peak_f32", "memory_per_device", "environment"):
@@ -85,7 +86,7 @@ def test_train_step_bench_report(tiny_data_dir, tmp_path):
   assert 0.0 < result["mfu"] < 1.0 and np.isfinite(result["final_loss"])
   memory = result["memory_per_device"]
   assert memory["argument_size"] > 0 and memory["temp_size"] > 0
-  _, md_path = bench.write_report(str(tmp_path), "tiny", result, bench.train_step_markdown("tiny", result))
+  _, md_path = bench_report.write(str(tmp_path), "tiny", result, bench_report.train_step_markdown("tiny", result))
   assert "**MFU**" in open(md_path, encoding="utf-8").read()
 
 
@@ -94,14 +95,14 @@ def test_xla_flops_of_scanned_layers_need_the_unrolled_copy(tiny_data_dir):
   """With 3 scanned layers XLA counts the scan body once; the unrolled copy's count matches the
   analytic one, the as-compiled count falls well short of it."""
   config = tiny_config(tiny_data_dir, **{"model.image.depth": 3, "model.text.depth": 3})
-  fl = bench.bench_train_step(config, steps=1, warmup=0, repeats=1, devices=jax.devices()[:1],
+  fl = train_step.bench_train_step(config, steps=1, warmup=0, repeats=1, devices=jax.devices()[:1],
                               peak_seconds=0.0)["flops"]
   assert 0.5 <= fl["analytic_per_step"] / fl["xla_per_step_unrolled"] <= 2.0, fl
   assert fl["xla_per_step_as_compiled"] < 0.6 * fl["xla_per_step_unrolled"], fl
   # With unroll = depth no loop is left: the count as compiled is complete, and no copy is compiled.
   unrolled = tiny_config(tiny_data_dir, **{"model.image.depth": 3, "model.text.depth": 3,
                                            "model.image.unroll": 3, "model.text.unroll": 3})
-  fl_unrolled = bench.bench_train_step(unrolled, steps=1, warmup=0, repeats=1, devices=jax.devices()[:1],
+  fl_unrolled = train_step.bench_train_step(unrolled, steps=1, warmup=0, repeats=1, devices=jax.devices()[:1],
                                        peak_seconds=0.0)["flops"]
   assert fl_unrolled["xla_per_step_unrolled"] is None, fl_unrolled
   assert fl_unrolled["xla_per_step_as_compiled"] == pytest.approx(fl["xla_per_step_unrolled"], rel=0.01)
@@ -141,7 +142,7 @@ def test_training_logs_mfu_against_a_declared_peak(tiny_data_dir):
 
 def test_layer_profile_rows(tiny_data_dir):
   config = tiny_config(tiny_data_dir)
-  rows = {row["part"]: row for row in bench.layer_profile(config, repeats=1)}
+  rows = {row["part"]: row for row in train_step.layer_profile(config, repeats=1)}
   per_layer = flops.transformer_flops(32, 1, 64, 2, 16)  # width 32, MLP 64, 2 heads, (32 / 8)² tokens
   assert rows["block"]["matmul_flops"] == 3 * 16 * sum(per_layer.values())
   assert rows["MLP"]["matmul_flops"] == 3 * 16 * per_layer["mlp"]

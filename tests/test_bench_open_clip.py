@@ -1,4 +1,4 @@
-"""The side-by-side benchmark against open_clip's PyTorch train step (vlmjax.bench_open_clip) times
+"""The side-by-side benchmark against open_clip's PyTorch train step (vlmjax.bench.open_clip) times
 the same model: the same parameters (up to the patch bias CLIP's convolution lacks), the same loss on
 the same weights and batch at step 0 and, the optimizer being the same, after a few updates too; its
 report holds both rows. Skipped without the `interop` extra (`make test-interop`)."""
@@ -11,7 +11,7 @@ pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 
 from conftest import tiny_config  # noqa: E402
-from vlmjax import bench, bench_open_clip  # noqa: E402
+from vlmjax.bench import open_clip as bench_open_clip, report as bench_report  # noqa: E402
 
 TOL = 1e-4
 
@@ -36,7 +36,7 @@ def test_same_model_same_loss(report):
 
 
 def test_report_has_both_rows(report, tmp_path):
-  json_path, md_path = bench.write_report(str(tmp_path), "oc", report, bench_open_clip.markdown("oc", report))
+  json_path, md_path = bench_report.write(str(tmp_path), "oc", report, bench_report.open_clip_markdown("oc", report))
   text = open(md_path, encoding="utf-8").read()
   assert "| vlmjax (`jax.jit`) |" in text and "| open_clip, eager" in text
   assert "not run (--torch_compile=false)" in text and "load average" in text
@@ -59,7 +59,7 @@ def test_a_failing_torch_compile_is_reported_not_raised(monkeypatch):
   report = bench_open_clip.bench_against_open_clip(tiny_config("unused"), steps=1, warmup=1, repeats=1)
   assert set(report["rows"]) == {"vlmjax", "open_clip eager"}
   assert report["failed"]["open_clip torch.compile"]["error"] == "RuntimeError: no C++ compiler"
-  assert "failed after" in bench_open_clip.markdown("oc", report)
+  assert "failed after" in bench_report.open_clip_markdown("oc", report)
 
 
 def test_missing_extra_is_one_line_naming_it(monkeypatch):

@@ -1,4 +1,4 @@
-"""`python -m vlmjax.compile`: slice names to TPU topologies, and (where libtpu is installed: `make
+"""`python -m vlmjax.bench.compile`: slice names to TPU topologies, and (where libtpu is installed: `make
 libtpu`) the real train step compiled for a TPU slice on this CPU machine, its report, and the
 one-line failure when it does not fit."""
 import json
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import REPO, tiny_config
-from vlmjax import compile as compile_lib
+from vlmjax.bench import compile as compile_lib
 
 
 @pytest.mark.parametrize("name, shape, chips, hosts, libtpu", [
@@ -58,7 +58,7 @@ def _compile(tmp_path, config, topology):
   config_path.write_text("import json\nimport ml_collections\n\n\ndef get_config():\n"
                          f"  with open({str(json_path)!r}) as f:\n    return ml_collections.ConfigDict(json.load(f))\n")
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-  return subprocess.run([sys.executable, "-m", "vlmjax.compile", "--config", str(config_path), "--topology",
+  return subprocess.run([sys.executable, "-m", "vlmjax.bench.compile", "--config", str(config_path), "--topology",
                          topology, "--json", str(tmp_path / "report.json")],
                         capture_output=True, text=True, env=env, cwd=REPO, timeout=1200)
 
@@ -88,6 +88,7 @@ def test_a_step_that_does_not_fit_fails_in_one_line(tiny_data_dir, tmp_path):
   result = _compile(tmp_path, config, "v5p-8")
   assert result.returncode == 1, result.stderr[-2000:]
   # libtpu may log its own warnings first; vlmjax's error is the last line, and a single one.
-  ours = [line for line in result.stderr.splitlines() if line.startswith("vlmjax.compile")]
-  assert len(ours) == 1 and ours[0].startswith("vlmjax.compile: error: does not fit on v5p-8"), result.stderr[-2000:]
+  ours = [line for line in result.stderr.splitlines() if line.startswith("vlmjax.bench.compile")]
+  assert len(ours) == 1 and ours[0].startswith("vlmjax.bench.compile: error: does not fit on v5p-8"), \
+      result.stderr[-2000:]
   assert result.stderr.splitlines()[-1] == ours[0]

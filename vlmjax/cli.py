@@ -40,6 +40,8 @@ def flags_parser(program: str):
         suggestion = re.search(r'Did you mean "([^"]+)"', str(e))
         hint = f" (did you mean '{suggestion.group(1)}'?)" if suggestion else ""
         fail(program, f"config: unknown key '{culprit.removeprefix('--config.')}'{hint}")
-      fail(program, f"config: {culprit + ': ' if culprit else ''}{message}")
+      about_config = culprit or any(a.startswith("--config") for a in argv[1:]) and "config" in str(e).lower()
+      prefix = f"config: {culprit + ': ' if culprit else ''}" if about_config else ""
+      fail(program, prefix + message)
 
   return parse

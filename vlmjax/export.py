@@ -96,8 +96,8 @@ def import_from(fmt: str, src: str, out: str, tokenizer: str | None = None, dtyp
   model, params, sizes = interop.read(fmt, src)
   embedding = params["text"]["token_embed"]["embedding"] if "text" in params else params["decoder"]["embedding"]
   vocab_size = int(embedding.shape[0])
-  if tokenizer is None and os.path.exists(os.path.join(src, "tokenizer.model")):
-    tokenizer = os.path.join(src, "tokenizer.model")
+  if tokenizer is None and os.path.exists(os.path.join(src, interop.TOKENIZER_FILE)):
+    tokenizer = os.path.join(src, interop.TOKENIZER_FILE)
   if tokenizer is not None and Tokenizer.load(tokenizer).vocab_size != vocab_size:
     raise ValueError(f"export: tokenizer '{tokenizer}' has {Tokenizer.load(tokenizer).vocab_size} pieces, the "
                      f"model's token embedding {vocab_size} rows")

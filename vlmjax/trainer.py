@@ -102,8 +102,7 @@ def make_train_step(model, objectives, tx, schedule, mesh, state_shardings, micr
   `rules` (the params' logical axis rules) also place the activations: batch over data×fsdp."""
 
   def forward(params, batch, rng):
-    with nn.logical_axis_rules(rules):  # the activations' logical constraints (`layers.constrain`)
-      return model.apply({"params": params}, **model_inputs(model, batch, True), rngs={"dropout": rng})
+    return model.apply({"params": params}, **model_inputs(model, batch, True), rngs={"dropout": rng})
 
   def objectives_loss(outputs, batch, step):
     total, metrics = 0.0, {}
@@ -121,7 +120,10 @@ def make_train_step(model, objectives, tx, schedule, mesh, state_shardings, micr
 
   def train_step(state, batch):
     rng = jax.random.fold_in(state["rng"], state["step"])
-    (loss, metrics), grads = loss_and_grads(state["params"], batch, rng, state["step"])
+    # The activations' logical constraints (`layers.constrain`), in the model and in any model an
+    # objective runs (PRIOR's reference LM).
+    with nn.logical_axis_rules(rules):
+      (loss, metrics), grads = loss_and_grads(state["params"], batch, rng, state["step"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     for _, objective in objectives.values():

@@ -22,6 +22,7 @@ from vlmjax.data.tokenizer import BOS, EOS, PAD
 from vlmjax.interop import hf_clip, hf_llama, open_clip
 
 FORMATS = ("open_clip", "hf_clip", "hf_llama")
+TOKENIZER_FILE = "tokenizer.model"  # the vlmjax tokenizer, written beside the weights
 
 
 def write(fmt: str, folder: str, model_config: dict, params: dict, tokenizer_path: str | None = None) -> str:
@@ -54,7 +55,7 @@ def write(fmt: str, folder: str, model_config: dict, params: dict, tokenizer_pat
     with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
       json.dump(content, f, indent=1)
   if tokenizer_path:
-    shutil.copyfile(tokenizer_path, os.path.join(folder, "tokenizer.model"))
+    shutil.copyfile(tokenizer_path, os.path.join(folder, TOKENIZER_FILE))
   return folder
 
 

@@ -1,18 +1,19 @@
 """Ahead-of-time compile of a config's real train step for a TPU slice, on any machine (no TPU needed).
 
-  python -m vlmjax.compile --config configs/clip_b16.py --topology v5p-64 [--config.k=v ...] [--json F]
+  python -m vlmjax.bench.compile --config configs/clip_b16.py --topology v5p-64 [--config.k=v ...] [--json F]
 
 libtpu describes the slice (`jax.experimental.topologies.get_topology_desc`: compile-only devices);
-the mesh, train state and step are the ones `vlmjax.train` builds (`trainer.abstract_train_state`,
-`trainer.make_train_step`), lowered with abstract arrays and compiled by the TPU compiler. Reports,
+the mesh, train state and step are the ones `vlmjax.train` builds (`vlmjax.experiment`: its
+abstract state, abstract batch and jitted step), lowered and compiled by the TPU compiler. Reports,
 per chip: memory (arguments = params + optimizer state + batch, temporaries, total against the chip's
 HBM), the step's FLOPs, an estimated step time and MFU. Exits 1 with one line when the step would not
 fit in HBM, 2 for a bad argument or config.
 
 Memory is the compiler's own account of the step as it runs. FLOPs and time are estimates, from the
-same step with its layer scans unrolled (XLA's cost analysis counts a loop body once): the step time
-is the TPU compiler's cost model (compute and HBM traffic; ICI collectives are not modelled), MFU is
-the model's matmul FLOPs (`vlmjax.flops`, no rematerialisation) over that time × the chip's peak.
+same step with its layer scans unrolled (`xla.unrolled`; XLA's cost analysis counts a loop body
+once): the step time is the TPU compiler's cost model (compute and HBM traffic; ICI collectives are
+not modelled), MFU is the model's matmul FLOPs (`vlmjax.flops`, no rematerialisation) over that time
+× the chip's peak.
 `--noestimate_time` skips the unrolled compile (memory only).
 
 libtpu is the `tpu` extra. On a machine without TPUs keep it out of the environment's
@@ -28,6 +29,10 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from vlmjax import cli
+from vlmjax.bench import report
+
+PROGRAM = "bench.compile"
 FLAGS = flags.FLAGS
 
 
@@ -36,7 +41,7 @@ def define_flags():
   config_flags.DEFINE_config_file("config", None, "Experiment config file (path.py[:arg]).", lock_config=True)
   flags.DEFINE_string("topology", None, "TPU slice: v5p-64, v4-32, v5e-16, v6e-256, or an explicit v5p:4x4x4.")
   flags.DEFINE_string("json", None, "Also write the report to this JSON file.")
-flags.DEFINE_bool("estimate_time", True, "Also compile the unrolled step for FLOPs, step time and MFU.")
+  flags.DEFINE_bool("estimate_time", True, "Also compile the unrolled step for FLOPs, step time and MFU.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,79 +160,42 @@ def topology_devices(topology: Slice):
   return description.devices
 
 
-def abstract_batch(config, fields, batch_sharding):
-  """ShapeDtypeStructs of a global batch as the input pipeline makes it, with the objectives' extra
-  `fields` (image_view2, text_view2, negative_text, multi_text)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from vlmjax import trainer  # pylint: disable=import-outside-toplevel
-  from vlmjax.data.shapes import NEGATIVE_KINDS  # pylint: disable=import-outside-toplevel
-  batch = {k: (config.batch_size, *v.shape[1:], v.dtype) for k, v in trainer.sample_batch(config).items()}
-  extra = {"image_view2": lambda: batch["image"], "text_view2": lambda: batch["text"],
-           "negative_text": lambda: (config.batch_size, len(NEGATIVE_KINDS), *batch["text"][1:]),
-           "multi_text": lambda: (config.batch_size, config.input.subcaptions + 1, *batch["text"][1:])}
-  for field in fields:
-    if field not in extra:
-      raise CompileError(f"objective batch field '{field}' has no known shape (known: {', '.join(extra)})")
-    batch[field] = extra[field]()
-  return {k: jax.ShapeDtypeStruct(v[:-1], v[-1], sharding=batch_sharding) for k, v in batch.items()}
-
-
-def unrolled(config):
-  """The config with its transformer stacks unrolled (`scan` False): XLA's cost analysis counts a
-  loop's body once, so FLOPs and time are estimated on the unrolled step (the same computation)."""
-  from vlmjax import registry  # pylint: disable=import-outside-toplevel
-  config = config.copy_and_resolve_references()
-
-  def visit(section):
-    for key in list(section.keys()):
-      if key == "scan":
-        section[key] = False
-      elif hasattr(section[key], "keys"):
-        visit(section[key])
-
-  with config.unlocked():
-    for tower in getattr(registry.get("model", config.model.name), "towers", {}):
-      if tower in config.model:
-        config.model[tower]["scan"] = False
-    visit(config.model)
-  return config
+def vocab_and_prompt(config) -> tuple[int, int]:
+  """(vocabulary size, prompt pieces) of the run: from `tokenizer.path` when the config names a
+  trained tokenizer, else `tokenizer.vocab_size` and no prompt (it cannot be encoded)."""
+  from vlmjax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from vlmjax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
+  if not config.tokenizer.path:
+    return config.tokenizer.vocab_size, 0
+  tokenizer = Tokenizer.load(config.tokenizer.path)
+  return tokenizer.vocab_size, len(pipeline.prompt_ids(tokenizer, config.input))
 
 
 def compile_step(config, topology: Slice, estimate_time: bool = True) -> dict:
-  """Compiles the train step of `config` for `topology`; -> the report (see `format_report`).
+  """Compiles the train step of `config` for `topology`; -> the report (see `report.compile_text`).
   `estimate_time`: also compile the unrolled step for XLA's FLOPs and time estimate (slower)."""
   import jax  # pylint: disable=import-outside-toplevel
-  from vlmjax import config as config_lib, flops as flops_lib, sharding, trainer  # pylint: disable=import-outside-toplevel
-  from vlmjax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
+  from vlmjax import experiment as experiment_lib, flops as flops_lib, sharding  # pylint: disable=import-outside-toplevel
+  from vlmjax.bench import xla  # pylint: disable=import-outside-toplevel
 
   devices = topology_devices(topology)
-  try:
-    mesh = sharding.make_mesh(config.mesh, devices)
-  except ValueError as e:
-    raise config_lib.ConfigError(f"config: {e}") from None
-  config_lib.validate(config, mesh.size, sharding.batch_axes_size(mesh), topology.num_hosts)
-  vocab = Tokenizer.load(config.tokenizer.path).vocab_size if config.tokenizer.path else config.tokenizer.vocab_size
-  rules = sharding.rules_from_config(config.sharding_rules)
+  vocab, prompt_len = vocab_and_prompt(config)
 
-  def lower(config):
-    model = trainer.build_model(config, vocab)
-    objectives = trainer.build_objectives(config)
-    tx, schedule = trainer.make_optimizer(config.optimizer, max(config.total_steps, 2))
-    fields = sorted({f for _, o in objectives.values() for f in getattr(o, "batch_fields", ())})
-    abstract, shardings = trainer.abstract_train_state(model, tx, trainer.sample_batch(config), mesh, rules)
-    batch = abstract_batch(config, fields, sharding.batch_sharding(mesh))
-    step = trainer.make_train_step(model, objectives, tx, schedule, mesh, shardings,
-                                   microbatches=config.microbatches, rules=rules)
-    with jax.set_mesh(mesh):
-      return step.lower(abstract, batch), abstract, batch
+  def lower(config, **kwargs):
+    experiment = experiment_lib.build(config, vocab, processes=topology.num_hosts, prompt_len=prompt_len,
+                                      **kwargs)
+    abstract, shardings = experiment.abstract_state()
+    with experiment.use_mesh():
+      return experiment.train_step(shardings).lower(abstract, experiment.abstract_batch()), experiment, abstract
 
-  lowered, abstract, batch = lower(config)
-  memory = lowered.compile().memory_analysis()  # of the step as it runs (scanned)
+  lowered, experiment, abstract = lower(config, devices=devices)
+  mesh, batch = experiment.mesh, experiment.abstract_batch()
+  memory = xla.memory(lowered.compile())  # of the step as it runs (scanned)
   chip = topology.chip
-  total = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
-           + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes)
+  total = (memory["argument_size"] + memory["output_size"] - memory["alias_size"] + memory["temp_size"]
+           + memory["generated_code_size"])
   estimate_time = estimate_time and total <= chip.hbm_bytes
-  cost = (lower(unrolled(config))[0].compile().cost_analysis() or {}) if estimate_time else {}
+  cost = xla.cost(lower(xla.unrolled(config), mesh=mesh, validate=False)[0].compile()) if estimate_time else {}
   try:
     model_flops = flops_lib.train_step_flops(config.model, {k: v.shape for k, v in batch.items()})
   except (KeyError, ValueError):  # a model the analytic count does not know
@@ -243,9 +211,9 @@ def compile_step(config, topology: Slice, estimate_time: bool = True) -> dict:
       "hosts": topology.num_hosts, "device_kind": devices[0].device_kind, "mesh": dict(mesh.shape),
       "batch_size": config.batch_size, "per_chip_batch": config.batch_size // sharding.batch_axes_size(mesh),
       "microbatches": config.microbatches, "params": params,
-      "memory": {"arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
-                 "aliased": memory.alias_size_in_bytes, "temporaries": memory.temp_size_in_bytes,
-                 "code": memory.generated_code_size_in_bytes, "total": total, "hbm": chip.hbm_bytes},
+      "memory": {"arguments": memory["argument_size"], "outputs": memory["output_size"],
+                 "aliased": memory["alias_size"], "temporaries": memory["temp_size"],
+                 "code": memory["generated_code_size"], "total": total, "hbm": chip.hbm_bytes},
       "flops_per_chip": flops, "flops_per_step": flops * topology.num_chips, "model_flops_per_step": model_flops,
       "hbm_bytes_accessed_per_chip": hbm_traffic, "step_time_s": step_s, "roofline_step_time_s": roofline_s,
       "mfu": model_flops / (step_s * chip.bf16_flops * topology.num_chips) if step_s and model_flops else None,
@@ -255,43 +223,6 @@ def compile_step(config, topology: Slice, estimate_time: bool = True) -> dict:
   }
 
 
-def _gib(n) -> str:
-  return f"{n / 2**30:.2f} GiB"
-
-
-def format_report(r: dict) -> str:
-  m = r["memory"]
-  rows = [
-      ("slice", f"{r['topology']} ({r['libtpu_topology']}, {r['chips']} chips, {r['hosts']} hosts, {r['device_kind']})"),
-      ("mesh", " × ".join(f"{k}={v}" for k, v in r["mesh"].items())),
-      ("batch", f"{r['batch_size']} global, {r['per_chip_batch']} per chip, {r['microbatches']} microbatch(es)"),
-      ("params", f"{r['params'] / 1e6:.1f} M"),
-      ("memory per chip: arguments", f"{_gib(m['arguments'])} (params, optimizer state, batch)"),
-      ("memory per chip: temporaries", f"{_gib(m['temporaries'])} (activations, gradients, collectives)"),
-      ("memory per chip: total", f"{_gib(m['total'])} of {_gib(m['hbm'])} HBM ({100 * m['total'] / m['hbm']:.0f}%)"),
-  ]
-  if r["model_flops_per_step"]:
-    rows.append(("model FLOPs per step", f"{r['model_flops_per_step']:.3e} (matmuls, forward + backward)"))
-  if r["estimated_time"]:
-    rows += [
-        ("compiled FLOPs per step", f"{r['flops_per_step']:.3e} ({r['flops_per_chip']:.3e} per chip, remat included)"),
-        ("estimated step time", f"{r['step_time_s'] * 1e3:.1f} ms (XLA's TPU cost model; compute-or-HBM "
-                                f"roofline {r['roofline_step_time_s'] * 1e3:.1f} ms; ICI collectives not modelled)"),
-        ("estimated throughput", f"{r['examples_per_s']:,.0f} examples/s"),
-    ]
-    if r["mfu"] is not None:
-      rows.append(("estimated MFU", f"{100 * r['mfu']:.1f}% of {r['peak_bf16_flops_per_chip'] / 1e12:.0f} "
-                                    "TFLOP/s bf16 per chip"))
-  width = max(len(k) for k, _ in rows)
-  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def fail(message, status: int = 2):
-  text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
-  print(f"vlmjax.compile: error: {text}", file=sys.stderr)
-  sys.exit(status)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -299,26 +230,26 @@ def main(argv):
   from vlmjax.metrics import quiet_absl_logging  # pylint: disable=import-outside-toplevel
   quiet_absl_logging()
   if FLAGS.config is None or FLAGS.topology is None:
-    fail("--config and --topology are required")
+    cli.fail(PROGRAM, "--config and --topology are required")
   try:
     topology = parse_topology(FLAGS.topology)
-    report = compile_step(FLAGS.config, topology, FLAGS.estimate_time)
+    result = compile_step(FLAGS.config, topology, FLAGS.estimate_time)
   except (CompileError, config_lib.ConfigError, registry.RegistryError, OSError) as e:
-    fail(e)
+    cli.fail(PROGRAM, e)
   except Exception as e:  # the TPU compiler reports what does not fit as an error
     if "RESOURCE_EXHAUSTED" in str(e) or "Ran out of memory" in str(e):
       first = next((line for line in str(e).splitlines() if "memory" in line.lower()), str(e).splitlines()[0])
-      fail(f"does not fit on {FLAGS.topology}: {first.strip()[:300]}", 1)
+      cli.fail(PROGRAM, f"does not fit on {FLAGS.topology}: {first.strip()[:300]}", 1)
     raise
-  print(format_report(report))
+  print(report.compile_text(result))
   if FLAGS.json:
     with open(FLAGS.json, "w", encoding="utf-8") as f:
-      json.dump(report, f, indent=1)
-  if not report["fits"]:
-    fail(f"does not fit on {FLAGS.topology}: {_gib(report['memory']['total'])} per chip > "
-         f"{_gib(report['memory']['hbm'])} HBM", 1)
+      json.dump(result, f, indent=1)
+  if not result["fits"]:
+    cli.fail(PROGRAM, f"does not fit on {FLAGS.topology}: {report.gib(result['memory']['total'])} per chip > "
+             f"{report.gib(result['memory']['hbm'])} HBM", 1)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser(PROGRAM))

@@ -1,6 +1,6 @@
 """vlmjax's train step against open_clip's PyTorch train step on the same model, timed side by side.
 
-  python -m vlmjax.bench_open_clip --config configs/bench_vits16.py --out benchmarks
+  python -m vlmjax.bench.open_clip --config configs/bench_vits16.py --out benchmarks
       [--steps=2] [--repeats=4] [--warmup=1] [--torch_compile=true]  -> OUT/open_clip_<config>.{json,md}
 
 Needs the `interop` extra (torch, open_clip: `pip install -e '.[interop]'`, or `make bench-open-clip`);
@@ -40,12 +40,15 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
-from vlmjax import bench, config as config_lib, cpu_memory, flops as flops_lib, interop, metrics, registry, sharding, trainer
+from vlmjax import cli, experiment as experiment_lib, flops as flops_lib, interop, metrics, sharding
+from vlmjax.bench import command, report
+from vlmjax.bench.report import COMPILED_ROW, EAGER_ROW, VLMJAX_ROW
 from vlmjax.interop import clip as interop_clip
 from vlmjax.models.text import TextTransformer
 from vlmjax.models.vit import ViT
 from vlmjax.objectives.contrastive import MAX_LOGIT_SCALE
 
+PROGRAM = "bench.open_clip"
 FLAGS = flags.FLAGS
 
 INSTALL_HINT = "pip install -e '.[interop]' (or make bench-open-clip)"
@@ -53,10 +56,6 @@ INSTALL_HINT = "pip install -e '.[interop]' (or make bench-open-clip)"
 # What makes a vlmjax tower CLIP's (vlmjax.interop.clip.to_torch refuses anything else).
 CLIP_TOWERS = (("image", ViT, "S/16", dict(pool="cls", posemb="learn", pre_norm=True, stem="patch")),
                ("text", TextTransformer, "S", dict(pool="eos", causal=True)))
-
-BUSY_LOAD = 1.5  # load average above which the report says the machine was not idle
-
-VLMJAX_ROW, EAGER_ROW, COMPILED_ROW = "vlmjax", "open_clip eager", "open_clip torch.compile"
 
 
 def import_torch():
@@ -75,12 +74,12 @@ def clip_architecture(config):
   """-> (a copy of `config` whose dual encoder is CLIP's architecture, the settings changed as
   'image.pool: gap -> cls'). Raises ValueError for what open_clip's CLIP step cannot mirror."""
   if config.model.get("name", "dual_encoder") != "dual_encoder":
-    raise ValueError(f"bench_open_clip: model '{config.model.name}' is not a dual_encoder")
+    raise ValueError(f"bench.open_clip: model '{config.model.name}' is not a dual_encoder")
   if sorted(config.objectives) != ["clip"]:
-    raise ValueError(f"bench_open_clip: objectives {sorted(config.objectives)}; the comparison is of the "
+    raise ValueError(f"bench.open_clip: objectives {sorted(config.objectives)}; the comparison is of the "
                      "CLIP loss alone (open_clip.ClipLoss): set objectives = dict(clip=dict(weight=1.0))")
   if config.microbatches != 1 or config.optimizer.frozen:
-    raise ValueError("bench_open_clip: microbatches > 1 and frozen params have no counterpart in the "
+    raise ValueError("bench.open_clip: microbatches > 1 and frozen params have no counterpart in the "
                      "open_clip step here")
   config = config.copy_and_resolve_references()
   changed = []
@@ -107,29 +106,29 @@ def _count(tree) -> int:
 # ------------------------------------------------------------------------------------------- vlmjax
 
 def vlmjax_row(config, mesh):
-  """vlmjax's train step, as `vlmjax.bench` builds it. -> dict(run=, compile_s=, params=, batch=,
-  schedule=): `run(n)` takes n steps and returns the last step's loss."""
-  model, objectives, tx, schedule, rules = bench._build_step(config, mesh)
-  host_batch = bench.synthetic_batch(config, (), config.seed)
+  """vlmjax's train step, built by `vlmjax.experiment` as `vlmjax.train` builds it.
+  -> dict(run=, compile_s=, params=, host_batch=, schedule=): `run(n)` takes n steps and returns the
+  last step's loss."""
+  experiment = experiment_lib.build(config, config.tokenizer.vocab_size, mesh=mesh)
+  host_batch = experiment.synthetic_batch(seed=config.seed)
   batch = sharding.global_batch(host_batch, mesh)
-  state, shardings = trainer.create_train_state(model, tx, trainer.sample_batch(config), config.seed, mesh, rules)
+  state, shardings = experiment.init_state()
   # A host copy of the initial weights: the steps donate (overwrite) the state's buffers.
   params = jax.tree.map(lambda x: np.array(x, np.float32), state["params"])
-  step = trainer.make_train_step(model, objectives, tx, schedule, mesh, shardings, config.microbatches)
-  with jax.set_mesh(mesh):
+  with experiment.use_mesh():
     start = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    compiled = experiment.train_step(shardings).lower(state, batch).compile()
     compile_s = time.perf_counter() - start
   holder = {"state": state}
 
   def run(n):
-    with jax.set_mesh(mesh):
+    with experiment.use_mesh():
       for _ in range(n):
         holder["state"], step_metrics = compiled(holder["state"], batch)
       jax.block_until_ready((holder["state"], step_metrics))
     return float(step_metrics["loss"])
 
-  return dict(run=run, compile_s=compile_s, params=params, host_batch=host_batch, schedule=schedule)
+  return dict(run=run, compile_s=compile_s, params=params, host_batch=host_batch, schedule=experiment.schedule)
 
 
 # ------------------------------------------------------------------------------------------ open_clip
@@ -204,7 +203,7 @@ def _first_line(error: BaseException, limit: int = 400) -> str:
 def _environment(mesh, load_start, torch) -> dict:
   import open_clip
   import torch._inductor.config as inductor_config
-  env = bench._environment(mesh.devices.flat, load_start)
+  env = report.environment(mesh.devices.flat, load_start)
   parallel = torch.__config__.parallel_info().splitlines()
   env.update(
       torch=torch.__version__, open_clip=open_clip.__version__, python=platform.python_version(),
@@ -224,17 +223,13 @@ def bench_against_open_clip(config, steps: int = 2, warmup: int = 3, repeats: in
   model, weights and batch, interleaved; returns the report's fields. `devices`: vlmjax's mesh
   (default: the first device; open_clip runs on one CPU process too)."""
   if steps < 1 or repeats < 1 or warmup < 1:
-    raise ValueError(f"bench_open_clip: --steps ({steps}), --repeats ({repeats}) and --warmup ({warmup}) "
+    raise ValueError(f"bench.open_clip: --steps ({steps}), --repeats ({repeats}) and --warmup ({warmup}) "
                      "must be >= 1 (the first warm-up step gives the step-0 losses)")
   torch, open_clip = import_torch()
   torch.set_num_threads(os.cpu_count())
   load_start = os.getloadavg()
   config, changed = clip_architecture(config)
-  try:
-    mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), devices or jax.devices()[:1])
-  except ValueError as e:
-    raise config_lib.ConfigError(f"config: {e}") from None
-  config_lib.validate(config, mesh.size, sharding.batch_axes_size(mesh))
+  mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), devices or jax.devices()[:1])
 
   ours = vlmjax_row(config, mesh)
   learning_rates = np.asarray(ours["schedule"](jnp.arange(config.total_steps)))
@@ -274,7 +269,7 @@ def bench_against_open_clip(config, steps: int = 2, warmup: int = 3, repeats: in
 
   for name in names:
     if not np.isfinite(rows[name]["loss_last"]):
-      raise FloatingPointError(f"bench_open_clip: {name}'s loss is {rows[name]['loss_last']}")
+      raise FloatingPointError(f"bench.open_clip: {name}'s loss is {rows[name]['loss_last']}")
   host_batch = ours["host_batch"]
   step_flops = flops_lib.train_step_flops(config.model, {k: v.shape for k, v in host_batch.items()})
   batch_size = config.batch_size
@@ -310,72 +305,6 @@ def bench_against_open_clip(config, steps: int = 2, warmup: int = 3, repeats: in
   }
 
 
-def markdown(name: str, r: dict) -> str:
-  env, cfg, opt, rows = r["environment"], r["config"], r["config"]["optimizer"], r["rows"]
-  changes = ", ".join(f"`{c}`" for c in cfg["clip_architecture_changes"]) or "none"
-  eager = rows.get(EAGER_ROW)
-  lines = [
-      f"# Train step: vlmjax vs open_clip (PyTorch), {name}", "",
-      f"{env['date']}, {env['cpu']} ({env['cpu_count']} CPU cores), load average "
-      f"{env['load_average_start'][0]:.2f} at the start, {env['load_average_end'][0]:.2f} at the end. "
-      f"jax {env['jax']} (XLA CPU, {env['xla_cpu_threads']}); torch {env['torch']} "
-      f"({env['torch_threads']} threads, {env['torch_interop_threads']} inter-op, "
-      f"{env['torch_parallel_backend']}, {env['torch_cpu_capability']}), open_clip {env['open_clip']}; "
-      "one process; glibc malloc keeps freed memory (`vlmjax.cpu_memory`, for every row): "
-      f"{'yes' if env.get('malloc_retains_freed_memory') else 'no'}.", "",
-      f"The same model: the config's dual encoder in CLIP's architecture (changed: {changes}), "
-      f"{r['params']['vlmjax']:,} parameters in vlmjax, {r['params']['open_clip']:,} in open_clip (CLIP's "
-      f"patch convolution has no bias: vlmjax's {r['params']['vlmjax_patch_bias']} are folded into the position "
-      "embedding on export), built by `open_clip.create_model` from vlmjax's open_clip export, with the same "
-      f"initial weights. Batch {cfg['batch_size']}, images {cfg['image_size']}², text length "
-      f"{cfg['max_text_len']}, float32, one synthetic batch; CLIP softmax loss with a learnable logit scale "
-      f"(clamped to [0, ln 100] after each update), AdamW (peak lr {opt['learning_rate']:g}, "
-      f"{opt['warmup_steps']} warm-up steps, β = ({opt['b1']:g}, {opt['b2']:g}), ε = {opt['eps']:g}, weight "
-      f"decay {opt['weight_decay']:g}), gradient clipping at global norm {opt['grad_clip_norm']:g}. "
-      f"{_g(r['model_flops_per_step'])} model GFLOP per step (analytic).", "",
-      f"{r['warmup']} warm-up step(s) per row (compilation included), then {r['repeats']} repeats of "
-      f"{r['steps']} steps, the rows taking turns within each repeat; best repeat (median in brackets).", "",
-      "| train step | examples/s | s / step | CPU-s / step | model GFLOP/s | vlmjax's speed-up over it | "
-      "first step (compile) | loss at step 0 | loss after the last step |",
-      "|---|---|---|---|---|---|---|---|---|"]
-  labels = {VLMJAX_ROW: "vlmjax (`jax.jit`)", EAGER_ROW: "open_clip, eager (open_clip_train's default)",
-            COMPILED_ROW: "open_clip, `torch.compile` (--torchcompile)"}
-  for row_name, row in rows.items():
-    lines.append(
-        f"| {labels[row_name]} | {row['examples_per_sec']:.2f} ({row['examples_per_sec_median']:.2f}) | "
-        f"{min(row['step_times_s']):.3f} | {min(row['step_cpu_times_s']):.3f} | "
-        f"{_g(row['model_flops_per_sec'])} | "
-        + ("–" if row_name == VLMJAX_ROW else f"×{row['vlmjax_speedup']:.2f} (×{row['vlmjax_speedup_median']:.2f})")
-        + f" | {row['first_step_s']:.1f} s"
-        + (f" (+ {row['compile_s']:.1f} s XLA compile before it)" if row.get("compile_s") else "")
-        + f" | {row['loss_step0']:.6f} | {row['loss_last']:.6f} |")
-  for row_name, failure in r["failed"].items():
-    lines.append(f"| {labels[row_name]} | failed after {failure['after_s']:.0f} s: {failure['error']} |"
-                 " | | | | | | |")
-  if not r["torch_compile_tried"]:
-    lines.append(f"| {labels[COMPILED_ROW]} | not run (--torch_compile=false) | | | | | | | |")
-  lines += [""]
-  loads, cores = (env["load_average_start"][0], env["load_average_end"][0]), env["cpu_count"]
-  if max(loads) > BUSY_LOAD:
-    lines += [f"**Not measured on an idle machine**: load average {loads[0]:.2f} at the start and "
-              f"{loads[1]:.2f} at the end, on {cores} cores. "
-              "Other processes took CPU time from every row, and not necessarily evenly (compare each "
-              "row's wall time with its CPU time); rerun on an idle machine: "
-              f"`{r.get('command') or 'python -m vlmjax.bench_open_clip --config CONFIG --out benchmarks'}`.", ""]
-  if eager:
-    lines += [f"Step-0 losses agree to {r['loss_step0_max_abs_diff']:.1e} (same weights, same batch). "
-              "CPU-s / step is this process's CPU time (all threads) per step: on a shared machine it "
-              "moves less than wall time. vlmjax's step also checks the loss and gradients for "
-              "NaN/Inf (and skips such a step); the PyTorch step does not. torch.compile's first step is "
-              "shorter when Inductor finds its kernels in its on-disk cache from an earlier run "
-              "(`torch._inductor.config.fx_graph_cache`); XLA compiles from scratch here.", ""]
-  return "\n".join(lines)
-
-
-def _g(x, unit=1e9):
-  return f"{x / unit:,.2f}"
-
-
 # ---------------------------------------------------------------------------------------------- CLI
 
 def define_flags():
@@ -395,20 +324,15 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   metrics.quiet_absl_logging()
   if not FLAGS.out or FLAGS.config is None:
-    bench.fail("--config and --out are required")
-  name = FLAGS.name or "open_clip_" + re.sub(r"\.py$", "", os.path.basename(
-      config_flags.get_config_filename(FLAGS["config"])))
+    cli.fail(PROGRAM, "--config and --out are required")
+  name = FLAGS.name or "open_clip_" + command.config_name()
   try:
     result = bench_against_open_clip(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats, FLAGS.torch_compile)
-    result["command"] = " ".join(["python -m vlmjax.bench_open_clip"] + sys.argv[1:])
-    paths = bench.write_report(FLAGS.out, name, result, markdown(name, result))
-  except (ImportError, config_lib.ConfigError, registry.RegistryError, ValueError, RuntimeError, OSError) as e:
-    bench.fail(e)
-  bench.print_report(paths)
+    result["command"] = " ".join(["python -m vlmjax.bench.open_clip"] + sys.argv[1:])
+    report.publish(FLAGS.out, name, result, report.open_clip_markdown(name, result))
+  except command.ERRORS as e:
+    cli.fail(PROGRAM, e)
 
 
 if __name__ == "__main__":
-  cpu_memory.retain_freed_memory()  # before JAX starts its backends
-  define_flags()
-  jax.config.config_with_absl()
-  app.run(main, flags_parser=bench.parse_flags)
+  command.run(PROGRAM, main, define_flags)

@@ -1,0 +1,248 @@
+"""The benchmark tools' reports: a measured result (a plain dict) rendered as markdown or text, and
+written as a JSON + markdown pair.
+
+The measuring modules (`train_step`, `losses`, `open_clip`, `compile`) return the dicts; everything
+that turns one into prose or a table is here, so the measuring code holds no formatting and a report
+can be re-rendered from its JSON.
+"""
+import datetime
+import json
+import os
+import platform
+
+from vlmjax.bench import cpu_memory
+
+# The rows of the open_clip comparison, as its result names them.
+VLMJAX_ROW, EAGER_ROW, COMPILED_ROW = "vlmjax", "open_clip eager", "open_clip torch.compile"
+
+BUSY_LOAD = 1.5  # load average above which the open_clip report says the machine was not idle
+
+MFU_NOTE = ("MFU is a ratio measured within one run: the matmul peak is probed right before and right after "
+            "the timed steps and the best probe is the denominator. On a CPU shared with other processes "
+            "the wall-clock terms still move unevenly; the CPU-time MFU (model FLOPs per second of this "
+            "process's CPU time, step over probe) is the steadier figure there, and errs low (idle "
+            "thread-pool spinning counts as CPU time).")
+OPEN_CLIP_NOTE = ("CPU-s / step is this process's CPU time (all threads) per step: on a shared machine it moves "
+                  "less than wall time. vlmjax's step also checks the loss and gradients for NaN/Inf (and "
+                  "skips such a step); the PyTorch step does not. torch.compile's first step is shorter when "
+                  "Inductor finds its kernels in its on-disk cache from an earlier run "
+                  "(`torch._inductor.config.fx_graph_cache`); XLA compiles from scratch here.")
+
+
+def environment(devices, load_start) -> dict:
+  """A report's header: the software, the devices, the machine and its load average at the start
+  (`load_start`, `os.getloadavg()` then) and now."""
+  import jax  # pylint: disable=import-outside-toplevel
+  devices = list(devices)
+  return {"jax": jax.__version__, "backend": jax.default_backend(), "devices": len(devices),
+          "device_kind": devices[0].device_kind, "cpu": platform.processor() or platform.machine(),
+          "cpu_count": os.cpu_count(), "load_average_start": list(load_start),
+          "load_average_end": list(os.getloadavg()),
+          "malloc_retains_freed_memory": cpu_memory.retained,
+          "date": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+def write(out: str, name: str, result: dict, markdown: str) -> tuple[str, str]:
+  """Writes OUT/<name>.json (every number of `result`) and OUT/<name>.md; -> their paths."""
+  os.makedirs(out, exist_ok=True)
+  json_path, md_path = os.path.join(out, f"{name}.json"), os.path.join(out, f"{name}.md")
+  with open(json_path, "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=1, default=str)
+  with open(md_path, "w", encoding="utf-8") as f:
+    f.write(markdown)
+  return json_path, md_path
+
+
+def publish(out: str, name: str, result: dict, markdown: str) -> tuple[str, str]:
+  """`write`, then prints the markdown and where both files went."""
+  json_path, md_path = write(out, name, result, markdown)
+  print(markdown)
+  print(f"Wrote {json_path} and {md_path}")
+  return json_path, md_path
+
+
+def _g(x, unit=1e9):
+  return "n/a" if x is None else f"{x / unit:,.2f}"
+
+
+def _mib(x):
+  return f"{x / 2**20:,.1f}"
+
+
+def gib(n) -> str:
+  return f"{n / 2**30:.2f} GiB"
+
+
+def train_step_markdown(name: str, r: dict) -> str:
+  """The train-step benchmark (`train_step.bench_train_step`) of the config `name`."""
+  env, fl, mem, cfg = r["environment"], r["flops"], r["memory_per_device"], r["config"]
+  peak = r["peak_f32"]
+  lines = [
+      f"# Train-step benchmark: {name}", "",
+      f"{env['date']}, jax {env['jax']}, {env['devices']} × {env['device_kind']} ({env['backend']}, "
+      f"{env['cpu_count']} CPU cores), load average {env['load_average_start'][0]:.2f} at the start, "
+      f"{env['load_average_end'][0]:.2f} at the end. glibc malloc keeps freed memory "
+      f"(`vlmjax.bench.cpu_memory`): {'yes' if env.get('malloc_retains_freed_memory') else 'no'}.", "",
+      f"Batch {cfg['batch_size']}, images {cfg['image_size']}², text length {cfg['max_text_len']}, "
+      f"compute dtype {cfg['compute_dtype']}, objectives {', '.join(cfg['objectives'])}, "
+      f"mesh {cfg['mesh']}. Synthetic batches; {r['warmup']} warm-up steps, then {r['repeats']} × "
+      f"{r['steps']} timed steps (best repeat, median in brackets).", "",
+      "| metric | value |", "|---|---|",
+      f"| trace + lower / XLA compile | {r['lower_s']:.1f} s / {r['compile_s']:.1f} s |",
+      f"| steps/s | {r['steps_per_sec']:.3f} ({r['steps_per_sec_median']:.3f}) |",
+      f"| examples/s | {r['examples_per_sec']:.1f} ({r['examples_per_sec_median']:.1f}) |",
+      f"| model GFLOP per step, analytic | {_g(fl['analytic_per_step'])} |",
+      "| XLA GFLOP per step, layers unrolled | " + (
+          _g(fl["xla_per_step_unrolled"]) if fl["xla_per_step_unrolled"] is not None or fl["analytic_over_xla"] is None
+          else "not needed (no layer loop: the count as compiled is complete)") + " |",
+      f"| XLA GFLOP per step, as compiled (a layer loop's body counted once) | "
+      f"{_g(fl['xla_per_step_as_compiled'])} |",
+      "| analytic / XLA | " + (f"{fl['analytic_over_xla']:.3f}" if fl["analytic_over_xla"] else
+                               "n/a (scanned layers: run with --xla_unrolled)") + " |",
+      f"| achieved model GFLOP/s | {_g(r['model_flops_per_sec'])} ({_g(r['model_flops_per_sec_median'])}) |",
+      f"| f32 matmul peak, GFLOP/s (n = {peak['size']}, best of {len(r['peaks_f32_measured'])} probes) | "
+      f"{_g(peak['flops_per_sec'])} |",
+      f"| **MFU** (of the measured f32 matmul peak) | **{r['mfu']:.1%}** ({r['mfu_median']:.1%}) |",
+  ]
+  if env["backend"] == "cpu":
+    lines.append(f"| MFU by this process's CPU time (step vs. matmul probe) | {r['mfu_cpu_time']:.1%} |")
+  if cfg["compute_dtype"] != "float32":
+    lines.append(f"| {cfg['compute_dtype']} matmul peak GFLOP/s / MFU of it | "
+                 f"{_g(r['peak_compute_dtype']['flops_per_sec'])} / {r['mfu_compute_dtype']:.1%} |")
+  lines += [f"| memory per device: arguments / outputs (of which aliased to the donated state) / "
+            f"temporaries, MiB | {_mib(mem.get('argument_size', 0))} / {_mib(mem.get('output_size', 0))} "
+            f"({_mib(mem.get('alias_size', 0))}) / {_mib(mem.get('temp_size', 0))} |"]
+  lines += ["", "Analytic forward GFLOP by part (a train step is 3 × forward):", "", "| part | GFLOP |", "|---|---|"]
+  lines += [f"| {k} | {_g(v)} |" for k, v in fl["analytic_parts_forward"].items() if k != "train_step"]
+  if r.get("layer_profile"):
+    probe = max(r["peaks_f32_measured_cpu_time"])
+    lines += ["", "One image-tower block, forward + backward at this batch (the real `layers` modules), "
+              "by this process's CPU time; matmul efficiency = matmul GFLOP per CPU-second over the "
+              "f32 matmul probe's:", "",
+              "| part | matmul GFLOP | CPU ms | wall ms | matmul efficiency |", "|---|---|---|---|---|"]
+    lines += [f"| {row['part']} | {_g(row['matmul_flops'])} | {row['cpu_s'] * 1e3:,.1f} | {row['wall_s'] * 1e3:,.1f} | "
+              + (f"{row['cpu_time_flops_per_sec'] / probe:.0%}" if row["matmul_flops"] else "–") + " |"
+              for row in r["layer_profile"]]
+  lines += ["", "f32 matmul probe (GFLOP/s by size, all devices):",
+            " ".join(f"n={n}: {_g(v)};" for n, v in peak["by_size"].items()), "",
+            MFU_NOTE, ""]
+  return "\n".join(lines)
+
+
+def losses_markdown(r: dict) -> str:
+  """The loss-memory benchmark (`losses.bench_losses`)."""
+  env, sizes = r["environment"], r["batch_sizes"]
+  header = "| loss | form | " + " | ".join(f"B = {b}" for b in sizes) + " | growth per doubling |"
+  rule = "|---|---|" + "---|" * len(sizes) + "---|"
+
+  def table(key, caption):
+    rows = [caption, "", header, rule]
+    for f in r["forms"]:
+      cell = f[key]
+      rows.append(f"| {f['objective']} | {f['distributed']} | " + " | ".join(_mib(t) for t in cell["temp_bytes"])
+                  + " | " + ", ".join(f"×{g:.2f}" for g in cell["growth_per_doubling"]) + " |")
+    return rows
+
+  lines = [
+      "# Contrastive loss memory", "",
+      f"{env['date']}, jax {env['jax']}, {env['backend']} devices ({env['device_kind']}). "
+      f"`compiled.memory_analysis().temp_size_in_bytes` (MiB per device) of "
+      f"`jax.jit(jax.value_and_grad(loss, argnums=(image_embeds, text_embeds)))`, embeddings "
+      f"[B, {r['embed_dim']}] float32 sharded over the batch; the losses are the registered objectives "
+      "built with `distributed=...`. Compiled only, never run.", ""]
+  lines += table("fixed_devices", f"On {r['num_devices']} devices (per-device batch b = B / {r['num_devices']}):")
+  lines += [""]
+  lines += table("fixed_per_device_batch",
+                 f"With the per-device batch fixed at b = {r['per_device_batch']}, on "
+                 f"{' / '.join(map(str, r['device_counts']))} devices:")
+  lines += ["", "Per-device sizes the forms are built around: CLIP global one [B, B] logit matrix (GSPMD may "
+            "split its rows over devices), CLIP local [b, B] rows; SigLIP global [B, B], SigLIP ring one [b, b] "
+            "block per hop. ×2 per doubling is linear growth, ×4 quadratic.", ""]
+  return "\n".join(lines)
+
+
+def open_clip_markdown(name: str, r: dict) -> str:
+  """The comparison with open_clip (`open_clip.bench_against_open_clip`) of the config `name`."""
+  env, cfg, opt, rows = r["environment"], r["config"], r["config"]["optimizer"], r["rows"]
+  changes = ", ".join(f"`{c}`" for c in cfg["clip_architecture_changes"]) or "none"
+  eager = rows.get(EAGER_ROW)
+  lines = [
+      f"# Train step: vlmjax vs open_clip (PyTorch), {name}", "",
+      f"{env['date']}, {env['cpu']} ({env['cpu_count']} CPU cores), load average "
+      f"{env['load_average_start'][0]:.2f} at the start, {env['load_average_end'][0]:.2f} at the end. "
+      f"jax {env['jax']} (XLA CPU, {env['xla_cpu_threads']}); torch {env['torch']} "
+      f"({env['torch_threads']} threads, {env['torch_interop_threads']} inter-op, "
+      f"{env['torch_parallel_backend']}, {env['torch_cpu_capability']}), open_clip {env['open_clip']}; "
+      "one process; glibc malloc keeps freed memory (`vlmjax.bench.cpu_memory`, for every row): "
+      f"{'yes' if env.get('malloc_retains_freed_memory') else 'no'}.", "",
+      f"The same model: the config's dual encoder in CLIP's architecture (changed: {changes}), "
+      f"{r['params']['vlmjax']:,} parameters in vlmjax, {r['params']['open_clip']:,} in open_clip (CLIP's "
+      f"patch convolution has no bias: vlmjax's {r['params']['vlmjax_patch_bias']} are folded into the position "
+      "embedding on export), built by `open_clip.create_model` from vlmjax's open_clip export, with the same "
+      f"initial weights. Batch {cfg['batch_size']}, images {cfg['image_size']}², text length "
+      f"{cfg['max_text_len']}, float32, one synthetic batch; CLIP softmax loss with a learnable logit scale "
+      f"(clamped to [0, ln 100] after each update), AdamW (peak lr {opt['learning_rate']:g}, "
+      f"{opt['warmup_steps']} warm-up steps, β = ({opt['b1']:g}, {opt['b2']:g}), ε = {opt['eps']:g}, weight "
+      f"decay {opt['weight_decay']:g}), gradient clipping at global norm {opt['grad_clip_norm']:g}. "
+      f"{_g(r['model_flops_per_step'])} model GFLOP per step (analytic).", "",
+      f"{r['warmup']} warm-up step(s) per row (compilation included), then {r['repeats']} repeats of "
+      f"{r['steps']} steps, the rows taking turns within each repeat; best repeat (median in brackets).", "",
+      "| train step | examples/s | s / step | CPU-s / step | model GFLOP/s | vlmjax's speed-up over it | "
+      "first step (compile) | loss at step 0 | loss after the last step |",
+      "|---|---|---|---|---|---|---|---|---|"]
+  labels = {VLMJAX_ROW: "vlmjax (`jax.jit`)", EAGER_ROW: "open_clip, eager (open_clip_train's default)",
+            COMPILED_ROW: "open_clip, `torch.compile` (--torchcompile)"}
+  for row_name, row in rows.items():
+    lines.append(
+        f"| {labels[row_name]} | {row['examples_per_sec']:.2f} ({row['examples_per_sec_median']:.2f}) | "
+        f"{min(row['step_times_s']):.3f} | {min(row['step_cpu_times_s']):.3f} | "
+        f"{_g(row['model_flops_per_sec'])} | "
+        + ("–" if row_name == VLMJAX_ROW else f"×{row['vlmjax_speedup']:.2f} (×{row['vlmjax_speedup_median']:.2f})")
+        + f" | {row['first_step_s']:.1f} s"
+        + (f" (+ {row['compile_s']:.1f} s XLA compile before it)" if row.get("compile_s") else "")
+        + f" | {row['loss_step0']:.6f} | {row['loss_last']:.6f} |")
+  for row_name, failure in r["failed"].items():
+    lines.append(f"| {labels[row_name]} | failed after {failure['after_s']:.0f} s: {failure['error']} |"
+                 " | | | | | | |")
+  if not r["torch_compile_tried"]:
+    lines.append(f"| {labels[COMPILED_ROW]} | not run (--torch_compile=false) | | | | | | | |")
+  lines += [""]
+  loads, cores = (env["load_average_start"][0], env["load_average_end"][0]), env["cpu_count"]
+  if max(loads) > BUSY_LOAD:
+    lines += [f"**Not measured on an idle machine**: load average {loads[0]:.2f} at the start and "
+              f"{loads[1]:.2f} at the end, on {cores} cores. "
+              "Other processes took CPU time from every row, and not necessarily evenly (compare each "
+              "row's wall time with its CPU time); rerun on an idle machine: "
+              f"`{r.get('command') or 'python -m vlmjax.bench.open_clip --config CONFIG --out benchmarks'}`.", ""]
+  if eager:
+    lines += [f"Step-0 losses agree to {r['loss_step0_max_abs_diff']:.1e} (same weights, same batch). "
+              + OPEN_CLIP_NOTE, ""]
+  return "\n".join(lines)
+
+
+def compile_text(r: dict) -> str:
+  """The TPU sizing report (`compile.compile_step`) as an aligned two-column table."""
+  m = r["memory"]
+  rows = [
+      ("slice", f"{r['topology']} ({r['libtpu_topology']}, {r['chips']} chips, {r['hosts']} hosts, {r['device_kind']})"),
+      ("mesh", " × ".join(f"{k}={v}" for k, v in r["mesh"].items())),
+      ("batch", f"{r['batch_size']} global, {r['per_chip_batch']} per chip, {r['microbatches']} microbatch(es)"),
+      ("params", f"{r['params'] / 1e6:.1f} M"),
+      ("memory per chip: arguments", f"{gib(m['arguments'])} (params, optimizer state, batch)"),
+      ("memory per chip: temporaries", f"{gib(m['temporaries'])} (activations, gradients, collectives)"),
+      ("memory per chip: total", f"{gib(m['total'])} of {gib(m['hbm'])} HBM ({100 * m['total'] / m['hbm']:.0f}%)"),
+  ]
+  if r["model_flops_per_step"]:
+    rows.append(("model FLOPs per step", f"{r['model_flops_per_step']:.3e} (matmuls, forward + backward)"))
+  if r["estimated_time"]:
+    rows += [
+        ("compiled FLOPs per step", f"{r['flops_per_step']:.3e} ({r['flops_per_chip']:.3e} per chip, remat included)"),
+        ("estimated step time", f"{r['step_time_s'] * 1e3:.1f} ms (XLA's TPU cost model; compute-or-HBM "
+                                f"roofline {r['roofline_step_time_s'] * 1e3:.1f} ms; ICI collectives not modelled)"),
+        ("estimated throughput", f"{r['examples_per_s']:,.0f} examples/s"),
+    ]
+    if r["mfu"] is not None:
+      rows.append(("estimated MFU", f"{100 * r['mfu']:.1f}% of {r['peak_bf16_flops_per_chip'] / 1e12:.0f} "
+                                    "TFLOP/s bf16 per chip"))
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
