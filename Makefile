@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/python -m vlmjax.data.shapes --data_dir data/tfds --config default
 	$(BIN)/python -m vlmjax.train --config configs/demo.py --workdir $(DEMO_WORKDIR)
 	$(BIN)/python -m vlmjax.evaluate --workdir $(DEMO_WORKDIR)
-	$(BIN)/python -m vlmjax.export --workdir $(DEMO_WORKDIR) --out $(DEMO_WORKDIR)/bundle
+	$(BIN)/python -m vlmjax.export --workdir $(DEMO_WORKDIR) --out $(DEMO_WORKDIR)/bundle --force
 
 # The whole suite, slow end-to-end tests included, in two worker processes (a test file stays in
 # one worker: module fixtures train once); `make test-fast` skips the tests marked slow.

@@ -17,5 +17,5 @@ from vlmjax.config import load_file
 def get_config(arg=None):
   del arg
   c = load_file(os.path.join(os.path.dirname(__file__), "clip.py"))
-  c.objectives = dict(filip=dict(weight=1.0, chunk_size=32))
+  c.objectives = dict(filip=dict(weight=1.0, chunk_size=32, distributed="global", top_token_fraction=1.0))
   return c

@@ -71,9 +71,9 @@ def error_line(result, workdir) -> str:
 @pytest.mark.parametrize("override,culprits", [
     ("--config.batch_sise=64", ("batch_sise", "batch_size")),  # names the key and suggests the right one
     ("--config.optimizer.learning_rat=0.1", ("learning_rat",)),
-    # A key that does not exist yet under the (open, empty) `files` dict cannot be set from the
+    # A split the base config does not list under the open `files` dict cannot be added from the
     # command line with ml_collections; it must still be a clean one-line error.
-    ("--config.data.files.train=/tmp/x.csv", ("files.train",)),
+    ("--config.data.files.holdout=/tmp/x.csv", ("files.holdout",)),
     ("--config.batch_size=abc", ("batch_size", "abc")),  # wrong type
     ("--config.model.image.variant=Q/16", ("Q/16",)),
 ])
@@ -81,6 +81,15 @@ def test_bad_override(tiny_data_dir, tmp_path, override, culprits):
   workdir = tmp_path / "w"
   line = error_line(run_cli(tiny_data_dir, workdir, override), workdir)
   assert all(culprit in line for culprit in culprits), line
+
+
+def test_data_files_from_the_command_line(tiny_data_dir, tmp_path):
+  """The documented way to point a config at CSV data: the split's key exists, so the override is
+  accepted and the missing file is what gets named."""
+  workdir = tmp_path / "w"
+  line = error_line(run_cli(tiny_data_dir, workdir, "--config.data.name=csv",
+                            f"--config.data.files.train={tmp_path}/train.csv"), workdir)
+  assert f"data: file '{tmp_path}/train.csv' does not exist" in line
 
 
 def test_batch_size_not_divisible_by_devices(tiny_data_dir, tmp_path):
@@ -192,7 +201,8 @@ c.evals = dict(retrieval=dict(type="retrieval", split="test", num_examples=32))
   assert "retrieval/image_to_text_R@1" in result.stdout
   assert (workdir / "checkpoints").is_dir()
   trained = json.loads((workdir / "eval_results.json").read_text())
-  assert set(trained) == {f"retrieval/{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)}
+  assert set(trained) == {"step"} | {f"retrieval/{d}_R@{k}" for d in ("image_to_text", "text_to_image")
+                                     for k in (1, 5, 10)}
   # Evaluating the saved checkpoint later (python -m vlmjax.evaluate) reproduces the final results.
   from vlmjax import evaluate
   assert evaluate.evaluate_workdir(str(workdir)) == pytest.approx(trained, abs=1e-6)

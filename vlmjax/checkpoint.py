@@ -10,14 +10,32 @@ is unpickled: the state is read with StandardRestore (tensorstore + JSON), the d
 Every process writes: its shards of the state, and its own data-iterator file. A checkpoint restores
 onto any number of processes: the state by its shardings, the data position from the files of the
 processes that wrote it (identical by construction, see `pipeline.train_dataset`).
+
+A step that cannot be restored (a truncated array file, a garbled JSON, an empty folder) is reported
+in one line and the newest older step that restores is used instead. The trainer, which owns the
+run, moves the damaged folder aside to `checkpoints/damaged-<step>`; a reader (evaluate, export,
+init) leaves it where it is. Nothing is deleted, and when no step restores nothing is moved.
 """
 import dataclasses
 import json
+import logging
 import os
+import sys
 
 import grain
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
+
+# A step folder moved aside is renamed `damaged-<step>`: orbax lists (and so restores, and deletes to
+# keep the last `keep`) only folders named by a bare number, and cleans up only its `.orbax-checkpoint-
+# tmp` folders, so it never touches these.
+DAMAGED = "damaged-"
+
+
+class CheckpointError(FileNotFoundError):
+  """No step can be restored; a FileNotFoundError, which every command reports in one line."""
 
 
 class DataIteratorHandler(grain.checkpoint.CheckpointHandler):
@@ -49,6 +67,98 @@ class DataRestore(ocp.args.CheckpointArgs):
   item: object
 
 
+def _describe(e: Exception) -> str:
+  """'Type: message' on one line of at most about 200 characters. A long message keeps its end too:
+  tensorstore's names the file and what is wrong with it last."""
+  message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+  message = next((line for line in message.splitlines() if line.strip()), "")
+  message = " ".join(message.split(" [tensorstore_spec")[0].split())  # then its whole spec as JSON
+  if len(message) > 200:
+    message = f"{message[:80]} ... {message[-115:]}"
+  return f"{type(e).__name__}: {message}"
+
+
+class _AbandonedReads(logging.Filter):
+  """Drops asyncio's report of a read, in one of `directories`, whose error nobody retrieved."""
+
+  def __init__(self):
+    super().__init__()
+    self.directories = set()
+
+  def filter(self, record):
+    message = str(record.msg)
+    return not ("exception was never retrieved" in message.split("\n", 1)[0] and
+                any(d in message for d in self.directories))
+
+
+def _quiet_abandoned_reads(directory: str):
+  """A failed restore abandons the other reads in flight. As each finishes, asyncio logs a traceback
+  (its error was never retrieved) or Python prints one (its callback finds orbax's event loop closed):
+  from other threads, often after the restore has returned, up to hundreds, none saying more than the
+  error the restore raised. Those about `directory`, and the closed loop's, are dropped for the rest of
+  the process; any other asyncio error or unraisable exception is reported as before."""
+  asyncio_logger = logging.getLogger("asyncio")
+  quiet = next((f for f in asyncio_logger.filters if isinstance(f, _AbandonedReads)), None)
+  if quiet is None:
+    quiet = _AbandonedReads()
+    asyncio_logger.addFilter(quiet)
+  quiet.directories.add(directory)
+  previous = sys.unraisablehook
+  if getattr(previous, "vlmjax_quiet_closed_loop", False):
+    return
+
+  def hook(unraisable):
+    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+      return
+    previous(unraisable)
+  hook.vlmjax_quiet_closed_loop = True
+  sys.unraisablehook = hook
+
+
+def _on_every_process(ok: bool) -> bool:
+  """Whether `ok` holds on every process: they must all use the same step."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _restore_newest(directory: str, steps, restore_step):
+  """-> (result, step, failed): `restore_step(step)` of the newest of `steps` (in `directory`) that
+  restores on every process, and [(step, reason)] of the newer ones that did not, newest first;
+  (None, None, failed) when none does."""
+  _quiet_abandoned_reads(directory)
+  failed = []
+  for step in sorted(steps, reverse=True):
+    try:
+      result, reason = restore_step(step), None
+    except Exception as e:  # pylint: disable=broad-except  # orbax, tensorstore, json: many types for damage
+      result, reason = None, _describe(e)
+    if _on_every_process(reason is None):
+      return result, step, failed
+    failed.append((step, reason or "it failed on another process"))
+  return None, None, failed
+
+
+def _cannot_restore(directory: str, step: int, reason: str) -> str:
+  return f"checkpoint: step {step} in '{directory}' cannot be restored ({reason})"
+
+
+def _none_restores(directory: str, failed, named: bool = False) -> CheckpointError:
+  """The error for `failed` ([(step, reason)], newest first: every step tried); `named`: the one step
+  the caller asked for."""
+  (newest, reason), *_ = failed
+  if named:
+    return CheckpointError(_cannot_restore(directory, newest, reason))
+  steps = ", ".join(str(step) for step, _ in reversed(failed))
+  return CheckpointError(f"checkpoint: no step in '{directory}' can be restored (step {newest}: {reason}; "
+                         f"saved steps: {steps}); every step folder is left where it is")
+
+
+def _report(line: str):
+  if jax.process_index() == 0:
+    print(line, file=sys.stderr, flush=True)
+
+
 class Checkpointer:
 
   def __init__(self, directory: str, every_steps: int, keep: int, async_save: bool = True,
@@ -58,12 +168,15 @@ class Checkpointer:
     (evaluate, export) that may look at a folder a run is still saving into."""
     self.directory = os.path.abspath(directory)
     self.every_steps = every_steps
-    self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
-            cleanup_tmp_directories=cleanup),
-        item_names=("state", "data"))
+    # lightweight_initialize: the steps' own metadata (save time, metrics) is not read when listing
+    # them; nothing here uses it, and a damaged step's would log an error each time a manager opens.
+    self.options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+        cleanup_tmp_directories=cleanup, lightweight_initialize=True)
+    self.manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(self.directory, options=self.options, item_names=("state", "data"))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -86,6 +199,37 @@ class Checkpointer:
       items["data"] = DataRestore(data_iterator)
     return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
+  def resume(self, abstract_state, data_iterator=None):
+    """`restore` of the newest step that restores, for the trainer, which owns the run. A newer step
+    that does not is reported in one line and moved aside to `damaged-<step>` (process 0 moves, the
+    others wait), never deleted. CheckpointError when no step restores; then nothing is moved."""
+    state, step, failed = _restore_newest(
+        self.directory, self.manager.all_steps(), lambda s: self.restore(abstract_state, data_iterator, s))
+    if step is None:
+      raise _none_restores(self.directory, failed)
+    if not failed:
+      return state
+    if jax.process_index() == 0:
+      for damaged, reason in failed:
+        moved = self._move_aside(damaged)
+        _report(f"{_cannot_restore(self.directory, damaged, reason)}; moved aside to '{moved}'; "
+                f"resuming from step {step}")
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("vlmjax.checkpoint.resume")  # all moved before anyone lists
+    self.manager.close()
+    self.manager = self._open()  # its list of steps still holds the moved ones
+    return state
+
+  def _move_aside(self, step: int) -> str:
+    """Renames step `step`'s folder to a free `damaged-<step>[-n]` beside it; -> the new path."""
+    target = os.path.join(self.directory, f"{DAMAGED}{step}")
+    n = 1
+    while os.path.exists(target):
+      n += 1
+      target = os.path.join(self.directory, f"{DAMAGED}{step}-{n}")
+    os.rename(os.path.join(self.directory, str(step)), target)
+    return target
+
   def restore_params(self, abstract_params, step: int | None = None):
     """Only the params (for evaluation and export); the optimizer state is not read."""
     step = self.latest_step() if step is None else step
@@ -96,6 +240,19 @@ class Checkpointer:
                 lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), target),
             partial_restore=True)))
     return restored["state"]["params"]
+
+  def read_params(self, abstract_params, step: int | None = None):
+    """-> (params, step): `restore_params` for a reader, which never moves anything. With no `step`,
+    a newer step that does not restore is reported in one line and the newest that does is read.
+    CheckpointError naming the step (or the folder) when it (or none) restores."""
+    steps = self.manager.all_steps() if step is None else [step]
+    params, used, failed = _restore_newest(self.directory, steps, lambda s: self.restore_params(abstract_params, s))
+    if used is None:
+      raise _none_restores(self.directory, failed, named=step is not None)
+    for damaged, reason in failed:
+      _report(f"{_cannot_restore(self.directory, damaged, reason)}; reading step {used} instead (the "
+              "folder is left as it is)")
+    return params, used
 
   def close(self):
     self.manager.wait_until_finished()

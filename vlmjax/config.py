@@ -7,6 +7,7 @@ unknown keys, wrong types, unknown registry names, batch sizes the mesh cannot s
 import difflib
 import importlib.util
 import inspect
+import math
 import os
 
 import ml_collections
@@ -38,7 +39,8 @@ def base_config() -> ml_collections.ConfigDict:
       builder_config="default",   # vlmjax_shapes size: default or tiny
       tfds_name="",               # for name='tfds'
       fields={},                  # record key -> dataset feature path, for name='tfds'
-      files={},                   # split -> CSV/JSONL path, for name='csv'/'jsonl'
+      files=dict(train="", validation="", test="", test_unseen=""),  # split -> CSV/JSONL path, for
+                                  # name='csv'/'jsonl' ('' = none; other split names may be added)
       image_root="",
       image_key="image_path",
       caption_key="caption",
@@ -158,6 +160,79 @@ def init_sources(init) -> list[tuple[str, str]]:
   return sources
 
 
+def _finite(value) -> bool:
+  return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+# (key, lowest allowed value, whether the lowest is allowed): every number a config may hold.
+RANGES = (
+    ("seed", 0, True), ("log_every_steps", 1, True), ("eval_every_steps", 0, True),
+    ("checkpoint.keep", 1, True), ("checkpoint.every_steps", 0, True), ("total_epochs", 0, True),
+    ("optimizer.learning_rate", 0, True), ("optimizer.end_learning_rate", 0, True),
+    ("optimizer.weight_decay", 0, True), ("optimizer.grad_clip_norm", 0, True),
+    ("optimizer.warmup_steps", 0, True), ("optimizer.eps", 0, False), ("optimizer.b1", 0, True),
+    ("optimizer.b2", 0, True), ("input.image_size", 1, True), ("input.crop_min", 0, False),
+    ("input.brightness", 0, True), ("input.subcaptions", 0, True), ("tokenizer.vocab_size", 5, True),
+    ("tokenizer.train_examples", 1, True), ("data.num_threads", 0, True),
+)
+
+
+def _get(config, key: str):
+  """The value at a dotted key, None where a section leaves it out (a config may replace a section
+  such as `input` with only the keys it uses)."""
+  for part in key.split("."):
+    if part not in config:
+      return None
+    config = config[part]
+  return config
+
+
+def _check_ranges(config):
+  """Every number in range and finite: a NaN or negative learning rate would train to NaN params."""
+  for key, lowest, inclusive in RANGES:
+    value = _get(config, key)
+    if value is None:
+      continue
+    if not _finite(value) or value < lowest or (value == lowest and not inclusive):
+      bound = f">= {lowest}" if inclusive else f"> {lowest}"
+      raise ConfigError(f"config: '{key}' {value!r} must be a finite number {bound}")
+  for key in ("optimizer.b1", "optimizer.b2"):
+    if _get(config, key) >= 1:
+      raise ConfigError(f"config: '{key}' {_get(config, key)!r} must be below 1")
+  if config.input.get("crop_min", 1.0) > 1:
+    raise ConfigError(f"config: 'input.crop_min' {config.input.crop_min!r} must be at most 1 (a fraction of the side)")
+
+
+def _check_input_sizes(config, model_cls):
+  """The input shapes against the towers that read them: the image side a whole number of patches,
+  the text no longer than the text tower's position table."""
+  towers = getattr(model_cls, "towers", {})
+  if "image" in towers:
+    tower = {**decode_variant(dict(config.model.get("image") or {}).get("variant", "S/16")),
+             **{k: v for k, v in (config.model.get("image") or {}).items() if k != "variant"}}
+    patch = tower.get("patch_size", 16)
+    if config.input.image_size % patch:
+      raise ConfigError(f"config: 'input.image_size' {config.input.image_size} is not a multiple of the image "
+                        f"tower's patch_size {patch}")
+  if "text" in towers:
+    max_len = dict(config.model.get("text") or {}).get("max_len", inspect.signature(towers["text"]).parameters[
+        "max_len"].default)
+    if config.input.max_text_len > max_len:
+      raise ConfigError(f"config: 'input.max_text_len' {config.input.max_text_len} exceeds the text tower's "
+                        f"max_len {max_len} (model.text.max_len)")
+
+
+def check_keys_and_ranges(config):
+  """The checks of `validate` that need no devices: keys and types against the base config, value
+  ranges, and the input sizes against the model's towers."""
+  _check_against_base(config)
+  _check_ranges(config)
+  try:
+    _check_input_sizes(config, registry.get("model", config.model.name))
+  except registry.RegistryError as e:
+    raise ConfigError(f"config: {e}") from None
+
+
 def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
   """Raises ConfigError on the first problem. `batch_ways` = data × fsdp mesh size."""
   _check_against_base(config)
@@ -190,9 +265,13 @@ def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
     raise ConfigError(f"config: {e}") from None
   if not config.objectives:
     raise ConfigError("config: 'objectives' is empty; name at least one (e.g. clip=dict(weight=1.0))")
+  _check_ranges(config)
+  _check_input_sizes(config, model_cls)
   if config.total_steps <= 0 and config.total_epochs <= 0:
     raise ConfigError("config: 'total_steps' (or 'total_epochs') must be positive")
-  if config.batch_size <= 0 or config.batch_size % batch_ways:
+  if config.batch_size <= 0:
+    raise ConfigError(f"config: 'batch_size' {config.batch_size} must be positive")
+  if config.batch_size % batch_ways:
     raise ConfigError(f"config: 'batch_size' {config.batch_size} is not divisible by the mesh's "
                       f"data×fsdp = {batch_ways} ways (devices: {num_devices})")
   if config.microbatches < 1 or config.batch_size % (batch_ways * config.microbatches):

@@ -31,7 +31,12 @@ def build_objectives(config) -> dict:
   out = {}
   for name, cfg in config.objectives.items():
     kwargs = {k: v for k, v in cfg.to_dict().items() if k != "weight"}
-    out[name] = (float(cfg.weight), registry.get("objective", name)(**kwargs))
+    try:
+      out[name] = (float(cfg.weight), registry.get("objective", name)(**kwargs))
+    except (ValueError, TypeError) as e:  # an objective refusing one of its values
+      if isinstance(e, config_lib.ConfigError):
+        raise
+      raise config_lib.ConfigError(f"config: objectives.{name}: {e}") from None
   return out
 
 
@@ -45,6 +50,7 @@ class Experiment:
   tx: object             # optax GradientTransformation
   schedule: object       # step -> learning rate
   fields: dict           # {batch key: batch_spec.Field}, model's then objectives'
+  model_field_names: tuple  # the model's own fields: what init reads
 
   @property
   def batch_size(self) -> int:
@@ -55,7 +61,7 @@ class Experiment:
     return batch_spec.zeros_batch(self.model_fields(), self.config.input, 1)
 
   def model_fields(self) -> dict:
-    return {k: f for k, f in self.fields.items() if k in self.model.batch_keys.values()}
+    return {k: self.fields[k] for k in self.model_field_names}
 
   def train_fields(self) -> dict:
     """The fields of a train batch: the experiment's and the pipeline's bad-record counts."""
@@ -137,7 +143,8 @@ def build(config, vocab_size: int, *, total_steps: int | None = None, mesh: Mesh
   built = build_objectives(config) if objectives else {}
   tx, schedule = trainer.make_optimizer(config.optimizer, max(total_steps or config.total_steps, 1))
   # An objective declares its fields on its class: a reader that builds no objective sees them too.
-  fields = batch_spec.merge(model.batch_fields(config.input, prompt_len),
+  model_fields = model.batch_fields(config.input, prompt_len)
+  fields = batch_spec.merge(model_fields,
                             *(getattr(registry.get("objective", name), "batch_fields", ()) for name in config.objectives))
   return Experiment(config, mesh, sharding.rules_from_config(config.sharding_rules), model, built, tx,
-                    schedule, fields)
+                    schedule, fields, tuple(f.name for f in model_fields))

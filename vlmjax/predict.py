@@ -22,9 +22,15 @@ run with one line naming it (or is left out with a warning under `--skip_unreada
   the captioning evaluator generates (greedy, or --temperature > 0 sampling from the --top_k pieces;
   at most --max_new_tokens pieces).
 Add --json FILE to `classify` / `retrieve` / `caption` for machine-readable results.
+
+Every mistake in the flags (a value out of range, a flag the command does not use, a folder where a
+file is to be written, an empty or repeated class) is refused in one line naming the flag, before
+the bundle is loaded and before anything is written. The outputs (--out, --json, --grid) are the
+files named, replaced when they exist; never a folder, a file of the bundle or an input image.
 """
 import json
 import os
+import string
 import sys
 import types
 
@@ -41,15 +47,62 @@ from vlmjax.evals.common import Embedder
 from vlmjax.evals.zeroshot import DEFAULT_PROMPTS, ZeroShot
 from vlmjax.metrics import quiet_absl_logging
 from vlmjax.models.generate import make_generate
-from vlmjax.run import Bundle
+from vlmjax.run import Bundle, RunDir
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 COMMANDS = ("embed", "classify", "retrieve", "caption")
 DUAL_ENCODER_COMMANDS = ("embed", "classify", "retrieve")
+# The commands each flag is for; any other command refuses it rather than ignore it.
+FLAG_COMMANDS = {
+    "out": ("embed",), "text": ("embed",), "classes": ("classify",), "classes_file": ("classify",),
+    "prompt": ("classify",), "query": ("retrieve",), "grid": ("retrieve",), "max_new_tokens": ("caption",),
+    "temperature": ("caption",), "seed": ("caption",), "top_k": ("classify", "retrieve", "caption"),
+    "json": ("classify", "retrieve", "caption")}
 
 
 class PredictError(ValueError):
   """Bad input: the message is one line naming the file, flag or bundle at fault."""
+
+
+def at_least(flag: str, value, least):
+  if value < least:
+    raise PredictError(f"predict: --{flag} must be at least {least} (got {value})")
+
+
+def check_numbers(command: str | None = None, batch_size: int = 1, devices: int = 0, top_k: int = 1,
+                  max_new_tokens: int = 1, temperature: float = 0.0):
+  """Raises PredictError naming the first number out of range (for `command`, when given)."""
+  at_least("batch_size", batch_size, 1)
+  at_least("devices", devices, 0)  # 0: all of this process's
+  if command in ("classify", "retrieve"):
+    at_least("top_k", top_k, 1)
+  if command == "caption":
+    at_least("max_new_tokens", max_new_tokens, 1)
+    at_least("temperature", temperature, 0)
+    at_least("top_k", top_k, 0)  # 0: sample from every piece
+
+
+def check_classes(class_names):
+  """Raises PredictError on an empty or repeated class name (the ranking would be meaningless)."""
+  seen = set()
+  for name in class_names:
+    if not name.strip():
+      raise PredictError("predict: --classes holds an empty class name")
+    if name in seen:
+      raise PredictError(f"predict: class '{name}' is named twice in --classes / --classes_file")
+    seen.add(name)
+
+
+def check_prompts(prompts):
+  """Raises PredictError unless each prompt template holds exactly one '{}' (where the class goes)."""
+  for prompt in prompts:
+    try:
+      fields = [field for _, field, _, _ in string.Formatter().parse(prompt) if field is not None]
+    except ValueError:  # a lone '{' or '}'
+      fields = None
+    if fields != [""]:
+      raise PredictError(f"predict: --prompt '{prompt}' must hold '{{}}' exactly once, where the class name goes "
+                         "(write '{{' and '}}' for literal braces)")
 
 
 def list_images(paths) -> list[str]:
@@ -79,6 +132,8 @@ class Predictor:
 
   def __init__(self, bundle: str, devices: int = 0, batch_size: int = 64, skip_unreadable: bool = False,
                progress: bool = True):
+    check_bundle(bundle)
+    check_numbers(batch_size=batch_size, devices=devices)
     available = jax.local_devices()
     devices = devices or len(available)
     if devices > len(available):
@@ -185,14 +240,10 @@ class Predictor:
 
 def classify(predictor: Predictor, paths, class_names=(), prompts=(), top_k: int = 5):
   """-> [{'image': path, 'top': [(class, score), ...]}] (top_k best first)."""
+  check_numbers("classify", top_k=top_k)
   class_names = tuple(class_names) or predictor.default_classes()
-  for name in class_names:
-    if not name.strip():
-      raise PredictError("predict: --classes holds an empty class name")
-  if prompts:
-    for p in prompts:
-      if "{}" not in p:
-        raise PredictError(f"predict: prompt '{p}' has no '{{}}' for the class name")
+  check_classes(class_names)
+  check_prompts(prompts)
   classes = predictor.class_embeddings(class_names, tuple(prompts) or predictor.default_prompts())
   kept, images = predictor.embed_images(list_images(paths))
   logits = predictor.logit_scale() * images @ classes.T
@@ -206,8 +257,11 @@ def classify(predictor: Predictor, paths, class_names=(), prompts=(), top_k: int
 
 def retrieve(predictor: Predictor, paths, queries, top_k: int = 8):
   """-> [{'query': text, 'top': [(path, cosine), ...]}] (top_k best first)."""
+  check_numbers("retrieve", top_k=top_k)
   if not queries:
     raise PredictError("predict: retrieve needs --query TEXT (repeatable)")
+  if not all(q.strip() for q in queries):
+    raise PredictError("predict: --query holds an empty text")
   kept, images = predictor.embed_images(list_images(paths))
   sims = predictor.embed_texts(queries) @ images.T
   order = np.argsort(-sims, axis=1, kind="stable")[:, :top_k]
@@ -251,9 +305,10 @@ def embed(predictor: Predictor, paths=(), texts=(), out: str = "") -> tuple[list
   else:
     inputs, embeddings = predictor.embed_images(list_images(paths))
   if out:
+    check_output("out", out, ".npy")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     np.save(out, embeddings.astype(np.float32))
-    with open(os.path.splitext(out)[0] + ".txt", "w", encoding="utf-8") as f:
+    with open(inputs_file(out), "w", encoding="utf-8") as f:
       f.write("".join(s.replace("\n", " ") + "\n" for s in inputs))
   return inputs, embeddings
 
@@ -263,11 +318,15 @@ def caption(predictor: Predictor, paths, max_new_tokens: int = 32, temperature: 
   """A caption for each readable image -> [{'image': path, 'caption': text}], in input order. The
   images go through the model in fixed-size batches (the last one padded), one jitted generation."""
   model, config = predictor.model, predictor.config
+  check_numbers("caption", top_k=top_k, max_new_tokens=max_new_tokens, temperature=temperature)
   if not hasattr(model, "num_image_tokens") or model.num_image_tokens(config.input.image_size) == 0:
     raise PredictError(f"predict: bundle '{predictor.bundle}' holds a '{config.model.name}' model; caption "
                        "needs a vlm")
   if predictor.tokenizer is None:
     raise PredictError(f"predict: bundle '{predictor.bundle}' has no tokenizer.model to decode captions with")
+  if top_k > predictor.tokenizer.vocab_size:
+    raise PredictError(f"predict: --top_k {top_k} is more than the tokenizer's {predictor.tokenizer.vocab_size} "
+                       "pieces")
   prefix = generation_prefix(model.num_image_tokens(config.input.image_size),
                              pipeline.prompt_ids(predictor.tokenizer, config.input))
   generate = make_generate(model, max_new_tokens, temperature, top_k)
@@ -298,8 +357,80 @@ def _classes_from_flags(opts) -> tuple:
     if not os.path.isfile(opts.classes_file):
       raise PredictError(f"predict: --classes_file '{opts.classes_file}' does not exist")
     with open(opts.classes_file, encoding="utf-8") as f:
-      names += [line.strip() for line in f if line.strip()]
+      from_file = [line.strip() for line in f if line.strip()]
+    if not from_file:
+      raise PredictError(f"predict: --classes_file '{opts.classes_file}' names no classes")
+    names += from_file
   return tuple(n.strip() for n in names)
+
+
+def check_bundle(bundle: str):
+  """Raises PredictError (one line naming --bundle) unless `bundle` is a bundle's folder."""
+  if not os.path.isdir(bundle):
+    raise PredictError(f"predict: --bundle '{bundle}' does not exist or is not a folder")
+  if Bundle.holds_one(bundle):
+    return
+  if os.path.isdir(RunDir(bundle).file(RunDir.CHECKPOINTS)):
+    raise PredictError(f"predict: --bundle '{bundle}' is a training workdir, not a bundle; make one with "
+                       f"python -m vlmjax.export --workdir {bundle} --out BUNDLE")
+  raise PredictError(f"predict: --bundle '{bundle}' is not a bundle (it has no {Bundle.INFO})")
+
+
+def inputs_file(out: str) -> str:
+  """embed's list of inputs: --out's name with .txt."""
+  return os.path.splitext(out)[0] + ".txt"
+
+
+def check_output(flag: str, path: str, suffix: str | None = None, bundle: str | None = None, inputs=()):
+  """Raises PredictError unless `path` names a file (ending in `suffix`, when given) that may be
+  written: not a folder, not inside the bundle, not one of the input images."""
+  if not path:
+    raise PredictError(f"predict: --{flag} needs a file name")
+  if path.endswith(os.sep) or os.path.isdir(path):
+    raise PredictError(f"predict: --{flag} '{path}' is a folder; give a file name" +
+                       (f" ending in {suffix}" if suffix else ""))
+  if suffix and not path.lower().endswith(suffix):
+    raise PredictError(f"predict: --{flag} '{path}' must end in {suffix}")
+  real = os.path.realpath(path)
+  if bundle and os.path.commonpath([real, os.path.realpath(bundle)]) == os.path.realpath(bundle):
+    raise PredictError(f"predict: --{flag} '{path}' is inside the bundle '{bundle}'; write it elsewhere")
+  if real in {os.path.realpath(p) for p in inputs}:
+    raise PredictError(f"predict: --{flag} '{path}' is one of the input images")
+
+
+def check_flags(command: str, args, opts, given):
+  """Refuses, in one line naming the flag, what `run` would otherwise find late or not at all: a
+  flag `command` does not use (`given`: the flags on the command line), a value out of range, an
+  output that is a folder or an input, an empty --classes. Nothing is loaded or written."""
+  if command not in COMMANDS:
+    raise PredictError(f"predict: unknown command '{command}'; known: {', '.join(COMMANDS)}")
+  for name in given:
+    if command not in FLAG_COMMANDS[name]:
+      raise PredictError(f"predict: --{name} is for {' / '.join(FLAG_COMMANDS[name])}, not {command}")
+  if command == "caption" and opts.temperature == 0:
+    for name in ("top_k", "seed"):
+      if name in given:
+        raise PredictError(f"predict: --{name} applies to caption only when sampling (--temperature above 0)")
+  check_numbers(command, opts.batch_size, opts.devices, opts.top_k, opts.max_new_tokens, opts.temperature)
+  if command == "classify":
+    if "classes" in given and not opts.classes:
+      raise PredictError("predict: --classes is empty; name the classes (comma-separated), or leave the flag out "
+                         "for the bundle's")
+    check_classes(_classes_from_flags(opts))
+    check_prompts(opts.prompt)
+  inputs = [] if command == "embed" and opts.text else list_images(args)
+  outputs = {"out": (opts.out, ".npy"), "json": (opts.json, None), "grid": (opts.grid, ".png")}
+  if command == "embed" and not opts.out:
+    raise PredictError("predict: embed needs --out FILE.npy")
+  written = {}
+  for flag, (path, suffix) in outputs.items():
+    if flag in given:
+      check_output(flag, path, suffix, opts.bundle, inputs)
+      written[flag] = path
+  if command == "embed":
+    check_output("out", inputs_file(opts.out), ".txt", opts.bundle, inputs)
+  if len({os.path.realpath(p) for p in written.values()}) < len(written):
+    raise PredictError(f"predict: {' and '.join('--' + f for f in written)} name the same file")
 
 
 def run(command: str, args, opts) -> object:
@@ -335,6 +466,7 @@ def run(command: str, args, opts) -> object:
     if opts.grid:
       print(f"Drew the top images of each query to {draw_grid(results, opts.grid)}")
   if opts.json:
+    os.makedirs(os.path.dirname(os.path.abspath(opts.json)), exist_ok=True)
     with open(opts.json, "w", encoding="utf-8") as f:
       json.dump(results, f, indent=1)
   return results
@@ -345,8 +477,9 @@ def main(argv):
   try:
     if len(argv) < 2:
       raise PredictError(f"predict: give a command ({', '.join(COMMANDS)}) after the flags")
+    check_flags(argv[1], argv[2:], FLAGS, [name for name in FLAG_COMMANDS if FLAGS[name].present])
     run(argv[1], argv[2:], FLAGS)
-  except (PredictError, FileNotFoundError, ValueError) as e:
+  except (PredictError, OSError, ValueError) as e:  # OSError: FileNotFoundError, a full disk...
     cli.fail("predict", str(e).splitlines()[0])
 
 
@@ -369,4 +502,4 @@ if __name__ == "__main__":
   flags.DEFINE_integer("seed", 0, "caption: the sampling seed.")
   flags.DEFINE_string("json", None, "classify / retrieve / caption: also write the results as JSON.")
   flags.mark_flag_as_required("bundle")
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser("predict"))

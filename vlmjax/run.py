@@ -7,7 +7,8 @@ A training run's folder (`RunDir`, the `--workdir` of `vlmjax.train`):
   checkpoints/       orbax: the train state and the data position per step (`checkpoint.Checkpointer`)
   metrics.jsonl      one JSON record per logged step
   tensorboard/       TensorBoard event files
-  eval_results.json  the final evaluation
+  eval_results.json  the final evaluation (with its step)
+  eval_results/      step_N.json: evaluations of earlier steps (`vlmjax.evaluate --step N`)
 
 An inference bundle (`Bundle`, written by `vlmjax.export`): `params/` (orbax) or `params.safetensors`,
 `config.json` (its tokenizer.path cleared), `tokenizer.model` (absent for an imported model without
@@ -64,7 +65,8 @@ class RunDir:
   METRICS = "metrics.jsonl"
   TENSORBOARD = "tensorboard"
   EVAL_RESULTS = "eval_results.json"
-  OUTPUTS = (CHECKPOINTS, METRICS, TENSORBOARD, EVAL_RESULTS, TOKENIZER, CONFIG)  # what a run writes
+  EVAL_STEPS = "eval_results"  # step_N.json: `vlmjax.evaluate --step N`
+  OUTPUTS = (CHECKPOINTS, METRICS, TENSORBOARD, EVAL_RESULTS, EVAL_STEPS, TOKENIZER, CONFIG)  # what a run writes
 
   def __init__(self, path: str):
     self.path = path
@@ -98,19 +100,19 @@ class RunDir:
       checkpointer.close()
 
   def restore_params(self, abstract_params, step: int | None = None):
-    """-> (params, step): the params at `step` (default: the newest), placed by `abstract_params`'
-    shardings; a subtree of the params is read alone (partial restore). FileNotFoundError naming
-    the folder or the missing step."""
+    """-> (params, step): the params at `step` (default: the newest that restores, a damaged newer
+    one reported in one line and left in place: a reader does not own the run), placed by
+    `abstract_params`' shardings; a subtree of the params is read alone (partial restore).
+    FileNotFoundError naming the folder, the missing step, or the step that cannot be restored."""
     steps = self.steps()
     if not steps:
       raise FileNotFoundError(f"no checkpoint in '{self.checkpoint_dir}'")
     if step is not None and step not in steps:
       raise FileNotFoundError(f"no checkpoint of step {step} in '{self.checkpoint_dir}' "
                               f"(steps: {', '.join(map(str, steps))})")
-    step = steps[-1] if step is None else step
     checkpointer = self.checkpointer()
     try:
-      return checkpointer.restore_params(abstract_params, step), step
+      return checkpointer.read_params(abstract_params, step)
     finally:
       checkpointer.close()
 

@@ -9,7 +9,6 @@ checkpoints is resumed from the newest (if its config matches, see `vlmjax.workd
 skipped and bad data records skipped and counted (README, "Reliability guarantees").
 """
 import contextlib
-import json
 import os
 
 from absl import app, flags, logging
@@ -19,7 +18,7 @@ from ml_collections import config_flags
 from vlmjax import cli, config as config_lib, distributed, evaluate, experiment as experiment_lib, registry, sharding
 from vlmjax import workdir as workdir_lib
 from vlmjax.data import pipeline, sources
-from vlmjax.data.tokenizer import Tokenizer
+from vlmjax.data.tokenizer import Tokenizer, TokenizerError
 from vlmjax.init_from import init_params_from
 from vlmjax.metrics import MetricWriter, Progress, quiet_absl_logging, throughput_metrics
 from vlmjax.preemption import Preemption
@@ -87,10 +86,20 @@ def train(config, workdir: str, stop_after_steps: int | None = None, overwrite: 
   and no evaluation runs; calling again with the same workdir continues the run. SIGTERM/SIGINT do
   the same after the step in flight. `overwrite`: start over in a workdir holding another run.
   """
-  experiment_lib.check(config)  # every value, before anything in the workdir is touched
-  workdir_lib.prepare(config, workdir, overwrite)  # refuses another run's workdir; writes config.json
-  run = RunDir(workdir)
-  train_source = sources.make_source(config.data, config.data.train_split)
+  # Everything is checked before anything in the workdir is touched (`--overwrite` deletes only
+  # once the config, the mesh and every split's data are known to be good).
+  config = sources.with_absolute_paths(config)  # config.json says where the data is, from any folder
+  experiment_lib.check(config)
+  with workdir_lib.lock(workdir, "train"):
+    train_source = sources.make_source(config.data, config.data.train_split)
+    for split in sorted({cfg.split for cfg in config.evals.values() if "split" in cfg}):
+      sources.make_source(config.data, split)  # the eval splits' files, before training
+    workdir_lib.prepare(config, workdir, overwrite)  # refuses another run's workdir; writes config.json
+    return _train(config, RunDir(workdir), train_source, stop_after_steps)
+
+
+def _train(config, run: RunDir, train_source, stop_after_steps: int | None) -> dict:
+  workdir = run.path
   tokenizer = get_tokenizer(config, run, train_source)
   steps = total_steps(config, len(train_source))
   prompt = pipeline.prompt_ids(tokenizer, config.input)
@@ -109,8 +118,8 @@ def train(config, workdir: str, stop_after_steps: int | None = None, overwrite: 
                                   config.checkpoint.async_save, cleanup=True)
   if checkpointer.latest_step() is not None:
     abstract, state_shardings = experiment.abstract_state()
+    state = checkpointer.resume(abstract, data_iter)  # a damaged step: reported, moved aside, an older one used
     print(f"Resuming from step {checkpointer.latest_step()} in {checkpointer.directory}", flush=True)
-    state = checkpointer.restore(abstract, data_iter)
   else:
     state, state_shardings = experiment.init_state()
     for source_workdir, pattern in config_lib.init_sources(config.init):
@@ -164,13 +173,12 @@ def train(config, workdir: str, stop_after_steps: int | None = None, overwrite: 
   writer.write(steps, results)
   writer.close()
   if jax.process_index() == 0:
-    with open(run.file(RunDir.EVAL_RESULTS), "w", encoding="utf-8") as f:
-      json.dump(results, f, indent=1)
+    evaluate.write_results(run.path, done, results)
   return results
 
 
 USER_ERRORS = (config_lib.ConfigError, registry.RegistryError, distributed.DistributedEnvError, OSError,
-               KeyError, pipeline.BadDataError, NonFiniteError)
+               KeyError, pipeline.BadDataError, sources.DataFileError, TokenizerError, NonFiniteError)
 
 
 def main(argv):
@@ -182,6 +190,8 @@ def main(argv):
   try:
     distributed.initialize_from_env()  # several processes (launch/): before any device is touched
     results = train(FLAGS.config, FLAGS.workdir, FLAGS.stop_after_steps, FLAGS.overwrite)
+  except workdir_lib.WorkdirBusy as e:
+    cli.fail("train", e, status=1)
   except USER_ERRORS as e:
     cli.fail("train", e.args[0] if isinstance(e, KeyError) and e.args else e)
   if results and jax.process_index() == 0:

@@ -1,20 +1,31 @@
-"""Workdir safety: a workdir holds one run.
+"""Workdir safety: a workdir holds one run, and one command writes into it at a time.
 
-`prepare(config, workdir, overwrite)` runs before anything is built. When the workdir holds
-checkpoints, its config.json (read as JSON, never unpickled) must match the new config except for
-the keys in RESUMABLE_KEYS; otherwise the run is refused with one line naming the keys that differ,
-unless `overwrite` is given, which deletes the previous run's outputs and starts over. Then the new
-config.json is written (atomically: a kill never leaves half a file).
+The contract every command keeps: it writes only inside its own outputs, never deletes a file it
+did not create, and validates everything before it removes anything.
+
+`lock(workdir, command)` holds the workdir for a command's life (a `vlmjax.lock` file naming the
+holder's PID and host); a second command is refused at once with one line naming the first. A lock
+whose process is gone (same host, PID not running) is stale and taken over.
+
+`prepare(config, workdir, overwrite)` runs before anything is built. A folder that is an inference
+bundle, or whose config.json is not a vlmjax run's, is refused. When the workdir holds checkpoints,
+its config.json (read as JSON, never unpickled) must exist and match the new config except for the
+keys in RESUMABLE_KEYS; otherwise the run is refused with one line naming the keys that differ,
+unless `overwrite` is given, which deletes the previous run's own outputs (and nothing else) and
+starts over. Then the new config.json is written (atomically: a kill never leaves half a file).
 """
+import contextlib
+import datetime
 import json
 import os
 import shutil
+import socket
 
 import jax
 from jax.experimental import multihost_utils
 
 from vlmjax.config import ConfigError
-from vlmjax.run import RunDir
+from vlmjax.run import Bundle, RunDir
 
 # Keys a resumed run may change: how often and where it logs, evaluates and checkpoints, the mesh and
 # its sharding rules and microbatches (a checkpoint restores onto any mesh; accumulation gives the same
@@ -24,8 +35,67 @@ from vlmjax.run import RunDir
 RESUMABLE_KEYS = (
     "total_steps", "total_epochs", "mesh", "sharding_rules", "microbatches", "checkpoint",
     "log_every_steps", "eval_every_steps", "progress_bar", "evals", "peak_flops_per_device", "init",
-    "max_consecutive_nonfinite", "data.num_threads", "data.data_dir", "data.image_root",
+    "max_consecutive_nonfinite", "data.num_threads", "data.data_dir", "data.image_root", "data.files",
     "data.max_bad_fraction")
+
+LOCK = "vlmjax.lock"
+
+
+class WorkdirBusy(RuntimeError):
+  """Another command holds the workdir: the one-line message names it."""
+
+
+def _process_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # it exists, run by another user
+    return True
+  return True
+
+
+def _holder(path: str) -> dict | None:
+  """The lock file's {pid, host, command, since}, or None when it is unreadable (being written)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+@contextlib.contextmanager
+def lock(workdir: str, command: str):
+  """Holds `workdir` for this process while the block runs (process 0 only, when there are several:
+  they run one command together). Raises WorkdirBusy naming the holder when another live process
+  has it."""
+  if jax.process_index() != 0:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK)
+  me = {"pid": os.getpid(), "host": socket.gethostname(), "command": f"vlmjax.{command}",
+        "since": datetime.datetime.now().isoformat(timespec="seconds")}
+  for _ in range(2):  # a second try after removing a stale lock
+    try:
+      fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+      holder = _holder(path)
+      if holder and holder.get("host") == me["host"] and not _process_alive(int(holder.get("pid", -1))):
+        os.remove(path)  # stale: its process is gone
+        continue
+      who = (f"{holder.get('command', 'a vlmjax command')} (pid {holder.get('pid')} on {holder.get('host')}, "
+             f"since {holder.get('since')})") if holder else "another vlmjax command"
+      raise WorkdirBusy(f"workdir: '{workdir}' is in use by {who}; wait for it to finish or stop it (if that "
+                        f"process is gone, delete '{path}')") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      json.dump(me, f)
+    break
+  try:
+    yield
+  finally:
+    if (_holder(path) or {}).get("pid") == me["pid"]:
+      os.remove(path)
 
 
 
@@ -62,25 +132,42 @@ def _delete_run(workdir: str, config):
       os.remove(path)
 
 
-def _check(config, workdir: str):
-  """Raises ConfigError if the workdir holds checkpoints of a run with another config."""
-  run = RunDir(workdir)
-  steps = run.steps()  # (no checkpoints/ is created: a run that fails before training leaves no trace)
-  path = run.file(RunDir.CONFIG)
-  if not steps or not os.path.exists(path):
-    return
-  latest = steps[-1]
+def _read_run_config(path: str) -> dict | None:
+  """A vlmjax run's config.json as a dict; None when there is none. ConfigError when the file is
+  there but is not a vlmjax run's config (another library's config.json, or not JSON)."""
+  if not os.path.exists(path):
+    return None
   try:
     with open(path, encoding="utf-8") as f:
       saved = json.load(f)
-  except ValueError:
-    raise ConfigError(f"workdir: '{path}' is not valid JSON; pass --overwrite to start over in this "
-                      "workdir") from None
+  except (ValueError, UnicodeDecodeError):
+    saved = None
+  if not isinstance(saved, dict) or not {"model", "objectives", "data"} <= set(saved):
+    raise ConfigError(f"workdir: '{path}' is not a vlmjax run's config; this folder is not a vlmjax workdir "
+                      "(train into another --workdir)")
+  return saved
+
+
+def _check(config, workdir: str, overwrite: bool):
+  """Raises ConfigError if the workdir is not this run's to write: an inference bundle, a folder
+  with another program's config.json, or checkpoints of another config (or of an unknown one)."""
+  if Bundle.holds_one(workdir):
+    raise ConfigError(f"workdir: '{workdir}' is an inference bundle ({Bundle.INFO}); train into another --workdir")
+  run = RunDir(workdir)
+  path = run.file(RunDir.CONFIG)
+  saved = _read_run_config(path)
+  steps = run.steps()  # (no checkpoints/ is created: a run that fails before training leaves no trace)
+  if not steps or overwrite:
+    return
+  if saved is None:
+    raise ConfigError(f"workdir: '{workdir}' holds checkpoints (step {steps[-1]}) but no {RunDir.CONFIG}, so "
+                      "their run's config is unknown; put its config.json back, use another --workdir, or pass "
+                      "--overwrite to delete that run and start over")
   differences = config_differences(saved, json.loads(config.to_json_best_effort()))
   if differences:
     shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
     raise ConfigError(
-        f"workdir: '{workdir}' holds checkpoints (step {latest}) of a run with another config ({shown}); "
+        f"workdir: '{workdir}' holds checkpoints (step {steps[-1]}) of a run with another config ({shown}); "
         "resume it with the same config, use another --workdir, or pass --overwrite to delete that run "
         "and start over")
 
@@ -89,8 +176,7 @@ def prepare(config, workdir: str, overwrite: bool = False):
   """Refuses another run's workdir (ConfigError), or clears it with `overwrite`; writes config.json.
   Every process checks (so all fail alike); process 0 deletes and writes."""
   os.makedirs(workdir, exist_ok=True)
-  if not overwrite:
-    _check(config, workdir)
+  _check(config, workdir, overwrite)
   if jax.process_index() == 0:
     if overwrite:
       _delete_run(workdir, config)

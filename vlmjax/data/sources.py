@@ -64,6 +64,10 @@ class TfdsSource:
     return out
 
 
+class DataFileError(ValueError):
+  """A CSV/JSONL data file that cannot be read as one: the one-line message names the file and line."""
+
+
 class FileListSource:
   """Rows of (image path, caption) from a CSV (with header) or JSONL file."""
 
@@ -73,21 +77,48 @@ class FileListSource:
       raise FileNotFoundError(f"data: file '{path}' does not exist")
     self.path = path
     self.root = image_root or os.path.dirname(os.path.abspath(path))
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:  # bad rows are skipped later
-      if path.endswith(".jsonl"):
-        rows = [json.loads(line) for line in f if line.strip()]
-      else:
-        rows = list(csv.DictReader(f))
+    rows = self._read_rows(path)
     if not rows:
-      raise ValueError(f"data: '{path}' has no rows")
+      raise DataFileError(f"data: '{path}' has no rows")
     for key in (image_key, caption_key):
-      if key not in rows[0]:
-        raise KeyError(f"data: '{path}' has no column '{key}' (columns: {', '.join(rows[0])})")
-    self.rows = [(os.path.join(self.root, r[image_key]), "" if r[caption_key] is None else str(r[caption_key]))
-                 for r in rows]
-    for line, (image_path, _) in enumerate(self.rows, start=2 if path.endswith(".csv") else 1):
+      if key not in rows[0][1]:
+        raise KeyError(f"data: '{path}' has no column '{key}' (columns: {', '.join(map(str, rows[0][1]))})")
+    self.rows = []
+    for line, row in rows:
+      image = row.get(image_key)
+      if not isinstance(image, str) or not image:
+        raise DataFileError(f"data: line {line} of '{path}' has no image path in '{image_key}' (got {image!r})")
+      caption = row.get(caption_key)
+      self.rows.append((os.path.join(self.root, image), "" if caption is None else str(caption)))
+    for line, (image_path, _) in zip((line for line, _ in rows), self.rows):
       if not os.path.isfile(image_path):
         raise FileNotFoundError(f"data: image '{image_path}' on line {line} of '{path}' does not exist")
+
+  @staticmethod
+  def _read_rows(path: str) -> list:
+    """-> [(line number, {column: value})]. Captions of any length are read (an over-long one is a
+    bad record the pipeline skips, by `data.max_caption_chars`, not an unreadable file)."""
+    csv.field_size_limit(2**31 - 1)
+    out = []
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:  # bad text is skipped later
+      if path.endswith(".jsonl"):
+        for line, text in enumerate(f, start=1):
+          if not text.strip():
+            continue
+          try:
+            row = json.loads(text)
+          except ValueError as e:
+            raise DataFileError(f"data: line {line} of '{path}' is not valid JSON ({e})") from None
+          if not isinstance(row, dict):
+            raise DataFileError(f"data: line {line} of '{path}' is not a JSON object")
+          out.append((line, row))
+      else:
+        reader = csv.DictReader(f)
+        try:
+          out = [(reader.line_num, row) for row in reader]
+        except csv.Error as e:
+          raise DataFileError(f"data: line {reader.line_num} of '{path}': {e}") from None
+    return out
 
   def __len__(self):
     return len(self.rows)
@@ -98,10 +129,13 @@ class FileListSource:
       return {"image": f.read(), "caption": caption}
 
 
+DEFAULT_SHAPES_DIR = os.path.join("data", "tfds")  # where `make demo` builds vlmjax_shapes
+
+
 @registry.register("dataset", "vlmjax_shapes")
 def shapes_source(data_config, split: str):
   from vlmjax.data import shapes  # registers the builder with TFDS
-  data_dir = data_config.get("data_dir") or os.path.join("data", "tfds")
+  data_dir = data_config.get("data_dir") or DEFAULT_SHAPES_DIR
   shapes.build(data_dir, data_config.get("builder_config", "default"))
   name = f"vlmjax_shapes/{data_config.get('builder_config', 'default')}"
   fields = dict(data_config.get("fields") or {"image": "image", "caption": "caption", "label": "label",
@@ -125,9 +159,24 @@ def tfds_source(data_config, split: str):
 def file_list_source(data_config, split: str):
   path = data_config.get("files", {}).get(split) if "files" in data_config else None
   if not path:
-    raise KeyError(f"config.data.files has no '{split}' entry (a CSV/JSONL path per split)")
+    raise KeyError(f"config: 'data.files.{split}' is not set (a CSV/JSONL path per split, e.g. "
+                   f"--config.data.files.{split}=/data/{split}.csv)")
   return FileListSource(path, data_config.get("image_root", ""), data_config.get("image_key", "image_path"),
                         data_config.get("caption_key", "caption"))
+
+
+def with_absolute_paths(config):
+  """A copy of `config` whose data folders and files are absolute paths (the built-in dataset's
+  default folder made explicit), so that a run's config.json finds its data from any folder."""
+  config = config.copy_and_resolve_references()
+  data = config.data
+  if data.name == "vlmjax_shapes" and not data.data_dir:
+    data.data_dir = DEFAULT_SHAPES_DIR
+  absolute = lambda path: os.path.abspath(os.path.expanduser(path)) if path else path
+  data.data_dir, data.image_root = absolute(data.data_dir), absolute(data.image_root)
+  for split in list(data.files.keys()):
+    data.files[split] = absolute(data.files[split])
+  return config
 
 
 def make_source(data_config, split: str):

@@ -13,14 +13,21 @@ import sentencepiece as spm
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
 
+class TokenizerError(ValueError):
+  """A file that is not a usable SentencePiece model: the one-line message names it."""
+
+
 class Tokenizer:
 
   def __init__(self, model_proto: bytes):
     self.model_proto = model_proto
-    self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    try:
+      self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    except (RuntimeError, TypeError, ValueError) as e:
+      raise TokenizerError(f"tokenizer: not a SentencePiece model ({str(e).splitlines()[0][:200]})") from None
     if (self.sp.pad_id(), self.sp.bos_id(), self.sp.eos_id()) != (PAD, BOS, EOS):
       # A user's own model: keep its ids but make sure padding is 0, which the towers rely on.
-      raise ValueError("tokenizer: the model must use pad_id=0, bos_id=2, eos_id=3 "
+      raise TokenizerError("tokenizer: the model must use pad_id=0, bos_id=2, eos_id=3 "
                        f"(got pad={self.sp.pad_id()}, bos={self.sp.bos_id()}, eos={self.sp.eos_id()})")
 
   @classmethod
@@ -28,7 +35,11 @@ class Tokenizer:
     if not os.path.exists(path):
       raise FileNotFoundError(f"tokenizer: no SentencePiece model at '{path}'")
     with open(path, "rb") as f:
-      return cls(f.read())
+      proto = f.read()
+    try:
+      return cls(proto)
+    except TokenizerError as e:
+      raise TokenizerError(f"{e} in '{path}'") from None
 
   @classmethod
   def train(cls, texts, vocab_size: int) -> "Tokenizer":
