@@ -170,8 +170,9 @@ def test_an_evaluators_embedder_gets_the_activation_constraints(tiny_data_dir):
 
 def test_nothing_refers_to_a_path_outside_the_repo():
   files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-  outside = ("../shared", "shared/DESIGN", "DESIGN.md", "OBJECTIVES.md")
-  hits = [f"{f}: {word}" for f in files if (REPO / f).is_file() and f != "tests/test_architecture.py"
+  # Spelled in pieces, so this file does not hold the paths it looks for.
+  outside = ("../" + "shared", "shared/" + "DESIGN", "DESIGN" + ".md", "OBJECTIVES" + ".md")
+  hits = [f"{f}: {word}" for f in files if (REPO / f).is_file()
           for word in outside if word in (REPO / f).read_text(encoding="utf-8", errors="replace")]
   assert hits == []
 
