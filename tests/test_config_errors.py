@@ -201,8 +201,8 @@ c.evals = dict(retrieval=dict(type="retrieval", split="test", num_examples=32))
   assert "retrieval/image_to_text_R@1" in result.stdout
   assert (workdir / "checkpoints").is_dir()
   trained = json.loads((workdir / "eval_results.json").read_text())
-  assert set(trained) == {"step"} | {f"retrieval/{d}_R@{k}" for d in ("image_to_text", "text_to_image")
-                                     for k in (1, 5, 10)}
+  assert set(trained) == {"step", "retrieval/images", "retrieval/texts"} | {
+      f"retrieval/{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)}
   # Evaluating the saved checkpoint later (python -m vlmjax.evaluate) reproduces the final results.
   from vlmjax import evaluate
   assert evaluate.evaluate_workdir(str(workdir)) == pytest.approx(trained, abs=1e-6)

@@ -101,7 +101,7 @@ def test_zeroshot_with_oracle_embedder(eval_config, tiny_tokenizer, test_split):
   labelled = sum(label >= 0 for _, label, _ in test_split.values())
   assert 0 < labelled < len(test_split)  # the split mixes single- and multi-object scenes
   results = _run_zeroshot(eval_config, tiny_tokenizer, test_split, _one_hot)
-  assert results == {"zs/top1": 1.0, "zs/top5": 1.0, "zs/count": labelled}
+  assert results == {"zs/top1": 1.0, "zs/top5": 1.0, "zs/mean_per_class_recall": 1.0, "zs/count": labelled}
 
 
 def test_zeroshot_top1_and_top5_differ(eval_config, tiny_tokenizer, test_split):
@@ -141,8 +141,10 @@ def test_retrieval_with_oracle_embedder(eval_config, tiny_tokenizer, test_split)
   ctx = EvalContext(eval_config.data, eval_config.input, tiny_tokenizer, embedder, 16)
   results = Retrieval(name="ret", split="test", num_examples=40).run(ctx)
   assert embedder.images_seen == 40  # only the first num_examples records
-  assert set(results) == {f"ret/{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)}
-  assert all(v == 1.0 for v in results.values()), results
+  recalls = {f"ret/{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)}
+  assert set(results) == recalls | {"ret/images", "ret/texts"}
+  assert results["ret/images"] == results["ret/texts"] == 40
+  assert all(results[k] == 1.0 for k in recalls), results
 
 
 def test_format_table():

@@ -43,7 +43,10 @@ def base_config() -> ml_collections.ConfigDict:
                                   # name='csv'/'jsonl' ('' = none; other split names may be added)
       image_root="",
       image_key="image_path",
-      caption_key="caption",
+      caption_key="caption",      # '' = the file has no captions (a classification set)
+      label_key="",               # a column of class labels (an integer or a class name); '' = none
+      class_names=None,           # what the labels name: a list, or a shipped set ('imagenet', 'cifar10')
+      class_names_file="",        # ... or a file of one class name per line
       train_split="train",
       num_threads=2,
       max_bad_fraction=0.1,       # bad records (corrupt image, empty caption, ...) are skipped; more
@@ -235,6 +238,7 @@ def check_keys_and_ranges(config):
 
 def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
   """Raises ConfigError on the first problem. `batch_ways` = data × fsdp mesh size."""
+  from vlmjax.evals import common as eval_common  # the evals' entry keys; it imports this module
   _check_against_base(config)
   init_sources(config.init)
   try:
@@ -258,8 +262,13 @@ def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
     for name, cfg in config.evals.items():
       if "type" not in cfg:
         raise ConfigError(f"config: evals.{name} needs a 'type' (one of {', '.join(registry.names('evaluator'))})")
-      _check_kwargs(f"evals.{name}", registry.get("evaluator", cfg.type),
-                    {k: v for k, v in cfg.items() if k != "type"}, provided=("name",))
+      _check_kwargs(f"evals.{name}", registry.get("evaluator", cfg.type), eval_common.evaluator_kwargs(cfg),
+                    provided=("name",))
+      try:
+        eval_common.eval_data_config(config.data, cfg)
+        eval_common.entry_resize(cfg)
+      except ValueError as e:
+        raise ConfigError(str(e).replace("config: ", f"config: evals.{name}: ", 1)) from None
     registry.get("dataset", config.data.name)
   except registry.RegistryError as e:
     raise ConfigError(f"config: {e}") from None

@@ -1,7 +1,10 @@
-"""Run a config's evaluators: during training on the live params, or on a workdir's checkpoint.
+"""Run a config's evaluators: during training on the live params, or on a workdir's checkpoint;
+or a suite of evaluators with their own data on a workdir or an inference bundle.
 
   python -m vlmjax.evaluate --workdir DIR [--step N]
   python -m vlmjax.evaluate --compare DIR1,DIR2,...
+  python -m vlmjax.evaluate (--workdir DIR [--step N] | --bundle B --out OUT) --suite configs/evals/X.py
+      [--data_dir TFDS_DIR]
 
 The first reads DIR/config.json and DIR/tokenizer.model, restores only the params of the newest
 checkpoint (or step N), runs every evaluator in `config.evals`, prints a table and writes the
@@ -9,9 +12,18 @@ results with their step: the newest checkpoint's to DIR/eval_results.json (what 
 its end), step N's to DIR/eval_results/step_N.json. It holds the workdir while it runs
 (`workdir.lock`), so it never writes while a training run writes there. The second prints finished
 runs' eval_results.json side by side, with their steps (no recomputation).
+
+A suite file's `get_config()` returns evaluator entries as `config.evals` holds them, each with its
+own `data` (see `vlmjax.evals.common`). Every entry's data is opened and checked before the model is
+loaded; a TFDS set that is not prepared is reported with the command that prepares it, and the
+others run. Results go to OUT/<suite>.json and OUT/<suite>.md (OUT: --out, default DIR/eval_results),
+with a progress bar per evaluator on stderr.
 """
+import contextlib
+import dataclasses
 import json
 import os
+import sys
 
 from absl import app, flags
 import jax
@@ -19,21 +31,83 @@ import jax
 from vlmjax import cli, config as config_lib, experiment as experiment_lib, registry
 from vlmjax import workdir as workdir_lib
 from vlmjax.metrics import quiet_absl_logging
+from vlmjax.data import sources
+from vlmjax.evals import common
 from vlmjax.evals.common import EvalContext, Embedder
 from vlmjax.run import Bundle, RunDir
 
 STEP_RESULTS = RunDir.EVAL_STEPS  # the folder of a workdir holding step_N.json: results of --step N
 
 
-def run_evals(experiment, params, tokenizer) -> dict:
-  """Every evaluator of `experiment.config.evals` on `params` -> {'name/metric': value}."""
+@dataclasses.dataclass
+class Planned:
+  """One eval entry made ready: its evaluator, the data section it reads, how images are resized,
+  and why it cannot run (`not_prepared`: the message naming the command that prepares its data)."""
+  name: str
+  evaluator: object
+  data: object
+  resize: str
+  not_prepared: str = ""
+
+
+def plan_evals(evals, train_data, data_dir: str = "") -> list[Planned]:
+  """Each entry of `evals` (a ConfigDict of entries) -> Planned, without opening any data.
+  `data_dir`: the TFDS folder of entries with their own data that name none. ConfigError naming the
+  entry for an unknown type or key, or a bad value."""
+  planned = []
+  for name, entry in evals.items():
+    if "type" not in entry:
+      raise config_lib.ConfigError(f"config: evals.{name} needs a 'type' (one of "
+                                   f"{', '.join(registry.names('evaluator'))})")
+    try:
+      cls = registry.get("evaluator", entry.type)
+      kwargs = common.evaluator_kwargs(entry)
+      config_lib._check_kwargs(f"evals.{name}", cls, kwargs, provided=("name",))  # pylint: disable=protected-access
+      data = common.eval_data_config(train_data, entry)
+      if entry.get("data") and data_dir and not data.data_dir and data.name in ("tfds", "vlmjax_shapes"):
+        data.data_dir = data_dir
+      planned.append(Planned(name, cls(name=name, **kwargs), data, common.entry_resize(entry)))
+    except (registry.RegistryError, ValueError, TypeError) as e:
+      raise config_lib.ConfigError(str(e).replace("config: ", "", 1) if str(e).startswith("config: evals.")
+                                   else f"config: evals.{name}: {str(e).removeprefix('config: ')}") from None
+  return planned
+
+
+def check_evals(planned: list[Planned], allow_not_prepared: bool = False) -> list[Planned]:
+  """Opens every split each evaluator reads and checks it (labels against class names, ...), before
+  any model is built. A TFDS set that is not prepared raises, or with `allow_not_prepared` marks the
+  entry. -> `planned`."""
+  for plan in planned:
+    try:
+      for split in getattr(plan.evaluator, "splits", ()):
+        source = sources.make_source(plan.data, split)
+        if hasattr(plan.evaluator, "check"):
+          plan.evaluator.check(source)
+    except sources.DatasetNotPrepared as e:
+      if not allow_not_prepared:
+        raise ValueError(f"evals.{plan.name}: {e}") from None
+      plan.not_prepared = str(e)
+    except (KeyError, ValueError, OSError) as e:
+      message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+      message = message if message.startswith(f"evals.{plan.name}") else f"evals.{plan.name}: {message}"
+      raise (ValueError if isinstance(e, KeyError) else type(e))(message) from None
+  return planned
+
+
+def run_evals(experiment, params, tokenizer, planned: list[Planned] | None = None, progress: bool = False) -> dict:
+  """Every evaluator of `planned` (default: `experiment.config.evals`) on `params` -> {'name/metric':
+  value}. Entries marked not prepared are left out (the caller reports them)."""
   config = experiment.config
+  if planned is None:
+    planned = plan_evals(config.evals, config.data)
   embedder = Embedder(experiment.model, params, experiment.mesh, config.batch_size, experiment.rules)
-  ctx = EvalContext(config.data, config.input, tokenizer, embedder, config.batch_size)
   results = {}
-  for name, cfg in config.evals.items():
-    kwargs = {k: v for k, v in cfg.to_dict().items() if k != "type"}
-    results.update(registry.get("evaluator", cfg.type)(name=name, **kwargs).run(ctx))
+  for plan in planned:
+    if plan.not_prepared:
+      continue
+    ctx = EvalContext(plan.data, config.input, tokenizer, embedder, config.batch_size, resize=plan.resize,
+                      progress=plan.name if progress else "")
+    results.update(plan.evaluator.run(ctx))
   return results
 
 
@@ -127,6 +201,110 @@ def evaluate_workdir(workdir: str, step: int | None = None, show=None) -> dict:
   return results
 
 
+SUITE_KEY = "suite"  # what marks a file as a suite's results (so a rerun replaces only its own)
+
+
+def load_suite(path: str):
+  """A suite file -> (its name, its evaluator entries). ConfigError naming the file."""
+  if not os.path.isfile(path):
+    raise config_lib.ConfigError(f"evaluate: --suite file '{path}' does not exist")
+  entries = config_lib.load_file(path)
+  if not entries or not all(hasattr(e, "get") for e in entries.values()):
+    raise config_lib.ConfigError(f"evaluate: --suite '{path}' must return a ConfigDict of evaluator entries")
+  return os.path.splitext(os.path.basename(path))[0], entries
+
+
+def suite_table(results: dict, planned: list[Planned]) -> str:
+  """A markdown table: a row per evaluator metric (percent for fractions), and a row per entry whose
+  data is not prepared, with the command that prepares it."""
+  lines = ["| evaluator | metric | value |", "|---|---|---|"]
+  for plan in planned:
+    if plan.not_prepared:
+      lines.append(f"| {plan.name} | not prepared | `{plan.not_prepared.split('prepare it with: ')[-1]}` |")
+      continue
+    for key, value in results.items():
+      if key.startswith(plan.name + "/"):
+        text = f"{100 * value:.2f}" if isinstance(value, float) and abs(value) <= 1 else str(value)
+        lines.append(f"| {plan.name} | {key[len(plan.name) + 1:]} | {text} |")
+  return "\n".join(lines)
+
+
+def suite_outputs(out: str, suite: str) -> tuple[str, str]:
+  """OUT/<suite>.json and .md; ValueError when either exists and is not this suite's earlier results."""
+  json_path, md_path = os.path.join(out, f"{suite}.json"), os.path.join(out, f"{suite}.md")
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise ValueError(f"evaluate: --out '{out}' is not a folder")
+  ours = False
+  if os.path.exists(json_path):
+    try:
+      with open(json_path, encoding="utf-8") as f:
+        ours = SUITE_KEY in json.load(f)
+    except (OSError, ValueError):
+      ours = False
+    if not ours:
+      raise ValueError(f"evaluate: '{json_path}' exists and is not a suite's results; choose another --out")
+  if os.path.exists(md_path) and not ours:
+    raise ValueError(f"evaluate: '{md_path}' exists and is not a suite's results; choose another --out")
+  return json_path, md_path
+
+
+def write_suite(out: str, suite: str, record: dict, table: str) -> tuple[str, str]:
+  """Writes the suite's record (JSON) and table (markdown), each atomically."""
+  paths = suite_outputs(out, suite)
+  os.makedirs(out, exist_ok=True)
+  for path, text in zip(paths, (json.dumps(record, indent=1), table + "\n")):
+    partial = f"{path}.partial-{os.getpid()}"
+    try:
+      with open(partial, "x", encoding="utf-8") as f:
+        f.write(text)
+      os.replace(partial, path)
+    except OSError as e:
+      if os.path.isfile(partial):
+        os.remove(partial)
+      raise OSError(f"evaluate: cannot write '{path}': {e.strerror or e}") from None
+  return paths
+
+
+def evaluate_suite(suite_path: str, workdir: str = "", bundle: str = "", step: int | None = None,
+                   out: str = "", data_dir: str = "", show=print) -> dict:
+  """Runs a suite file's evaluators on a workdir's checkpoint (at `step`, default the newest) or on
+  a bundle -> the record written to OUT/<suite>.json: {'suite', 'run', 'step', 'results',
+  'not_prepared': {entry: command}}. Every entry's data is checked before the model is loaded."""
+  suite, entries = load_suite(suite_path)
+  if bool(workdir) == bool(bundle):
+    raise ValueError("evaluate: --suite takes one of --workdir or --bundle")
+  if bundle:
+    if not Bundle.holds_one(bundle):
+      raise FileNotFoundError(f"evaluate: --bundle '{bundle}' is not an inference bundle (no {Bundle.INFO})")
+    if not out:
+      raise ValueError("evaluate: --bundle needs --out DIR for the suite's results (a bundle is export's output)")
+    run, lock = Bundle(bundle), None
+  else:
+    check_workdir(workdir)
+    run, lock = RunDir(workdir), workdir
+  out = out or RunDir(workdir).file(STEP_RESULTS)
+  suite_outputs(out, suite)  # refused before anything is computed
+  config = run.read_config()
+  planned = check_evals(plan_evals(entries, config.data, data_dir), allow_not_prepared=True)
+  for plan in planned:
+    if plan.not_prepared:
+      print(f"vlmjax.evaluate: {plan.name}: {plan.not_prepared}", file=sys.stderr, flush=True)
+  if all(plan.not_prepared for plan in planned):
+    raise FileNotFoundError(f"evaluate: no set of suite '{suite}' is prepared (see above)")
+  with workdir_lib.lock(lock, "evaluate") if lock else contextlib.nullcontext():
+    loaded = run.load(step, mesh=experiment_lib.make_mesh(config) if lock else None)
+    if loaded.tokenizer is None:
+      raise FileNotFoundError(f"evaluate: '{run.path}' holds no tokenizer")
+    results = run_evals(loaded.experiment, loaded.params, loaded.tokenizer, planned, progress=True)
+    table = suite_table(results, planned)
+    show(table)
+    record = {SUITE_KEY: suite, "run": os.path.abspath(run.path), "step": int(loaded.step), "results": results,
+              "not_prepared": {p.name: p.not_prepared for p in planned if p.not_prepared}}
+    paths = write_suite(out, suite, record, table)
+  print(f"Wrote {paths[0]} and {paths[1]}", flush=True)
+  return record
+
+
 def main(argv):
   quiet_absl_logging()
   if len(argv) > 1:
@@ -137,8 +315,14 @@ def main(argv):
         raise ValueError("evaluate: --compare reads the runs' saved results; give it without --workdir and --step")
       print(compare_table(FLAGS.compare))
       return
+    if FLAGS.suite:
+      evaluate_suite(FLAGS.suite, FLAGS.workdir or "", FLAGS.bundle or "", FLAGS.step, FLAGS.out or "",
+                     FLAGS.data_dir or "")
+      return
+    if FLAGS.bundle or FLAGS.out or FLAGS.data_dir:
+      raise ValueError("evaluate: --bundle, --out and --data_dir go with --suite FILE")
     if not FLAGS.workdir:
-      raise ValueError("evaluate: give --workdir DIR (or --compare DIR1,DIR2,...)")
+      raise ValueError("evaluate: give --workdir DIR (or --compare DIR1,DIR2,..., or --suite FILE)")
     evaluate_workdir(FLAGS.workdir, FLAGS.step, show=lambda results: print(format_table(results), flush=True))
   except workdir_lib.WorkdirBusy as e:
     cli.fail("evaluate", e, status=1)
@@ -151,5 +335,9 @@ if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "A training workdir.")
   flags.DEFINE_list("compare", [], "Workdirs whose eval_results.json to print side by side (percent).")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+  flags.DEFINE_string("suite", None, "A suite file (configs/evals/*.py) of evaluators with their own data.")
+  flags.DEFINE_string("bundle", None, "An inference bundle to run --suite on (instead of --workdir).")
+  flags.DEFINE_string("out", None, "The folder for --suite's results (default: WORKDIR/eval_results).")
+  flags.DEFINE_string("data_dir", None, "The TFDS folder of --suite's sets that name none.")
   jax.config.config_with_absl()
   app.run(main, flags_parser=cli.flags_parser("evaluate"))

@@ -15,7 +15,8 @@ run with one line naming it (or is left out with a warning under `--skip_unreada
   the same name with .txt.
 - `classify` ranks --classes (default: the classes the bundle's zero-shot evaluator uses) by the
   cosine similarity of the image with each class's prompt-ensemble embedding (the evaluator's own
-  computation); scores are softmax(exp(logit_scale) · cos) over the classes.
+  computation); scores are softmax(exp(logit_scale) · cos) over the classes, or for a model
+  trained with a sigmoid objective (SigLIP) each class's sigmoid(exp(logit_scale) · cos + logit_bias).
 - `retrieve` ranks the images by cosine similarity with each --query; --grid draws each query with
   its top images and their scores into a PNG.
 - `caption` (a VLM bundle) writes a caption for each image, generated with the KV cache exactly as
@@ -40,7 +41,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 import tqdm
 
-from vlmjax import cli, sharding
+from vlmjax import cli, registry, sharding
 from vlmjax.data import pipeline
 from vlmjax.evals.captioning import generation_prefix
 from vlmjax.evals.common import Embedder
@@ -213,7 +214,8 @@ class Predictor:
     return {}
 
   def default_classes(self):
-    names = tuple(self.zeroshot_eval_config().get("class_names", ()))
+    names = self.zeroshot_eval_config().get("class_names", ())
+    names = ZeroShot(name="predict", class_names=names).class_names if names else ()
     if not names and self.config.data.name == "vlmjax_shapes":
       from vlmjax.data import shapes
       names = tuple(shapes.CLASS_NAMES)
@@ -221,10 +223,15 @@ class Predictor:
       raise PredictError("predict: the bundle's config names no classes; give --classes or --classes_file")
     return names
 
+  def sigmoid_scores(self) -> bool:
+    """Whether the model was trained to score pairs by a sigmoid (SigLIP), not a softmax over them."""
+    return any(getattr(registry.get("objective", name), "probability", "softmax") == "sigmoid"
+               for name in self.config.get("objectives", {}) if name in registry.names("objective"))
+
   def default_prompts(self):
-    prompts = tuple(self.zeroshot_eval_config().get("prompts", ()))
+    prompts = self.zeroshot_eval_config().get("prompts", ())
     if prompts:
-      return prompts
+      return ZeroShot(name="predict", prompts=prompts).prompts
     if self.config.data.name == "vlmjax_shapes":
       from vlmjax.data import shapes
       return shapes.zero_shot_prompts
@@ -247,9 +254,12 @@ def classify(predictor: Predictor, paths, class_names=(), prompts=(), top_k: int
   classes = predictor.class_embeddings(class_names, tuple(prompts) or predictor.default_prompts())
   kept, images = predictor.embed_images(list_images(paths))
   logits = predictor.logit_scale() * images @ classes.T
-  probs = np.exp(logits - logits.max(1, keepdims=True))
-  probs /= probs.sum(1, keepdims=True)
-  # Rank by cosine (as the evaluator does): the softmax is monotone in it, ties included.
+  if predictor.sigmoid_scores():
+    probs = 1 / (1 + np.exp(-(logits + float(np.asarray(predictor.params["logit_bias"])))))
+  else:
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+  # Rank by cosine (as the evaluator does): sigmoid and softmax are monotone in it, ties included.
   order = np.argsort(-(images @ classes.T), axis=1, kind="stable")[:, :top_k]
   return [{"image": p, "top": [(class_names[j], float(probs[i, j])) for j in order[i]]}
           for i, p in enumerate(kept)]

@@ -47,7 +47,10 @@ def _is_utf8(text) -> bool:
 
 
 def record_problem(record, max_caption_chars: int = 0) -> BadRecord | None:
-  """The text problem of a source record (checked before the image is decoded), or None."""
+  """The text problem of a source record (checked before the image is decoded), or None. A record
+  without a caption (an image of a classification set) has none."""
+  if "caption" not in record:
+    return None
   texts = [record["caption"], record.get("long_caption", ""), *record.get("negative_captions", ())]
   if not all(_is_utf8(t) for t in texts):
     return BadRecord("not_utf8", "a caption is not valid UTF-8")
@@ -84,6 +87,24 @@ def sample_sentences(text: str, count: int, rng: np.random.Generator) -> list[st
   return [sentences[i] + "." for i in picks]
 
 
+RESIZE_MODES = ("squash", "crop")
+
+
+def resize(image: Image.Image, size: int, mode: str = "squash") -> Image.Image:
+  """-> a size×size image: 'squash' resizes both sides (bilinear); 'crop' resizes the shorter side
+  to `size` (bicubic, as CLIP's evaluation does) and takes the centre."""
+  if mode == "squash":
+    return image.resize((size, size), Image.BILINEAR)
+  if mode != "crop":
+    raise ValueError(f"resize: mode {mode!r} is not one of {', '.join(RESIZE_MODES)}")
+  w, h = image.size
+  scale = size / min(w, h)
+  w, h = max(size, round(w * scale)), max(size, round(h * scale))
+  image = image.resize((w, h), Image.BICUBIC)
+  left, top = (w - size) // 2, (h - size) // 2
+  return image.crop((left, top, left + size, top + size))
+
+
 @dataclasses.dataclass
 class Example:
   """What a batch field's `make` (`batch_spec.Field`) reads: the source record, its decoded image
@@ -111,7 +132,9 @@ class Preprocess(grain.transforms.RandomMap):
 
   Training augmentation is deliberately light and label-preserving: a random square crop of
   `crop_min`..1 of the image side (so position words in captions stay true) and a brightness jitter
-  (no hue changes: colours are labels).
+  (no hue changes: colours are labels). The image then becomes S×S by `resize`: 'squash' (resize
+  both sides to S) or 'crop' (the shorter side to S, then the centre S×S: CLIP's evaluation
+  transform, which keeps the aspect ratio). A record without a caption has no 'text'.
   """
   tokenizer: Tokenizer
   image_size: int
@@ -123,6 +146,7 @@ class Preprocess(grain.transforms.RandomMap):
   fields: tuple = ()
   input_config: object = None  # what `fields` read their shapes from
   max_caption_chars: int = 0  # longer captions are bad records (0: no limit)
+  resize: str = "squash"
 
   def augment(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
     if self.train and self.crop_min < 1.0:
@@ -130,7 +154,7 @@ class Preprocess(grain.transforms.RandomMap):
       side = rng.uniform(self.crop_min, 1.0) * min(w, h)
       x0, y0 = rng.uniform(0, w - side), rng.uniform(0, h - side)
       image = image.crop((x0, y0, x0 + side, y0 + side))
-    image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
+    image = resize(image, self.image_size, self.resize)
     pixels = np.asarray(image, np.float32) / 127.5 - 1.0
     if self.train and self.brightness:
       pixels = np.clip(pixels + rng.uniform(-self.brightness, self.brightness), -1.0, 1.0)
@@ -150,8 +174,9 @@ class Preprocess(grain.transforms.RandomMap):
       return BadRecord("corrupt_image", f"{type(e).__name__}: {e}")
     if min(image.size) == 0:
       return BadRecord("empty_image", f"the image is {image.size[0]}x{image.size[1]}")
-    out = {"image": self.augment(image, rng),
-           "text": self.tokenizer.encode([record["caption"]], self.max_len)[0]}
+    out = {"image": self.augment(image, rng)}
+    if "caption" in record:
+      out["text"] = self.tokenizer.encode([record["caption"]], self.max_len)[0]
     example = Example(record, image, out, rng, self)
     for field in self.fields:
       out[field.name] = np.asarray(field.make(example, field.shape(self.input_config)), field.dtype)
@@ -227,11 +252,16 @@ def train_dataset(source, preprocess: Preprocess, batch_size: int, seed: int,
 
 
 def eval_batches(source, preprocess: Preprocess, batch_size: int, indices=None, num_threads: int = 2):
-  """Yields batches of the records at `indices` (default: all) in order; the last may be short."""
-  ds = grain.MapDataset.source(source)
-  if indices is not None:
-    indices = np.asarray(indices)
-    ds = grain.MapDataset.range(len(indices)).map(lambda i: source[int(indices[i])])
+  """Yields batches of the records at `indices` (default: all) in order; the last may be short.
+  Each example's 'index' is its record's index in `source`; a bad record is left out."""
+  indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+
+  def read(i):
+    record = source[int(indices[i])]
+    return record if isinstance(record, BadRecord) else {**record, "index": int(indices[i])}
+
+  ds = grain.MapDataset.range(len(indices)).map(read)
+  preprocess = dataclasses.replace(preprocess, passthrough=tuple(dict.fromkeys(preprocess.passthrough + ("index",))))
   ds = ds.map(preprocess.map).filter(lambda example: not isinstance(example, BadRecord))  # left out
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size))
   yield from ds.batch(batch_size, drop_remainder=False)

@@ -5,10 +5,14 @@
   keys to its feature paths, e.g. `{'image': 'image', 'caption': 'captions/text'}`.
 - `csv` / `jsonl`: a file of `image_path,caption` rows (open_clip's convention), paths relative to
   `image_root` (default: the file's folder). Every listed image must exist; a missing one is reported
-  with its row before anything is compiled.
+  with its row before anything is compiled. With `label_key`, a column of class labels (an integer
+  or a class name) is read too, against `class_names` (a list, or `class_names_file`: one per line);
+  with `caption_key=''` the file has no captions (a classification set). Several rows may name one
+  image (several captions per image: `caption_groups` gives the retrieval evaluator each image's).
 
 A source has `__len__` and `__getitem__(i) -> {'image': uint8 [H, W, 3] array or encoded bytes,
-'caption': str, ...}`; grain reads it by index. Text is decoded with 'surrogateescape' and a record
+'caption': str, 'label': int, ...}`; grain reads it by index. It may have `class_names` (what its
+labels name) and `caption_groups(limit) -> (record indices [N], captions per image)`. Text is decoded with 'surrogateescape' and a record
 TFDS cannot decode comes back as a `pipeline.BadRecord`, so bad records reach the pipeline, which
 skips and counts them (`vlmjax.data.pipeline`), rather than stopping the run here.
 """
@@ -34,18 +38,66 @@ def _as_text(value) -> str:
   return value.decode("utf-8", errors="surrogateescape") if isinstance(value, bytes) else str(value)
 
 
+class DatasetNotPrepared(FileNotFoundError):
+  """A TFDS dataset not prepared (as array_record) in the data folder: the message says how to."""
+
+
+def prepare_command(name: str, data_dir: str) -> str:
+  """The one command that prepares TFDS dataset `name` for random access in `data_dir`."""
+  folder = f" --data_dir {data_dir}" if data_dir else ""
+  manual = " --manual_dir DIR_WITH_THE_DOWNLOADED_FILES" if name.split("/")[0].startswith("imagenet") else ""
+  return f"tfds build {name}{folder} --file_format array_record{manual}"
+
+
 class TfdsSource:
-  """A TFDS array_record split read without TensorFlow; records renamed by `fields`."""
+  """A TFDS array_record split read without TensorFlow; records renamed by `fields`. Nothing is
+  downloaded: a dataset that is not prepared in `data_dir` is an error naming the command that
+  prepares it. A `label` field that is a `ClassLabel` gives `class_names`; a `captions` field is a
+  list of texts per image (COCO-style: `captions/text`)."""
 
   def __init__(self, name: str, split: str, data_dir: str, fields: dict):
     import tensorflow_datasets as tfds
+    where = data_dir or "the default TFDS folder"
     try:
-      self.source = tfds.data_source(name, split=split, data_dir=data_dir or None)
-    except Exception as e:  # tfds raises several types; the user needs the name, split and folder
-      raise FileNotFoundError(
-          f"data: cannot open TFDS dataset '{name}' split '{split}' in '{data_dir}': "
-          f"{str(e).splitlines()[0]}") from None
+      builder = tfds.builder(name, data_dir=data_dir or None)
+    except Exception as e:  # tfds raises several types; the user needs the name and folder
+      raise FileNotFoundError(f"data: cannot open TFDS dataset '{name}' in {where}: "
+                              f"{str(e).splitlines()[0]}") from None
+    if not builder.is_prepared():
+      raise DatasetNotPrepared(f"data: TFDS dataset '{name}' is not prepared in {where}; prepare it with: "
+                               f"{prepare_command(name, data_dir)}")
+    try:
+      self.source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+    except Exception as e:  # pylint: disable=broad-except
+      first = str(e).splitlines()[0]
+      if isinstance(e, NotImplementedError):  # prepared as tfrecord: no random access
+        first = f"it is prepared without random access; prepare it again with: {prepare_command(name, data_dir)}"
+      raise FileNotFoundError(f"data: cannot open TFDS dataset '{name}' split '{split}' in {where}: {first}") from None
     self.fields = dict(fields)
+    self.class_names = ()
+    if "label" in self.fields:
+      feature = builder.info.features
+      try:
+        for key in self.fields["label"].split("/"):
+          feature = feature[key]
+      except (KeyError, TypeError):
+        raise KeyError(f"data: TFDS dataset '{name}' has no feature '{self.fields['label']}' (data.fields.label)") \
+            from None
+      self.class_names = tuple(getattr(feature, "names", None) or ())
+
+  def caption_groups(self, limit: int = 0):
+    """-> (record indices [N], [captions of record i]): every record is one image; its captions are
+    the `captions` field when there is one, else its caption."""
+    indices = range(min(limit, len(self)) if limit > 0 else len(self))
+    key = "captions" if "captions" in self.fields else "caption"
+    groups = []
+    for i in indices:
+      record = self[i]
+      if isinstance(record, BadRecord):
+        groups.append([])
+      else:
+        groups.append(list(record[key]) if key == "captions" else [record["caption"]])
+    return list(indices), groups
 
   def __len__(self):
     return len(self.source)
@@ -59,8 +111,11 @@ class TfdsSource:
     for key in ("caption", "long_caption"):
       if key in out:
         out[key] = _as_text(out[key])
-    if "negative_captions" in out:
-      out["negative_captions"] = [_as_text([c]) for c in out["negative_captions"]]
+    for key in ("negative_captions", "captions"):
+      if key in out:
+        out[key] = [_as_text([c]) for c in out[key]]
+    if "label" in out:
+      out["label"] = int(out["label"])
     return out
 
 
@@ -69,10 +124,14 @@ class DataFileError(ValueError):
 
 
 class FileListSource:
-  """Rows of (image path, caption) from a CSV (with header) or JSONL file."""
+  """Rows of (image path, caption[, label]) from a CSV (with header) or JSONL file.
+
+  `label_key`: the column of labels ('' = none), each an integer index into `class_names` or one of
+  its names; `class_names` empty: integer labels stand alone, named ones define the classes (sorted).
+  `caption_key` '': the file has no captions. Every error names the file and the line."""
 
   def __init__(self, path: str, image_root: str = "", image_key: str = "image_path",
-               caption_key: str = "caption"):
+               caption_key: str = "caption", label_key: str = "", class_names: tuple = ()):
     if not os.path.exists(path):
       raise FileNotFoundError(f"data: file '{path}' does not exist")
     self.path = path
@@ -80,19 +139,38 @@ class FileListSource:
     rows = self._read_rows(path)
     if not rows:
       raise DataFileError(f"data: '{path}' has no rows")
-    for key in (image_key, caption_key):
-      if key not in rows[0][1]:
-        raise KeyError(f"data: '{path}' has no column '{key}' (columns: {', '.join(map(str, rows[0][1]))})")
+    for key, what in ((image_key, "image_key"), (caption_key, "caption_key"), (label_key, "label_key")):
+      if key and key not in rows[0][1]:
+        raise DataFileError(f"data: '{path}' has no column '{key}' (data.{what}; columns: "
+                            f"{', '.join(map(str, rows[0][1]))})")
     self.rows = []
     for line, row in rows:
       image = row.get(image_key)
       if not isinstance(image, str) or not image:
         raise DataFileError(f"data: line {line} of '{path}' has no image path in '{image_key}' (got {image!r})")
-      caption = row.get(caption_key)
+      caption = row.get(caption_key) if caption_key else None
       self.rows.append((os.path.join(self.root, image), "" if caption is None else str(caption)))
+    self.has_captions = bool(caption_key)
+    self.labels, self.class_names = None, tuple(class_names)
+    if label_key:
+      self.labels, self.class_names = read_labels(path, [(line, row.get(label_key)) for line, row in rows],
+                                                  self.class_names)
     for line, (image_path, _) in zip((line for line, _ in rows), self.rows):
       if not os.path.isfile(image_path):
         raise FileNotFoundError(f"data: image '{image_path}' on line {line} of '{path}' does not exist")
+
+  def caption_groups(self, limit: int = 0):
+    """-> (indices of each image's first row [N], [captions of that image]): rows naming one image
+    are one image with several captions, in first-seen order; `limit` > 0: the first `limit` images."""
+    first, groups = {}, []
+    for index, (image_path, caption) in enumerate(self.rows):
+      if image_path not in first:
+        if 0 < limit <= len(first):
+          continue
+        first[image_path] = len(groups)
+        groups.append((index, []))
+      groups[first[image_path]][1].append(caption)
+    return [index for index, _ in groups], [captions for _, captions in groups]
 
   @staticmethod
   def _read_rows(path: str) -> list:
@@ -126,7 +204,50 @@ class FileListSource:
   def __getitem__(self, index):
     image_path, caption = self.rows[int(index)]
     with open(image_path, "rb") as f:
-      return {"image": f.read(), "caption": caption}
+      record = {"image": f.read()}
+    if self.has_captions:
+      record["caption"] = caption
+    if self.labels is not None:
+      record["label"] = self.labels[int(index)]
+    return record
+
+
+def read_labels(path: str, values: list, class_names: tuple) -> tuple[list[int], tuple]:
+  """[(line, label value)] of file `path` -> (int labels, class names). A value is an integer (an
+  index into `class_names` when given) or a class name; either must be a class of `class_names`."""
+  def as_int(value):
+    if isinstance(value, int) and not isinstance(value, bool):
+      return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+      return int(value)
+    return None
+
+  for line, value in values:
+    if value is None or (isinstance(value, str) and not value.strip()):
+      raise DataFileError(f"data: line {line} of '{path}' has no label")
+  numeric = [as_int(v) is not None for _, v in values]
+  if not class_names and not all(numeric):
+    class_names = tuple(sorted({str(v).strip() for (_, v), n in zip(values, numeric) if not n}))
+    if any(numeric):
+      line = next(line for (line, _), n in zip(values, numeric) if n)
+      raise DataFileError(f"data: line {line} of '{path}' has an integer label among class-name labels; "
+                          "give data.class_names to say what the integers name")
+  index = {name: i for i, name in enumerate(class_names)}
+  labels = []
+  for (line, value), is_int in zip(values, numeric):
+    if is_int:
+      label = as_int(value)
+      if label < 0 or (class_names and label >= len(class_names)):
+        raise DataFileError(f"data: label {label} on line {line} of '{path}' is not a class index (the class "
+                            f"names are {len(class_names)}: 0..{len(class_names) - 1})" if class_names else
+                            f"data: label {label} on line {line} of '{path}' is negative")
+      labels.append(label)
+    elif str(value).strip() in index:
+      labels.append(index[str(value).strip()])
+    else:
+      raise DataFileError(f"data: label '{value}' on line {line} of '{path}' is not one of the "
+                          f"{len(class_names)} class names")
+  return labels, tuple(class_names)
 
 
 DEFAULT_SHAPES_DIR = os.path.join("data", "tfds")  # where `make demo` builds vlmjax_shapes
@@ -162,7 +283,23 @@ def file_list_source(data_config, split: str):
     raise KeyError(f"config: 'data.files.{split}' is not set (a CSV/JSONL path per split, e.g. "
                    f"--config.data.files.{split}=/data/{split}.csv)")
   return FileListSource(path, data_config.get("image_root", ""), data_config.get("image_key", "image_path"),
-                        data_config.get("caption_key", "caption"))
+                        data_config.get("caption_key", "caption"), data_config.get("label_key", ""),
+                        class_names_of(data_config))
+
+
+def class_names_of(data_config) -> tuple:
+  """The class names a data config gives: `class_names` (a list, or the name of a shipped set such
+  as 'imagenet') or `class_names_file` (one per line), else ()."""
+  from vlmjax.evals import classes
+  names, path = data_config.get("class_names", ()), data_config.get("class_names_file", "")
+  if names and path:
+    raise ValueError("config: give data.class_names or data.class_names_file, not both")
+  try:
+    if path:
+      return classes.read_class_names_file(path)
+    return classes.class_names(names) if names else ()
+  except ValueError as e:
+    raise DataFileError(f"data: {e}") from None
 
 
 def with_absolute_paths(config):
@@ -173,9 +310,12 @@ def with_absolute_paths(config):
   if data.name == "vlmjax_shapes" and not data.data_dir:
     data.data_dir = DEFAULT_SHAPES_DIR
   absolute = lambda path: os.path.abspath(os.path.expanduser(path)) if path else path
-  data.data_dir, data.image_root = absolute(data.data_dir), absolute(data.image_root)
-  for split in list(data.files.keys()):
-    data.files[split] = absolute(data.files[split])
+  for data in [data] + [cfg.data for cfg in config.get("evals", {}).values() if cfg.get("data")]:
+    data.data_dir, data.image_root = absolute(data.get("data_dir", "")), absolute(data.get("image_root", ""))
+    if data.get("class_names_file"):
+      data.class_names_file = absolute(data.class_names_file)
+    for split in list(data.get("files", {}).keys()):
+      data.files[split] = absolute(data.files[split])
   return config
 
 

@@ -1,12 +1,65 @@
-"""What evaluators share: a jitted embedder over the current params, and the eval data context."""
+"""What evaluators share: a jitted embedder over the current params, and the eval data context.
+
+An entry of `config.evals` (or of a suite file) names its evaluator by `type`, the evaluator's own
+arguments, and optionally where its images come from:
+
+- `data`: a data section like `config.data` (any registered source: `tfds` with `tfds_name` and
+  `fields`, `csv`/`jsonl` with `files`, `label_key` and `class_names[_file]`, `vlmjax_shapes`);
+  unset keys take the base config's defaults. Default: the training data.
+- `resize`: 'crop' (shorter side to the model's image size, then the centre: CLIP's evaluation
+  transform) or 'squash'. Default: 'crop' on an entry's own data, 'squash' on the training data
+  (as training sees it).
+
+The model's `input.image_size` is the resolution: its position table is learned at that size.
+"""
 import dataclasses
+import math
+import sys
 
 import jax
 import numpy as np
 
+import ml_collections
+
 from vlmjax import sharding
 from vlmjax.data import pipeline, sources
 from vlmjax.data.tokenizer import Tokenizer
+
+ENTRY_KEYS = ("type", "data", "resize")  # an entry's keys read here; the rest go to its evaluator
+
+
+def base_data_config() -> ml_collections.ConfigDict:
+  from vlmjax import config as config_lib
+  return config_lib.base_config().data
+
+
+def eval_data_config(train_data, entry) -> ml_collections.ConfigDict:
+  """The data section an eval entry reads: its own `data` over the base defaults, else `train_data`.
+  ValueError naming the key for one the data section does not have."""
+  own = entry.get("data")
+  if not own:
+    return train_data
+  data = base_data_config()
+  for key, value in (own.items() if hasattr(own, "items") else []):
+    if key not in data:
+      raise ValueError(f"config: unknown key 'data.{key}' of an eval entry (known: {', '.join(data.keys())})")
+    data[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+  if data.name == "vlmjax_shapes" and not data.data_dir:
+    data.data_dir = train_data.get("data_dir", "") if train_data.name == "vlmjax_shapes" else ""
+  return data
+
+
+def entry_resize(entry) -> str:
+  resize = entry.get("resize") or ("crop" if entry.get("data") else "squash")
+  if resize not in pipeline.RESIZE_MODES:
+    raise ValueError(f"config: 'resize' {resize!r} of an eval entry must be one of {', '.join(pipeline.RESIZE_MODES)}")
+  return resize
+
+
+def evaluator_kwargs(entry) -> dict:
+  """An entry's arguments for its evaluator's constructor."""
+  entry = entry.to_dict() if hasattr(entry, "to_dict") else dict(entry)
+  return {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
 
 
 class Embedder:
@@ -45,26 +98,42 @@ class Embedder:
 
 @dataclasses.dataclass
 class EvalContext:
-  """Everything an evaluator reads: the data config, preprocessing, tokenizer and embedder."""
+  """Everything an evaluator reads: the data config, preprocessing, tokenizer and embedder.
+  `progress`: a label to show a progress bar (on stderr) per pass over a split, or ''."""
   data_config: object
   input_config: object
   tokenizer: Tokenizer
   embedder: Embedder
   batch_size: int
+  resize: str = "squash"
+  progress: str = ""
 
   def source(self, split: str):
     return sources.make_source(self.data_config, split)
 
-  def batches(self, split: str, passthrough=(), limit: int = 0, fields=()):
-    """Preprocessed eval batches of `split` (its first `limit` records when > 0), with the extra
-    batch `fields` (`batch_spec.Field`s, e.g. hard-negative captions)."""
+  def batches(self, split: str, passthrough=(), limit: int = 0, fields=(), indices=None):
+    """Preprocessed eval batches of `split` (the records at `indices`, else its first `limit` when
+    > 0, else all), with the extra batch `fields` (`batch_spec.Field`s, e.g. hard-negative
+    captions). Each batch's 'index' holds its records' indices (a bad record is left out)."""
     source = self.source(split)
-    indices = range(min(limit, len(source))) if limit > 0 else None
+    if indices is None and limit > 0:
+      indices = range(min(limit, len(source)))
     preprocess = pipeline.Preprocess(self.tokenizer, self.input_config.image_size,
                                      self.input_config.max_text_len, train=False,
                                      passthrough=tuple(passthrough), fields=tuple(fields),
-                                     input_config=self.input_config)
-    return source, pipeline.eval_batches(source, preprocess, self.batch_size, indices)
+                                     input_config=self.input_config, resize=self.resize)
+    batches = pipeline.eval_batches(source, preprocess, self.batch_size, indices)
+    if self.progress:
+      total = len(source) if indices is None else len(indices)
+      batches = progress_bar(batches, math.ceil(total / self.batch_size), f"{self.progress} {split}")
+    return source, batches
 
   def tokenize(self, texts):
     return self.tokenizer.encode(texts, self.input_config.max_text_len)
+
+
+def progress_bar(batches, total: int, label: str):
+  """`batches` with a tqdm bar on stderr (a line per pass when stderr is not a terminal)."""
+  from tqdm import tqdm
+  yield from tqdm(batches, total=total, desc=label, unit="batch", file=sys.stderr, leave=True,
+                  mininterval=1.0, disable=None)

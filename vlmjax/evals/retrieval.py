@@ -1,18 +1,44 @@
-"""Image <-> text retrieval on paired records: R@1/5/10 in both directions.
+"""Image <-> text retrieval: R@1/5/10 in both directions, with one or several captions per image.
 
-Record i's caption is the one correct text for image i (and vice versa); ranks are by cosine
-similarity over the first `num_examples` records of the split.
+The COCO / Flickr30k protocol: every caption of every image is a query and a candidate. Image→text:
+an image's hit at k when any of its captions ranks in its top k texts. Text→image: a caption's hit
+at k when its image ranks in its top k images. Ranks are by cosine similarity; a candidate tied
+with the right one does not push it down. Images are the first `num_examples` of the split (a
+CSV/JSONL image named on several rows is one image with those captions; a TFDS `captions` field is
+a list per image).
 """
 import numpy as np
 
 from vlmjax import registry
 
 
+def multi_caption_recall(scores, text_image, ks=(1, 5, 10)) -> dict:
+  """scores [N_images, N_texts]; text_image [N_texts]: the image of each text ->
+  {'image_to_text': {k: fraction}, 'text_to_image': {k: fraction}}. Every image needs a text."""
+  scores, text_image = np.asarray(scores), np.asarray(text_image)
+  num_images = scores.shape[0]
+  # Image i: the score of its best-scoring caption; its rank is how many texts score strictly higher.
+  own = np.full(num_images, -np.inf)
+  np.maximum.at(own, text_image, scores[text_image, np.arange(len(text_image))])
+  image_rank = (scores > own[:, None]).sum(axis=1)
+  right = scores[text_image, np.arange(len(text_image))]
+  text_rank = (scores > right[None, :]).sum(axis=0)
+  return {"image_to_text": {k: float((image_rank < k).mean()) for k in ks},
+          "text_to_image": {k: float((text_rank < k).mean()) for k in ks}}
+
+
 def recall_at_k(scores, ks=(1, 5, 10)) -> dict:
   """scores [N, N], the correct item of row i at column i -> {k: fraction of rows ranking it in top k}."""
-  correct = np.diag(scores)[:, None]
-  rank = (scores > correct).sum(axis=1)  # how many items score strictly higher than the right one
-  return {k: float((rank < k).mean()) for k in ks}
+  return multi_caption_recall(scores, np.arange(len(scores)), ks)["image_to_text"]
+
+
+def caption_groups(source, limit: int = 0):
+  """-> (record indices of the images [N], captions of each [N lists]): the source's own grouping
+  when it has one, else one caption per record."""
+  if hasattr(source, "caption_groups"):
+    return source.caption_groups(limit)
+  indices = list(range(min(limit, len(source)) if limit > 0 else len(source)))
+  return indices, [[source[i]["caption"]] for i in indices]
 
 
 @registry.register("evaluator", "retrieval")
@@ -20,16 +46,24 @@ class Retrieval:
 
   def __init__(self, name: str, split: str = "test", num_examples: int = 1000):
     self.name, self.split, self.num_examples = name, split, num_examples
+    self.splits = (split,)
 
   def run(self, ctx) -> dict:
-    _, batches = ctx.batches(self.split, limit=self.num_examples)
-    images, texts = [], []
+    indices, groups = caption_groups(ctx.source(self.split), self.num_examples)
+    _, batches = ctx.batches(self.split, indices=indices)
+    images, kept = [], []
     for batch in batches:
       images.append(ctx.embedder.embed_images(batch["image"]))
-      texts.append(ctx.embedder.embed_texts(batch["text"]))
-    scores = np.concatenate(images) @ np.concatenate(texts).T
-    out = {}
-    for direction, s in (("image_to_text", scores), ("text_to_image", scores.T)):
-      for k, r in recall_at_k(s).items():
-        out[f"{self.name}/{direction}_R@{k}"] = r
+      kept.extend(int(i) for i in batch["index"])
+    captions_of = dict(zip(indices, groups))  # a bad record's image is left out with its captions
+    texts, text_image = [], []
+    for image, index in enumerate(kept):
+      texts.extend(captions_of[index])
+      text_image.extend([image] * len(captions_of[index]))
+    if not texts or any(not captions_of[i] for i in kept):
+      raise ValueError(f"evals.{self.name}: split '{self.split}' has an image without a caption")
+    text_embeds = ctx.embedder.embed_texts(ctx.tokenize(texts))
+    recall = multi_caption_recall(np.concatenate(images) @ text_embeds.T, np.asarray(text_image))
+    out = {f"{self.name}/{direction}_R@{k}": r for direction, by_k in recall.items() for k, r in by_k.items()}
+    out[f"{self.name}/images"], out[f"{self.name}/texts"] = len(kept), len(texts)
     return out

@@ -1,23 +1,51 @@
 """Zero-shot classification: class-name prompts embedded by the text tower, images by the image tower.
 
 Each class embedding is the normalised mean of its prompt embeddings (CLIP's prompt ensembling);
-an image's prediction ranks classes by cosine similarity. Records with label < 0 (e.g. multi-object
-scenes) are skipped. Reports top-1 and top-5 accuracy.
+an image's prediction ranks classes by cosine similarity. A SigLIP model's class probability is
+sigmoid(scale · cos + bias) and a CLIP model's a softmax over cos: both are monotone in the cosine,
+so the ranking, and every number here, is the same under either. Records with label < 0 (e.g.
+multi-object scenes) are skipped. Reports top-1 and top-5 accuracy and the mean per-class recall
+(the accuracy averaged over classes, as CLIP_benchmark reports for unbalanced sets).
+
+Class names: the evaluator's `class_names` (a list, or a shipped set: `evals.classes`), else the
+data's (a TFDS `ClassLabel`, a CSV's class names). Prompts: `prompts` (templates with '{}', or a
+shipped set such as 'imagenet' (80) or 'imagenet_simple' (7), or 'vlmjax_shapes': the built-in
+dataset's caption-worded prompts), else the data's, else two generic ones.
 """
 import numpy as np
 
 from vlmjax import registry
+from vlmjax.data import shapes
+from vlmjax.evals import classes
 
 DEFAULT_PROMPTS = ("a photo of a {}.", "a {}.")
+PROMPT_FUNCTIONS = {"vlmjax_shapes": shapes.zero_shot_prompts}  # class name -> its prompts
+
+
+def accuracies(scores, labels, num_classes: int) -> dict:
+  """scores [N, C], labels [N] in [0, C) -> {'top1', 'top5', 'mean_per_class_recall'}: fractions.
+  A row's prediction is its highest score (the first on ties); classes absent from `labels` are
+  left out of the per-class mean."""
+  scores, labels = np.asarray(scores), np.asarray(labels)
+  order = np.argsort(-scores, axis=1, kind="stable")
+  top1 = order[:, 0] == labels
+  top5 = (order[:, :5] == labels[:, None]).any(axis=1)
+  present = np.unique(labels)
+  recall = [top1[labels == c].mean() for c in present if c < num_classes]
+  return {"top1": float(top1.mean()), "top5": float(top5.mean()), "mean_per_class_recall": float(np.mean(recall))}
 
 
 @registry.register("evaluator", "zeroshot")
 class ZeroShot:
 
-  def __init__(self, name: str, split: str = "test", class_names: tuple = (), prompts: tuple = (),
-               num_examples: int = 0):
+  def __init__(self, name: str, split: str = "test", class_names=(), prompts=(), num_examples: int = 0):
     self.name, self.split, self.num_examples = name, split, num_examples
-    self.class_names, self.prompts = tuple(class_names), tuple(prompts)
+    self.class_names = classes.class_names(class_names) if class_names else ()
+    if isinstance(prompts, str) and prompts in PROMPT_FUNCTIONS:
+      self.prompts = PROMPT_FUNCTIONS[prompts]
+    else:
+      self.prompts = classes.templates(prompts) if prompts else ()
+    self.splits = (split,)
 
   def class_embeddings(self, ctx, class_names, prompts):
     """prompts: templates with '{}' or a function class name -> texts. -> [C, E]"""
@@ -25,25 +53,34 @@ class ZeroShot:
     embeds = np.stack([ctx.embedder.embed_texts(ctx.tokenize(make(c))).mean(axis=0) for c in class_names])
     return embeds / np.linalg.norm(embeds, axis=-1, keepdims=True)
 
+  def check(self, source):
+    """-> the class names for `source`; ValueError (one line) when there are none or they do not
+    cover its labels."""
+    names = self.class_names or tuple(getattr(source, "class_names", ()) or ())
+    if not names:
+      raise ValueError(f"evals.{self.name}: the data names no classes; set 'class_names' (a list or a shipped "
+                       f"set: {', '.join(classes.CLASS_NAMES)}) or the data's class_names")
+    labels = getattr(source, "labels", None)
+    if labels is not None and len(labels) and max(labels) >= len(names):
+      raise ValueError(f"evals.{self.name}: the data has label {max(labels)} but {len(names)} class names")
+    return names
+
   def run(self, ctx) -> dict:
     source, batches = ctx.batches(self.split, passthrough=("label",), limit=self.num_examples)
-    class_names = self.class_names or getattr(source, "class_names", ())
-    if not class_names:
-      raise ValueError(f"evals.{self.name}: the dataset names no classes; set 'class_names'")
+    class_names = self.check(source)
     prompts = self.prompts or getattr(source, "prompts", DEFAULT_PROMPTS)
-    classes = self.class_embeddings(ctx, class_names, prompts)
-    correct1 = correct5 = total = 0
+    class_embeds = self.class_embeddings(ctx, class_names, prompts)
+    scores, labels = [], []
     for batch in batches:
       keep = batch["label"] >= 0
-      if not keep.any():
-        continue
-      scores = ctx.embedder.embed_images(batch["image"][keep]) @ classes.T
-      labels = batch["label"][keep]
-      top5 = np.argsort(-scores, axis=1)[:, :5]
-      correct1 += int((top5[:, 0] == labels).sum())
-      correct5 += int((top5 == labels[:, None]).any(axis=1).sum())
-      total += int(keep.sum())
-    if total == 0:
+      if keep.any():
+        scores.append(ctx.embedder.embed_images(batch["image"][keep]) @ class_embeds.T)
+        labels.append(batch["label"][keep])
+    if not labels:
       raise ValueError(f"evals.{self.name}: split '{self.split}' has no labelled records")
-    return {f"{self.name}/top1": correct1 / total, f"{self.name}/top5": correct5 / total,
-            f"{self.name}/count": total}
+    labels = np.concatenate(labels)
+    if labels.max() >= len(class_names):
+      raise ValueError(f"evals.{self.name}: split '{self.split}' has label {labels.max()} but "
+                       f"{len(class_names)} class names")
+    out = accuracies(np.concatenate(scores), labels, len(class_names))
+    return {**{f"{self.name}/{k}": v for k, v in out.items()}, f"{self.name}/count": int(len(labels))}

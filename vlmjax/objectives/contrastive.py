@@ -146,7 +146,9 @@ def siglip_loss_ring(image_embeds, text_embeds, logit_scale, logit_bias):
 class SiglipObjective:
   """SigLIP sigmoid loss. The model's `logit_scale`/`logit_bias` params are t' and b; initialise
   them to ln 10 and −10 (`model.logit_scale_init`, `model.logit_bias_init`). Not clamped, as in
-  big_vision. `distributed`: 'global' or 'ring' (`siglip_loss_ring`)."""
+  big_vision. `distributed`: 'global' or 'ring' (`siglip_loss_ring`). A pair's probability is
+  sigmoid(t·cos + b), each pair on its own (`probability`: how predict reports class scores)."""
+  probability = "sigmoid"
 
   def __init__(self, distributed: str = "global"):
     if distributed not in ("global", "ring"):
