@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 from conftest import REPO, tiny_config
 from vlmjax import config as config_lib, evaluate, export
 from vlmjax.data import pipeline, shapes, sources
+from vlmjax.evals import linear_probe
 from vlmjax.evals.common import EvalContext
 from vlmjax.evals.retrieval import Retrieval, multi_caption_recall
 from vlmjax.evals.zeroshot import ZeroShot, accuracies
@@ -310,9 +311,33 @@ def test_suite_on_a_labelled_csv_matches_the_builtin_zeroshot(trained, shape_fil
 
 
 def test_suite_on_a_workdir_writes_into_its_eval_results(trained, tmp_path):
-  suite = write_suite(tmp_path / "small.py", {"zs": dict(type="zeroshot", split="test")})
+  suite = write_suite(tmp_path / "small.py", {"zs": dict(type="zeroshot", split="test"),
+                                              "probe": dict(type="linear_probe"),
+                                              "shots": dict(type="fewshot", shots=(1, 2))})
   before = RunDir(trained.workdir).steps()
   record = evaluate.evaluate_suite(suite, workdir=trained.workdir, show=lambda table: None)
-  assert record["results"]["zs/top1"] == trained.results["zeroshot/top1"]
+  results = record["results"]
+  assert results["zs/top1"] == trained.results["zeroshot/top1"]
+  assert 0 <= results["shots/1shot_top1"] <= 1 and results["probe/l2"] in linear_probe.L2_GRID
+  # A 30-step model's features already separate the classes better than chance (36 classes).
+  assert results["probe/test_top1"] > 1 / 36, results
   assert os.path.isfile(os.path.join(trained.workdir, "eval_results", "small.json"))
   assert RunDir(trained.workdir).steps() == before
+
+
+def test_classify_reports_sigmoid_probabilities_for_a_siglip_model(trained, shape_files):
+  from vlmjax import predict
+  predictor = predict.Predictor(trained.bundle, devices=1, batch_size=16)
+  images = [str(shape_files.root / name) for name, _, _, _ in shape_files.rows[:3]]
+  classes = ("red circle", "blue square", "green triangle")
+  softmax = predict.classify(predictor, images, classes, top_k=3)
+  assert all(sum(p for _, p in r["top"]) == pytest.approx(1.0, abs=1e-5) for r in softmax)
+  predictor.config.objectives = ml_collections.ConfigDict(dict(siglip=dict(weight=1.0)))
+  sigmoid = predict.classify(predictor, images, classes, top_k=3)
+  scale, bias = predictor.logit_scale(), float(np.asarray(predictor.params["logit_bias"]))
+  _, embeds = predictor.embed_images(images)
+  class_embeds = predictor.class_embeddings(classes, predictor.default_prompts())
+  for result, row in zip(sigmoid, embeds @ class_embeds.T):
+    assert [c for c, _ in result["top"]] == [classes[j] for j in np.argsort(-row)]  # the same ranking
+    expected = {classes[j]: 1 / (1 + np.exp(-(scale * row[j] + bias))) for j in range(3)}
+    assert {c: p for c, p in result["top"]} == pytest.approx(expected, rel=1e-5)
