@@ -341,3 +341,23 @@ def test_classify_reports_sigmoid_probabilities_for_a_siglip_model(trained, shap
     assert [c for c, _ in result["top"]] == [classes[j] for j in np.argsort(-row)]  # the same ranking
     expected = {classes[j]: 1 / (1 + np.exp(-(scale * row[j] + bias))) for j in range(3)}
     assert {c: p for c, p in result["top"]} == pytest.approx(expected, rel=1e-5)
+
+
+def test_training_runs_an_eval_entry_with_its_own_data(tiny_data_dir, shape_files, tmp_path, monkeypatch):
+  """The config as the CLI gives it (locked), an entry reading a labelled CSV by a relative path:
+  checked before the workdir is touched, run at the end, recorded with absolute paths."""
+  monkeypatch.chdir(shape_files.root)
+  config = tiny_config(tiny_data_dir, total_steps=2, mesh=dict(data=1, fsdp=-1, tensor=1))
+  labelled = dict(name="csv", files=dict(test="labels.csv"), caption_key="", label_key="nope",
+                  class_names_file="classes.txt")
+  config.evals = dict(files=dict(type="zeroshot", prompts="vlmjax_shapes", data=labelled))
+  config.lock()
+  with pytest.raises(ValueError, match=r"evals.files: data: '.*labels.csv' has no column 'nope'"):
+    train(config, str(tmp_path / "bad"))
+  assert not (tmp_path / "bad").exists() or not os.listdir(tmp_path / "bad")  # at most the lock's empty folder
+  with config.unlocked():
+    config.evals.files.data.label_key = "label"
+  results = train(config, str(tmp_path / "run"))
+  assert results["files/count"] == len(shape_files.rows)
+  saved = json.loads((tmp_path / "run" / "config.json").read_text())
+  assert saved["evals"]["files"]["data"]["files"]["test"] == shape_files.csv

@@ -311,9 +311,9 @@ def with_absolute_paths(config):
     data.data_dir = DEFAULT_SHAPES_DIR
   absolute = lambda path: os.path.abspath(os.path.expanduser(path)) if path else path
   for data in [data] + [cfg.data for cfg in config.get("evals", {}).values() if cfg.get("data")]:
-    data.data_dir, data.image_root = absolute(data.get("data_dir", "")), absolute(data.get("image_root", ""))
-    if data.get("class_names_file"):
-      data.class_names_file = absolute(data.class_names_file)
+    for key in ("data_dir", "image_root", "class_names_file"):  # only those set: a locked config
+      if data.get(key):                                          # takes no new keys
+        data[key] = absolute(data[key])
     for split in list(data.get("files", {}).keys()):
       data.files[split] = absolute(data.files[split])
   return config
