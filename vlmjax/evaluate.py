@@ -151,22 +151,27 @@ def results_file(workdir: str, step: int, final: bool = True) -> str:
   return run.file(RunDir.EVAL_RESULTS) if final else os.path.join(run.file(STEP_RESULTS), f"step_{step}.json")
 
 
-def write_results(workdir: str, step: int, results: dict, final: bool = True) -> str:
-  """Writes {'step': step, **results} to `results_file` (atomically: a kill or a full disk never
-  leaves half a file, nor loses the previous one). -> the path; OSError naming it on failure."""
-  path = results_file(workdir, step, final)
-  partial = f"{path}.partial-{os.getpid()}"  # this process's own: "x" never opens another's file
+def write_atomically(path: str, text: str):
+  """Writes `text` to `path` through a file of this process's own ("x" never opens another's), so
+  a kill or a full disk never leaves half a file nor loses the previous one. OSError naming it."""
+  partial = f"{path}.partial-{os.getpid()}"
   created = False
   try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(partial, "x", encoding="utf-8") as f:
       created = True
-      json.dump({"step": int(step), **results}, f, indent=1)
+      f.write(text)
     os.replace(partial, path)
   except OSError as e:
     if created and os.path.isfile(partial):
       os.remove(partial)
     raise OSError(f"evaluate: cannot write the results to '{path}': {e.strerror or e}") from None
+
+
+def write_results(workdir: str, step: int, results: dict, final: bool = True) -> str:
+  """Writes {'step': step, **results} to `results_file` (atomically). -> the path."""
+  path = results_file(workdir, step, final)
+  write_atomically(path, json.dumps({"step": int(step), **results}, indent=1))
   return path
 
 
@@ -251,17 +256,8 @@ def suite_outputs(out: str, suite: str) -> tuple[str, str]:
 def write_suite(out: str, suite: str, record: dict, table: str) -> tuple[str, str]:
   """Writes the suite's record (JSON) and table (markdown), each atomically."""
   paths = suite_outputs(out, suite)
-  os.makedirs(out, exist_ok=True)
   for path, text in zip(paths, (json.dumps(record, indent=1), table + "\n")):
-    partial = f"{path}.partial-{os.getpid()}"
-    try:
-      with open(partial, "x", encoding="utf-8") as f:
-        f.write(text)
-      os.replace(partial, path)
-    except OSError as e:
-      if os.path.isfile(partial):
-        os.remove(partial)
-      raise OSError(f"evaluate: cannot write '{path}': {e.strerror or e}") from None
+    write_atomically(path, text)
   return paths
 
 
