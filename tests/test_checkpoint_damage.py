@@ -7,20 +7,27 @@ continue from step 5 exactly as the uninterrupted run did. A reader (`RunDir.res
 back the same way without moving anything, and refuses the damaged step when it is named. The
 truncated file, the noisiest damage (tensorstore reads finishing after orbax's loop closed), goes
 through the real command line, whose stderr must hold that one line and no traceback.
+
+A save that cannot be written (a read-only or full disk, simulated where orbax makes the step's
+folder or writes an array) ends training with one line naming the step, the folder and the OS error;
+the steps saved before it stay complete and the run resumes from them.
 """
 import asyncio
+import errno
 import gc
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import FAST_COMPILE_XLA_FLAGS, REPO, tiny_config
 from test_config_errors import run_cli
 from test_reliability import CONFIG_FILE
 from vlmjax import checkpoint, experiment
@@ -181,3 +188,78 @@ def test_only_the_noise_of_abandoned_reads_is_dropped(tmp_path, monkeypatch, cap
   loop.close()
   reported = [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
   assert len(reported) == 1 and "/elsewhere" in reported[0], reported
+
+
+# `python -m vlmjax.train ARGS` on a disk that turns read-only once step OLDER is saved: every folder
+# made in checkpoints/ after that fails, as on a read-only mount (where a file cannot be written either).
+READ_ONLY_TRAIN = f"""
+import errno, os, runpy, sys
+make_folder = os.mkdir
+
+def read_only(path, *args, **kwargs):
+  checkpoints = os.path.dirname(os.path.abspath(path))
+  if os.path.basename(checkpoints) == "checkpoints" and os.path.isdir(os.path.join(checkpoints, "{OLDER}")):
+    raise OSError(errno.EROFS, "Read-only file system", os.fspath(path))
+  return make_folder(path, *args, **kwargs)
+
+os.mkdir = read_only
+sys.argv = ["vlmjax.train", *sys.argv[1:]]
+runpy.run_module("vlmjax.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_save_that_cannot_write_ends_training_in_one_line(run, tmp_path):
+  """Through the command line, saving in the background (async_save, the default): exit 2 at once
+  (orbax's threads of the failed save are not waited for), one line, step 5 complete, and the run
+  resumes from it exactly as the uninterrupted run went."""
+  config = tmp_path / "config.py"
+  config.write_text(CONFIG_FILE.format(text=run["config"].to_json()))
+  workdir = tmp_path / "w"
+  env = dict(os.environ, XLA_FLAGS=f"{FAST_COMPILE_XLA_FLAGS} --xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  result = subprocess.run(
+      [sys.executable, "-c", READ_ONLY_TRAIN, "--config", str(config), "--workdir", str(workdir),
+       "--config.checkpoint.async_save=True"], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+  checkpoints = workdir / RunDir.CHECKPOINTS
+  assert result.returncode == 2, result.stderr[-4000:]
+  assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr[-4000:]
+  lines = [line for line in result.stderr.splitlines() if line.strip() and "OpenCV" not in line]
+  assert lines == [f"vlmjax.train: error: checkpoint: cannot save step {NEWEST} in '{checkpoints}' (OSError: "
+                   f"[Errno 30] Read-only file system: '{checkpoints}/.write-check-0'); step "
+                   f"{OLDER} and the steps before it are complete: once the folder can be written, run the same "
+                   "command to resume from it"], result.stderr[-4000:]
+  assert RunDir(str(workdir)).steps() == [OLDER]
+  train(run["config"], str(workdir))
+  assert _losses(workdir) == run["losses"]
+  assert RunDir(str(workdir)).steps() == [OLDER, NEWEST]
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_a_full_disk_keeps_the_saved_steps(tmp_path, monkeypatch, async_save):
+  """tensorstore's write of step 3 fails: CheckpointSaveError (an OSError) naming the step, the folder
+  and the error, from `save` or, saving in the background, from `close`; steps 1 and 2 restore."""
+  from orbax.checkpoint._src.serialization import serialization
+  write = serialization.async_serialize_from_host
+
+  async def full_disk(rslices, tensorstore_spec, **kwargs):
+    if "/3.orbax-checkpoint-tmp/" in str(tensorstore_spec):
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return await write(rslices, tensorstore_spec, **kwargs)
+
+  monkeypatch.setattr(serialization, "async_serialize_from_host", full_disk)
+  state = {"w": jnp.arange(4.0), "step": jnp.int32(0)}
+  saver = checkpoint.Checkpointer(str(tmp_path), 1, 2, async_save=async_save, cleanup=True)
+  saver.save(1, state)
+  saver.save(2, {**state, "step": jnp.int32(2)})
+  with pytest.raises(checkpoint.CheckpointSaveError) as e:
+    saver.save(3, state)
+    saver.close()
+  assert str(e.value) == (f"checkpoint: cannot save step 3 in '{tmp_path}' (OSError: [Errno 28] No space left on "
+                          "device); step 2 and the steps before it are complete: once the folder can be written, "
+                          "run the same command to resume from it")
+  saver.close()  # after a failed save: nothing more to wait for, nothing raised again
+  reader = checkpoint.Checkpointer(str(tmp_path), 1, 2)
+  assert reader.manager.all_steps() == [1, 2]
+  restored = reader.restore(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
+  assert int(restored["step"]) == 2
+  reader.close()

@@ -15,6 +15,10 @@ A step that cannot be restored (a truncated array file, a garbled JSON, an empty
 in one line and the newest older step that restores is used instead. The trainer, which owns the
 run, moves the damaged folder aside to `checkpoints/damaged-<step>`; a reader (evaluate, export,
 init) leaves it where it is. Nothing is deleted, and when no step restores nothing is moved.
+
+A save that cannot write (a full or read-only disk) raises CheckpointSaveError, one line naming the
+step, the folder and the OS error; the steps saved before it are complete and stay as they are (orbax
+deletes the ones beyond `keep` only once a new step is complete).
 """
 import dataclasses
 import json
@@ -36,6 +40,11 @@ DAMAGED = "damaged-"
 
 class CheckpointError(FileNotFoundError):
   """No step can be restored; a FileNotFoundError, which every command reports in one line."""
+
+
+class CheckpointSaveError(OSError):
+  """A step could not be written (full or read-only disk, ...); an OSError, which every command
+  reports in one line. The earlier steps are complete and restorable."""
 
 
 class DataIteratorHandler(grain.checkpoint.CheckpointHandler):
@@ -103,6 +112,10 @@ def _quiet_abandoned_reads(directory: str):
     quiet = _AbandonedReads()
     asyncio_logger.addFilter(quiet)
   quiet.directories.add(directory)
+  _quiet_closed_loop()
+
+
+def _quiet_closed_loop():
   previous = sys.unraisablehook
   if getattr(previous, "vlmjax_quiet_closed_loop", False):
     return
@@ -113,6 +126,32 @@ def _quiet_abandoned_reads(directory: str):
     previous(unraisable)
   hook.vlmjax_quiet_closed_loop = True
   sys.unraisablehook = hook
+
+
+class _SaveFailures(logging.Filter):
+  """Drops orbax's error records that carry an exception, keeping the last exception. A failed save
+  logs its error (with a traceback) from each of its threads, several times; the Checkpointer raises
+  that error itself, as one line, when the save is waited for."""
+
+  def __init__(self):
+    super().__init__()
+    self.last = None
+
+  def filter(self, record):
+    if record.levelno >= logging.ERROR and record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname:
+      self.last = record.exc_info[1]
+      return False
+    return True
+
+
+def _save_failures() -> _SaveFailures:
+  """The filter on the logger orbax logs through (absl's), installed once per process."""
+  absl_logger = logging.getLogger("absl")
+  failures = next((f for f in absl_logger.filters if isinstance(f, _SaveFailures)), None)
+  if failures is None:
+    failures = _SaveFailures()
+    absl_logger.addFilter(failures)
+  return failures
 
 
 def _on_every_process(ok: bool) -> bool:
@@ -174,6 +213,9 @@ class Checkpointer:
         max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
         cleanup_tmp_directories=cleanup, lightweight_initialize=True)
     self.manager = self._open()
+    self.failed = False  # a save failed: the manager is not used (nor closed) again
+    self._saving = None  # the step of the save in flight
+    self._failures = None
 
   def _open(self) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(self.directory, options=self.options, item_names=("state", "data"))
@@ -185,10 +227,54 @@ class Checkpointer:
     return step == total_steps or (self.every_steps > 0 and step % self.every_steps == 0)
 
   def save(self, step: int, state, data_iterator=None):
+    """Saves `step` (in the background when `async_save`). CheckpointSaveError when it, or the
+    previous save still in flight, cannot be written."""
+    self._finish_save()
+    self._check_writable(step)
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = DataSave(data_iterator)
-    self.manager.save(step, args=ocp.args.Composite(**items))
+    self._failures = _save_failures()
+    self._saving = step
+    try:
+      self.manager.save(step, args=ocp.args.Composite(**items))
+    except (OSError, ValueError) as e:  # tensorstore reports a failed write as a ValueError
+      raise self._save_error(step, e) from None
+    if not self.options.enable_async_checkpointing:
+      self._finish_save()
+
+  def _check_writable(self, step: int):
+    """Makes and removes a folder where the step's goes. orbax makes that one in a background thread
+    and, when it cannot, the data iterator's save waits for it for minutes before failing: a read-only
+    folder is found here first, at once."""
+    probe = os.path.join(self.directory, f".write-check-{jax.process_index()}")
+    try:
+      os.makedirs(probe, exist_ok=True)
+      os.rmdir(probe)
+    except OSError as e:
+      raise self._save_error(step, e) from None
+
+  def _finish_save(self):
+    """Waits for the save in flight, if any; CheckpointSaveError when its step is not complete."""
+    step, self._saving = self._saving, None
+    if step is None:
+      return
+    try:
+      self.manager.wait_until_finished()
+    except (OSError, ValueError) as e:
+      raise self._save_error(step, e) from None
+    if not os.path.isdir(os.path.join(self.directory, str(step))):  # orbax may log a failure and go on
+      raise self._save_error(step, self._failures.last)
+
+  def _save_error(self, step: int, error) -> CheckpointSaveError:
+    self.failed = True
+    _quiet_closed_loop()  # the failed save's abandoned writes
+    saved = sorted(s for s in self.manager.all_steps() if s != step and
+                   os.path.isdir(os.path.join(self.directory, str(s))))
+    kept = (f"; step {saved[-1]} and the steps before it are complete: once the folder can be written, run the "
+            "same command to resume from it" if saved else "")
+    reason = _describe(error) if error is not None else "its folder was not completed"
+    return CheckpointSaveError(f"checkpoint: cannot save step {step} in '{self.directory}' ({reason}){kept}")
 
   def restore(self, abstract_state, data_iterator=None, step: int | None = None):
     """-> train state at `step` (default: latest), placed by `abstract_state`'s shardings; the data
@@ -255,5 +341,10 @@ class Checkpointer:
     return params, used
 
   def close(self):
-    self.manager.wait_until_finished()
+    """Finishes the save in flight (CheckpointSaveError if it failed). After a failed save the
+    manager is left open: closing it waits on the failed save's threads, for minutes when the step
+    folder was never made."""
+    if self.failed:
+      return
+    self._finish_save()
     self.manager.close()

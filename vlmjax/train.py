@@ -10,13 +10,14 @@ skipped and bad data records skipped and counted (README, "Reliability guarantee
 """
 import contextlib
 import os
+import sys
 
 from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from vlmjax import cli, config as config_lib, distributed, evaluate, experiment as experiment_lib, registry, sharding
-from vlmjax import workdir as workdir_lib
+from vlmjax import checkpoint, cli, config as config_lib, distributed, evaluate, experiment as experiment_lib
+from vlmjax import registry, sharding, workdir as workdir_lib
 from vlmjax.data import pipeline, sources
 from vlmjax.data.tokenizer import Tokenizer, TokenizerError
 from vlmjax.init_from import init_params_from
@@ -92,8 +93,8 @@ def train(config, workdir: str, stop_after_steps: int | None = None, overwrite: 
   experiment_lib.check(config)
   with workdir_lib.lock(workdir, "train"):
     train_source = sources.make_source(config.data, config.data.train_split)
-    for split in sorted({cfg.split for cfg in config.evals.values() if "split" in cfg}):
-      sources.make_source(config.data, split)  # the eval splits' files, before training
+    # Every evaluator's data (its splits, labels against class names), before training.
+    evaluate.check_evals(evaluate.plan_evals(config.evals, config.data))
     workdir_lib.prepare(config, workdir, overwrite)  # refuses another run's workdir; writes config.json
     return _train(config, RunDir(workdir), train_source, stop_after_steps)
 
@@ -192,6 +193,15 @@ def main(argv):
     results = train(FLAGS.config, FLAGS.workdir, FLAGS.stop_after_steps, FLAGS.overwrite)
   except workdir_lib.WorkdirBusy as e:
     cli.fail("train", e, status=1)
+  except checkpoint.CheckpointSaveError as e:
+    # The failed save's orbax threads can wait minutes for a step folder that was never made, and a
+    # normal exit joins them. Nothing is left to write: the lock is released, the metrics flushed.
+    try:
+      cli.fail("train", e)
+    except SystemExit as exit_:
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(exit_.code)
   except USER_ERRORS as e:
     cli.fail("train", e.args[0] if isinstance(e, KeyError) and e.args else e)
   if results and jax.process_index() == 0:
