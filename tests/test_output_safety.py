@@ -21,7 +21,7 @@ from vlmjax import evaluate, export
 from vlmjax.run import Bundle, RunDir
 from vlmjax.workdir import LOCK
 
-# The command lines run in one helper process that imports what the programs import once, then forks
+# The command lines (of any program, train included) run in one helper process that imports what the programs import once, then forks
 # a child per command line that runs the program's __main__ as `python -m` does: a command line then
 # costs its own work, not the ~5 s of imports each fresh interpreter pays. The parent initialises no
 # JAX backend, so each child starts one of its own as a fresh process would. After each command the
@@ -29,9 +29,11 @@ from vlmjax.workdir import LOCK
 DRIVER = r"""
 import hashlib, json, os, runpy, signal, sys, traceback
 import jax, vlmjax.export, vlmjax.evaluate, vlmjax.predict
-PROGRAMS = ("export", "evaluate", "predict")
+from absl import flags
+import vlmjax.experiment, vlmjax.data.pipeline, vlmjax.data.sources, vlmjax.init_from, vlmjax.preemption
+PROGRAMS = ("export", "evaluate", "predict", "train")
 for program in PROGRAMS:
-  del sys.modules[f"vlmjax.{program}"]  # runpy runs it fresh as __main__, as -m does
+  sys.modules.pop(f"vlmjax.{program}", None)  # runpy runs it fresh as __main__, as -m does
 
 def snapshot(folders):
   files = {}
@@ -56,6 +58,11 @@ def run(program, args, stdout, stderr, timeout):
     os.dup2(os.open(stdout, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1)
     os.dup2(os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
     sys.argv = [f"vlmjax.{program}", *args]
+    for module, defined in flags.FLAGS.flags_by_module_dict().items():  # the other programs' flags
+      if module.startswith("vlmjax."):
+        for flag in defined:
+          if flag.name in flags.FLAGS:
+            delattr(flags.FLAGS, flag.name)
     try:
       runpy.run_module(f"vlmjax.{program}", run_name="__main__", alter_sys=True)
       code = 0

@@ -29,6 +29,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (path.py[:arg]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the tokenizer go.")
 flags.DEFINE_integer("stop_after_steps", None, "Checkpoint and stop after this step, as a preemption would.")
+flags.DEFINE_bool("dry_run", False, "Check everything up to the first step and trace the step abstractly (the "
+                  "config, every split's data, the tokenizer, the workdir, the model): print what would run, write "
+                  "nothing, exit 0.")
 flags.DEFINE_bool("overwrite", False, "Delete the workdir's previous run (checkpoints, metrics, tokenizer, "
                   "config) and start over, instead of refusing a workdir whose run has another config.")
 
@@ -97,6 +100,47 @@ def train(config, workdir: str, stop_after_steps: int | None = None, overwrite: 
     evaluate.check_evals(evaluate.plan_evals(config.evals, config.data))
     workdir_lib.prepare(config, workdir, overwrite)  # refuses another run's workdir; writes config.json
     return _train(config, RunDir(workdir), train_source, stop_after_steps)
+
+
+def dry_run(config, workdir: str, overwrite: bool = False) -> dict:
+  """Everything `train` does before its first step, writing nothing: the config against the mesh,
+  every split's data, the workdir (resumable, or `overwrite`), the init sources, the tokenizer, then
+  the model and the train step traced with `jax.eval_shape` (no params allocated, nothing compiled).
+  -> what would run: {'params', 'global_batch', 'per_device_batch', 'mesh', 'steps', ...}."""
+  config = sources.with_absolute_paths(config)
+  mesh = experiment_lib.check(config)
+  train_source = sources.make_source(config.data, config.data.train_split)
+  evaluate.check_evals(evaluate.plan_evals(config.evals, config.data))
+  workdir_lib.check(config, workdir, overwrite)
+  for source, _ in config_lib.init_sources(config.init):
+    if not os.path.isdir(source):
+      raise config_lib.ConfigError(f"config: init: '{source}' does not exist (a run, or a bundle, to start from)")
+  run = RunDir(workdir)
+  path = run.tokenizer_file(config)
+  tokenizer = Tokenizer.load(path) if config.tokenizer.path or os.path.exists(path) else None
+  vocab_size = tokenizer.vocab_size if tokenizer else config.tokenizer.vocab_size
+  prompt_len = len(pipeline.prompt_ids(tokenizer, config.input)) if tokenizer else 0
+  steps = total_steps(config, len(train_source))
+  experiment = experiment_lib.build(config, vocab_size, total_steps=steps, mesh=mesh, validate=False,
+                                    prompt_len=prompt_len)
+  abstract, state_shardings = experiment.abstract_state()
+  with experiment.use_mesh():
+    _, metrics = jax.eval_shape(experiment.train_step(state_shardings), abstract, experiment.abstract_batch())
+  assert "loss" in metrics
+  resumed = run.steps() if os.path.isdir(workdir) and not overwrite else []
+  return {"params": sum(x.size for x in jax.tree.leaves(abstract["params"])), "global_batch": config.batch_size,
+          "per_device_batch": config.batch_size // sharding.batch_axes_size(mesh), "mesh": dict(mesh.shape),
+          "devices": mesh.size, "processes": jax.process_count(), "steps": steps, "train_examples": len(train_source),
+          "start_step": resumed[-1] if resumed else 0, "tokenizer": path if tokenizer else
+          f"a {config.tokenizer.vocab_size}-piece tokenizer trained on the training captions"}
+
+
+def format_dry_run(report: dict) -> str:
+  mesh = " × ".join(f"{axis}={size}" for axis, size in report["mesh"].items())
+  return (f"vlmjax.train: dry run: {report['params']:,} params; global batch {report['global_batch']} "
+          f"({report['per_device_batch']} per device) on a mesh {mesh} of {report['devices']} devices in "
+          f"{report['processes']} process(es); steps {report['start_step']}..{report['steps']} over "
+          f"{report['train_examples']:,} training examples; tokenizer: {report['tokenizer']}. Nothing was written.")
 
 
 def _train(config, run: RunDir, train_source, stop_after_steps: int | None) -> dict:
@@ -182,6 +226,43 @@ USER_ERRORS = (config_lib.ConfigError, registry.RegistryError, distributed.Distr
                KeyError, pipeline.BadDataError, sources.DataFileError, TokenizerError, NonFiniteError)
 
 
+# The config's sections whose entries are named by the user, and the registry kind each entry picks.
+NAMED_ENTRIES = {"objectives": "objective", "evals": "evaluator"}
+
+
+def unknown_entry_override(argv) -> str | None:
+  """The error for an override below an entry the config file does not hold (`--config.objectives.
+  <name>.weight=1`): ml_collections refuses it with a bare KeyError('<name>'). -> one line naming the
+  override, the config's entries and the registered names; None when every such entry exists."""
+  args = argv[1:]
+  overrides = [a.split("=", 1)[0].removeprefix("--config.") for a in args if a.startswith("--config.")]
+  wanted = [o for o in overrides if o.split(".")[0] in NAMED_ENTRIES and o.count(".") >= 2]
+  files = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+  files += [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+  if not wanted or not files:
+    return None
+  try:
+    config = config_lib.load_file(*files[-1].split(":", 1))
+  except Exception:  # pylint: disable=broad-except  # the flag parser reports a config file that does not load
+    return None
+  for override in wanted:
+    section, name = override.split(".")[:2]
+    entries = config.get(section) or {}
+    if name not in entries:
+      kind = NAMED_ENTRIES[section]
+      registered = ", ".join(registry.names(kind))
+      return (f"config: --config.{override}: the config has no {section} entry '{name}' ({section}: "
+              f"{', '.join(entries) or 'none'}); add it in the config file (registered {kind}s: {registered})")
+  return None
+
+
+def parse_flags(argv):
+  message = unknown_entry_override(argv)
+  if message:
+    cli.fail("train", message)
+  return cli.flags_parser("train")(argv)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -190,6 +271,11 @@ def main(argv):
     cli.fail("train", "--config and --workdir are required")
   try:
     distributed.initialize_from_env()  # several processes (launch/): before any device is touched
+    if FLAGS.dry_run:
+      report = dry_run(FLAGS.config, FLAGS.workdir, FLAGS.overwrite)
+      if jax.process_index() == 0:
+        print(format_dry_run(report))
+      return
     results = train(FLAGS.config, FLAGS.workdir, FLAGS.stop_after_steps, FLAGS.overwrite)
   except workdir_lib.WorkdirBusy as e:
     cli.fail("train", e, status=1)
@@ -210,4 +296,4 @@ def main(argv):
 
 if __name__ == "__main__":
   jax.config.config_with_absl()
-  app.run(main, flags_parser=cli.flags_parser("train"))
+  app.run(main, flags_parser=parse_flags)

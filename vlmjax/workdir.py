@@ -172,6 +172,12 @@ def _check(config, workdir: str, overwrite: bool):
         "and start over")
 
 
+def check(config, workdir: str, overwrite: bool = False):
+  """`prepare`'s refusals, writing nothing (a dry run): ConfigError if the workdir is not this run's."""
+  if os.path.isdir(workdir):
+    _check(config, workdir, overwrite)
+
+
 def prepare(config, workdir: str, overwrite: bool = False):
   """Refuses another run's workdir (ConfigError), or clears it with `overwrite`; writes config.json.
   Every process checks (so all fail alike); process 0 deletes and writes."""
