@@ -17,6 +17,7 @@ import pytest
 
 from conftest import REPO, tiny_config
 from test_config_errors import run_cli, write_config
+from test_output_safety import check_refused, run_clis
 from vlmjax import config as config_lib, export, workdir as workdir_lib
 from vlmjax.data import sources
 from vlmjax.data.tokenizer import Tokenizer, TokenizerError
@@ -62,31 +63,6 @@ def trained(tiny_data_dir, tmp_path_factory):
   return {"config": config_path, "workdir": workdir, "folder": folder}
 
 
-@pytest.fixture
-def workdir(trained, tmp_path):
-  """A copy of the trained run, for a case to try to damage."""
-  copy = str(tmp_path / "run")
-  shutil.copytree(trained["workdir"], copy)
-  return copy
-
-
-@pytest.mark.parametrize("args,culprit", [
-    (["--config.checkpoint.keep=0"], "'checkpoint.keep' 0 must be"),
-    (["--config.optimizer.learning_rate=nan"], "'optimizer.learning_rate' nan must be a finite number"),
-    (["--config.input.max_text_len=64"], "'input.max_text_len' 64 exceeds the text tower's max_len 16"),
-    # --overwrite checks the data before it deletes anything.
-    (["--overwrite", "--config.data.name=csv"], "'data.files.train' is not set"),
-    # Resuming with another config is refused (and --overwrite is the way out).
-    (["--config.batch_size=8"], "holds checkpoints (step 4) of a run with another config"),
-])
-def test_bad_invocation_changes_nothing(trained, workdir, tiny_data_dir, args, culprit):
-  """Through the real command line: one line, no traceback, every file of the run unchanged."""
-  before = snapshot(workdir)
-  line = one_line_error(run_cli(tiny_data_dir, workdir, *args, config=trained["config"]))
-  assert culprit in line, line
-  assert snapshot(workdir) == before
-
-
 @pytest.mark.parametrize("key,value,culprit", [
     ("checkpoint.keep", -1, "'checkpoint.keep' -1 must be"),
     ("optimizer.learning_rate", -0.1, "'optimizer.learning_rate' -0.1 must be"),
@@ -108,62 +84,83 @@ def test_out_of_range_values_are_refused_before_anything_runs(tiny_data_dir, tmp
   assert not (tmp_path / "w").exists()
 
 
-def test_a_bundle_is_not_a_workdir(trained, tiny_data_dir, tmp_path):
+def test_refused_invocations_change_nothing(trained, tiny_data_dir, tmp_path):
+  """Through the real command line (all in one pre-imported process, `run_clis`): one line, no
+  traceback, and every file of every folder involved unchanged, nothing created."""
+  def copy(name):
+    folder = str(tmp_path / name)
+    shutil.copytree(trained["workdir"], folder)
+    return folder
+
+  workdir, no_config = copy("run"), copy("no_config")
+  os.remove(os.path.join(no_config, "config.json"))
   bundle = export.export(trained["workdir"], str(tmp_path / "bundle"))
-  before = snapshot(bundle)
-  line = one_line_error(run_cli(tiny_data_dir, bundle, config=trained["config"]))
-  assert "is an inference bundle" in line
-  line = one_line_error(run_cli(tiny_data_dir, bundle, "--overwrite", config=trained["config"]))
-  assert "is an inference bundle" in line
-  assert snapshot(bundle) == before
+  hf = tmp_path / "hf"  # an HF export's folder has a config.json of its own
+  hf.mkdir()
+  (hf / "config.json").write_text(json.dumps({"model_type": "clip", "projection_dim": 32}))
+  (hf / "model.safetensors").write_bytes(b"weights")
+  files = tmp_path / "files"
+  files.mkdir()
+  (files / "tokenizer.model").write_bytes(b"not a sentencepiece model")
+  from PIL import Image
+  Image.new("RGB", (32, 32), "red").save(files / "a.png")
+  (files / "train.csv").write_text("image_path,caption\n" + "a.png,a red square\n" * 8)
+  (files / "test.csv").write_text("image_path,caption\na.png,a red square\nmissing.png,gone\n")
+  with_evals = write_config(files, BODY + 'c.evals = dict(retrieval=dict(type="retrieval", split="test"))\n',
+                            name="with_evals.py")
+  fresh = str(tmp_path / "fresh")  # a workdir a refused command must not create anything in
+  cases = [  # (--workdir, args, what the error line says)
+      (workdir, ["--config.checkpoint.keep=0"], "'checkpoint.keep' 0 must be"),
+      (workdir, ["--config.optimizer.learning_rate=nan"], "'optimizer.learning_rate' nan must be a finite number"),
+      (workdir, ["--config.input.max_text_len=64"], "'input.max_text_len' 64 exceeds the text tower's max_len 16"),
+      # --overwrite checks the data before it deletes anything.
+      (workdir, ["--overwrite", "--config.data.name=csv"], "'data.files.train' is not set"),
+      # Resuming with another config is refused (and --overwrite is the way out).
+      (workdir, ["--config.batch_size=8"], "holds checkpoints (step 4) of a run with another config"),
+      (workdir, ["--dry_run", "--config.batch_size=8"], "holds checkpoints (step 4) of a run with another config"),
+      # An objective or evaluator the config does not hold cannot be added by an override.
+      (workdir, ["--config.objectives.nope.weight=1.0"], "--config.objectives.nope.weight: the config has no "
+       "objectives entry 'nope' (objectives: clip); add it in the config file (registered objectives: clip, "),
+      (workdir, ["--config.evals.new.type=retrieval"], "--config.evals.new.type: the config has no evals entry "
+       "'new' (evals: none); add it in the config file (registered evaluators: "),
+      (workdir, ["--config.objectives.clip.type=nope"], "unknown key 'objectives.clip.type'"),
+      (bundle, [], "is an inference bundle"),
+      (bundle, ["--overwrite"], "is an inference bundle"),
+      (str(hf), [], "is not a vlmjax run's config"),
+      (str(hf), ["--overwrite"], "is not a vlmjax run's config"),
+      (no_config, [], "holds checkpoints (step 4) but no config.json"),
+      (fresh, [f"--config.tokenizer.path={files}/tokenizer.model"], f"{files}/tokenizer.model"),
+      # A missing test image is found before the first step, not after training.
+      (fresh, ["--config", with_evals, "--config.data.name=csv", f"--config.data.files.train={files}/train.csv",
+               f"--config.data.files.test={files}/test.csv"], "missing.png' on line 3"),
+  ]
+  data = [f"--config.data.data_dir={tiny_data_dir}", "--config.data.builder_config=tiny"]
+
+  def command(folder, args):
+    config = args[1] if args[:1] == ["--config"] else trained["config"]
+    return ["--config", config, "--workdir", folder, *data, *(args[2:] if args[:1] == ["--config"] else args)]
+  before, results = run_clis([("train", command(folder, args)) for folder, args, _ in cases],
+                             watch=[workdir, no_config, bundle, str(hf), str(files)])
+  for (_, args, culprit), result in zip(cases, results):
+    check_refused(result, "train", culprit)
+    assert result.files == before, (args, set(result.files.items()) ^ set(before.items()))
+  assert not os.path.exists(os.path.join(fresh, "checkpoints"))
+  # The same command with --dry_run: what would run, exit 0, nothing written.
+  before, (result,) = run_clis([("train", ["--config", trained["config"], "--workdir", workdir, *data, "--dry_run"])],
+                               watch=[workdir])
+  assert result.rc == 0 and result.files == before, result.stderr[-2000:]
+  assert "global batch 16 (2 per device) on a mesh data=8 × fsdp=1 × tensor=1 of 8 devices" in result.stdout
+  assert "steps 4..4" in result.stdout and "Nothing was written" in result.stdout
 
 
-def test_another_programs_folder_is_not_a_workdir(trained, tiny_data_dir, tmp_path):
-  """An HF export's folder has a config.json of its own: neither training nor --overwrite touch it."""
-  folder = tmp_path / "hf"
-  folder.mkdir()
-  (folder / "config.json").write_text(json.dumps({"model_type": "clip", "projection_dim": 32}))
-  (folder / "model.safetensors").write_bytes(b"weights")
-  before = snapshot(folder)
-  for extra in ([], ["--overwrite"]):
-    line = one_line_error(run_cli(tiny_data_dir, folder, *extra, config=trained["config"]))
-    assert "is not a vlmjax run's config" in line
-  assert snapshot(folder) == before
-
-
-def test_checkpoints_without_their_config_are_not_resumed(trained, workdir, tiny_data_dir):
-  os.remove(os.path.join(workdir, "config.json"))
-  before = snapshot(workdir)
-  line = one_line_error(run_cli(tiny_data_dir, workdir, config=trained["config"]))
-  assert "holds checkpoints (step 4) but no config.json" in line
-  assert snapshot(workdir) == before
-
-
-def test_garbage_tokenizer_file(trained, tiny_data_dir, tmp_path):
+def test_a_garbage_tokenizer_file_is_named(tmp_path):
   garbage = tmp_path / "tokenizer.model"
   garbage.write_bytes(b"not a sentencepiece model")
-  line = one_line_error(run_cli(tiny_data_dir, tmp_path / "w", f"--config.tokenizer.path={garbage}",
-                                config=trained["config"]))
-  assert "not a SentencePiece model" in line and str(garbage) in line
   with pytest.raises(TokenizerError, match="not a SentencePiece model"):
     Tokenizer.load(str(garbage))
 
 
-def test_eval_split_files_are_checked_before_training(trained, tiny_data_dir, tmp_path):
-  """A missing test image is found before the first step, not after training; and correcting the
-  path is a resumable change (where the data lives)."""
-  image = tmp_path / "a.png"
-  from PIL import Image
-  Image.new("RGB", (32, 32), "red").save(image)
-  (tmp_path / "train.csv").write_text("image_path,caption\n" + "a.png,a red square\n" * 8)
-  (tmp_path / "test.csv").write_text("image_path,caption\na.png,a red square\nmissing.png,gone\n")
-  workdir = tmp_path / "w"
-  result = run_cli(tiny_data_dir, workdir, "--config.data.name=csv", f"--config.data.files.train={tmp_path}/train.csv",
-                   f"--config.data.files.test={tmp_path}/test.csv",
-                   config=write_config(tmp_path, BODY + 'c.evals = dict(retrieval=dict(type="retrieval", split="test"))\n'))
-  line = one_line_error(result)
-  assert "missing.png' on line 3" in line
-  assert not (workdir / "checkpoints").exists()
+def test_a_corrected_data_path_is_a_resumable_change():
   saved = {"data": {"files": {"test": "/old/test.csv"}, "name": "csv"}, "batch_size": 8}
   new = {"data": {"files": {"test": "/new/test.csv"}, "name": "csv"}, "batch_size": 8}
   assert workdir_lib.config_differences(saved, new) == []
