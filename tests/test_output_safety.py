@@ -21,11 +21,12 @@ from vlmjax import evaluate, export
 from vlmjax.run import Bundle, RunDir
 from vlmjax.workdir import LOCK
 
-# The command lines (of any program, train included) run in one helper process that imports what the programs import once, then forks
-# a child per command line that runs the program's __main__ as `python -m` does: a command line then
-# costs its own work, not the ~5 s of imports each fresh interpreter pays. The parent initialises no
-# JAX backend, so each child starts one of its own as a fresh process would. After each command the
-# helper records the sha256 of every file under the watched folders.
+# The command lines (of any program, train included) run in one helper process that imports what the
+# programs import once, then forks a child per command line that runs the program's __main__ as
+# `python -m` does (the other programs' flags removed first): a command line then costs its own work,
+# not the ~5 s of imports each fresh interpreter pays. The parent initialises no JAX backend, so each
+# child starts one of its own as a fresh process would. After each command the helper records the
+# sha256 of every file under the watched folders.
 DRIVER = r"""
 import hashlib, json, os, runpy, signal, sys, traceback
 import jax, vlmjax.export, vlmjax.evaluate, vlmjax.predict
