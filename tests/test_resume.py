@@ -1,9 +1,9 @@
 """Preemption and resume through the real entry point `vlmjax.train.train`.
 
-Run A trains 40 steps without stopping. Run B trains the same config but stops after step 20 (as a
-preemption would: `stop_after_steps=20` checkpoints and returns), then is started again on the same
-workdir and continues to 40. Since the checkpoint holds the train state *and* the grain iterator's
-position, B's steps 21..40 must be bit-identical to A's, and so must the final params.
+Run A trains 20 steps without stopping. Run B trains the same config but stops after step 10 (as a
+preemption would: `stop_after_steps=10` checkpoints and returns), then is started again on the same
+workdir and continues to 20. Since the checkpoint holds the train state *and* the grain iterator's
+position, B's steps 11..20 must be bit-identical to A's, and so must the final params.
 """
 import os
 
@@ -17,14 +17,15 @@ from vlmjax.data.tokenizer import Tokenizer
 from vlmjax.run import RunDir, read_metrics
 from vlmjax.train import train
 
-TOTAL = 40
-STOP = 20
+TOTAL = 20
+STOP = 10
 
 
 def _config(data_dir):
   # Crop and brightness augmentation on, so the data RNG must be restored too, not only the order.
   return tiny_config(data_dir, **{
-      "total_steps": TOTAL, "checkpoint.every_steps": 10, "checkpoint.async_save": True, "log_every_steps": 1, "evals": {},
+      "total_steps": TOTAL, "checkpoint.every_steps": 5, "checkpoint.async_save": True, "log_every_steps": 1,
+      "evals": {},
       "mesh": dict(data=1, fsdp=-1, tensor=1),  # all 8 fake devices: the checkpoint is sharded
       "input.crop_min": 0.8, "input.brightness": 0.1, "optimizer.warmup_steps": 5})
 
@@ -65,7 +66,7 @@ def _losses(workdir):
 
 def test_interrupted_run_stops_and_checkpoints(runs):
   assert runs["interrupted"] == {}
-  assert sorted(runs["steps_after_stop"]) == [10, 20]
+  assert sorted(runs["steps_after_stop"]) == [5, STOP]
   steps = [m["step"] for m in runs["metrics_after_stop"] if "loss" in m]
   assert steps == list(range(1, STOP + 1))
 
