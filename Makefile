@@ -15,12 +15,14 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-# venv + install, build the built-in dataset, train configs/demo.py, evaluate, export an inference bundle.
+# venv + install, build the built-in dataset, train configs/demo.py, evaluate, export an inference
+# bundle, and run the built-in dataset's evaluation suite on the bundle.
 demo: $(STAMP)
 	$(BIN)/python -m vlmjax.data.shapes --data_dir data/tfds --config default
 	$(BIN)/python -m vlmjax.train --config configs/demo.py --workdir $(DEMO_WORKDIR)
 	$(BIN)/python -m vlmjax.evaluate --workdir $(DEMO_WORKDIR)
 	$(BIN)/python -m vlmjax.export --workdir $(DEMO_WORKDIR) --out $(DEMO_WORKDIR)/bundle --force
+	$(BIN)/python -m vlmjax.evaluate --bundle $(DEMO_WORKDIR)/bundle --suite configs/evals/shapes.py --out $(DEMO_WORKDIR)/suite
 
 # The whole suite, slow end-to-end tests included, in two worker processes (a test file stays in
 # one worker: module fixtures train once); `make test-fast` skips the tests marked slow.

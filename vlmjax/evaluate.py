@@ -206,6 +206,7 @@ def evaluate_workdir(workdir: str, step: int | None = None, show=None) -> dict:
   return results
 
 
+NOT_FRACTIONS = ("l2",)  # float metrics shown as they are (the rest in [0, 1] as percent)
 SUITE_KEY = "suite"  # what marks a file as a suite's results (so a rerun replaces only its own)
 
 
@@ -220,7 +221,7 @@ def load_suite(path: str):
 
 
 def suite_table(results: dict, planned: list[Planned]) -> str:
-  """A markdown table: a row per evaluator metric (percent for fractions), and a row per entry whose
+  """A markdown table: a row per evaluator metric (fractions as percent), and a row per entry whose
   data is not prepared, with the command that prepares it."""
   lines = ["| evaluator | metric | value |", "|---|---|---|"]
   for plan in planned:
@@ -229,8 +230,10 @@ def suite_table(results: dict, planned: list[Planned]) -> str:
       continue
     for key, value in results.items():
       if key.startswith(plan.name + "/"):
-        text = f"{100 * value:.2f}" if isinstance(value, float) and abs(value) <= 1 else str(value)
-        lines.append(f"| {plan.name} | {key[len(plan.name) + 1:]} | {text} |")
+        metric = key[len(plan.name) + 1:]
+        fraction = isinstance(value, float) and abs(value) <= 1 and metric not in NOT_FRACTIONS
+        text = f"{100 * value:.2f}" if fraction else f"{value:.3g}" if isinstance(value, float) else str(value)
+        lines.append(f"| {plan.name} | {metric} | {text} |")
   return "\n".join(lines)
 
 

@@ -20,5 +20,6 @@ def get_config(arg=None):
       compositional=dict(type="compositional", split="test", data=SHAPES),
       linear_probe=dict(type="linear_probe", train_split="train", validation_split="validation",
                         test_split="test", num_train_examples=10000, data=SHAPES),
-      fewshot=dict(type="fewshot", train_split="train", test_split="test", shots=(1, 5, 10), data=SHAPES),
+      fewshot=dict(type="fewshot", train_split="train", test_split="test", shots=(1, 5, 10), num_train_examples=10000,
+                   data=SHAPES),
   ))
