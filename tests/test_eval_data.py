@@ -181,7 +181,8 @@ class TinyColours(tfds.core.GeneratorBasedBuilder):
   def _info(self):
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
         "image": tfds.features.Image(shape=(16, 16, 3), encoding_format="png"),
-        "label": tfds.features.ClassLabel(names=list(COLOURS))}))
+        "label": tfds.features.ClassLabel(names=list(COLOURS)),
+        "captions": tfds.features.Sequence({"text": tfds.features.Text()})}))  # COCO-style
 
   def _split_generators(self, dl_manager):
     return {"test": self._generate_examples()}
@@ -191,7 +192,8 @@ class TinyColours(tfds.core.GeneratorBasedBuilder):
       drawn = list(COLOURS)[i % 3] if i != 5 else "green"
       png = io.BytesIO()  # encoded here: TFDS would need TensorFlow to encode an array
       Image.fromarray(np.full((16, 16, 3), COLOURS[drawn], np.uint8)).save(png, format="PNG")
-      yield i, {"image": png.getvalue(), "label": i % 3}
+      captions = [f"a {drawn} square", f"{drawn} again"][:1 + i % 2]
+      yield i, {"image": png.getvalue(), "label": i % 3, "captions": {"text": captions}}
 
 
 class ColourOracle:
@@ -220,6 +222,15 @@ def test_tfds_classlabel_set_gives_class_names_and_known_accuracy(tmp_path, tiny
   assert results["colours/top1"] == pytest.approx(5 / 6)
   assert results["colours/mean_per_class_recall"] == pytest.approx((1 + 1 + 0.5) / 3)
   assert results["colours/top5"] == 1.0 and results["colours/count"] == 6
+  # Its nested caption lists: every caption of every image (1 or 2 here), for retrieval.
+  with_captions = data_config(name="tfds", tfds_name="tiny_colours", data_dir=str(tmp_path),
+                              fields=dict(image="image", caption="captions/text", captions="captions/text"))
+  indices, groups = sources.make_source(with_captions, "test").caption_groups()
+  by_key = {tuple(g) for g in groups}
+  assert len(indices) == 6 and {len(g) for g in groups} == {1, 2} and ("a green square", "green again") in by_key
+  retrieval = Retrieval(name="colours").run(EvalContext(with_captions, tiny_config("").input, tiny_tokenizer,
+                                                           ColourOracle(tiny_tokenizer), 4))
+  assert (retrieval["colours/images"], retrieval["colours/texts"]) == (6, 9)
 
 
 # --- several captions per image -------------------------------------------------------------------
