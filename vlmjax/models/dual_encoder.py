@@ -30,11 +30,18 @@ class DualEncoder(nn.Module):
     positive texts per image, DreamLIP) is given; `logit_scale_local` [] with `local_logit_scale`.
 
   Either input may be None; its outputs are then absent.
+
+  `image_head`, `text_head`: how a tower's outputs reach the shared space. 'proj' (CLIP's bias-free
+  linear map, `<tower>_proj/kernel` [W, E]), 'proj_bias' (with a bias, `<tower>_proj/bias` [E]:
+  big_vision's `head`, SigLIP's text side) or 'none' (the tower's width is the embedding: SigLIP's
+  image side, big_vision's `out_dim=None`; needs width == embed_dim).
   """
   image: dict
   text: dict
   embed_dim: int
   vocab_size: int
+  image_head: str = "proj"
+  text_head: str = "proj"
   logit_scale_init: float = float(np.log(1 / 0.07))
   logit_bias_init: float = -10.0
   local_logit_scale: bool = False  # a second temperature, for DreamLIP's grouping loss
@@ -57,16 +64,26 @@ class DualEncoder(nn.Module):
         k: v for k, v in self.text.items() if k != "variant"}}
     self.image_tower = ViT(**image, dtype=self.dtype, name="image")
     self.text_tower = TextTransformer(vocab_size=self.vocab_size, **text, dtype=self.dtype, name="text")
-    projection = lambda name: nn.Dense(
-        self.embed_dim, use_bias=False, dtype=self.dtype, name=name,
-        kernel_init=layers.kernel_init(("embed", "proj")))
-    self.image_proj = projection("image_proj")
-    self.text_proj = projection("text_proj")
+    self.image_proj = self.projection("image", self.image_head, image["width"])
+    self.text_proj = self.projection("text", self.text_head, text["width"])
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init), ())
     self.logit_bias = self.param("logit_bias", nn.initializers.constant(self.logit_bias_init), ())
     if self.local_logit_scale:
       self.logit_scale_local = self.param(
           "logit_scale_local", nn.initializers.constant(self.logit_scale_init), ())
+
+  def projection(self, tower: str, head: str, width: int):
+    """The map from a tower's width to the shared space ([.., W] -> [.., E]) that `head` names."""
+    if head not in ("proj", "proj_bias", "none"):
+      raise ValueError(f"unknown {tower}_head '{head}'; known: proj, proj_bias, none")
+    if head == "none":
+      if width != self.embed_dim:
+        raise ValueError(f"{tower}_head 'none' needs the {tower} tower's width {width} to equal embed_dim "
+                         f"{self.embed_dim}")
+      return lambda x: x
+    return nn.Dense(self.embed_dim, use_bias=head == "proj_bias", dtype=self.dtype, name=f"{tower}_proj",
+                    kernel_init=layers.kernel_init(("embed", "proj")),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("proj",)))
 
   def embed_text_sets(self, texts, train):
     """[B, K, T] -> [B, K, E], L2-normalised: K texts per example through the one text tower."""

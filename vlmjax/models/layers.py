@@ -149,6 +149,8 @@ class Attention(nn.Module):
   With `return_keys`, returns (out, keys [B, S, K, Dh]) (ToMe's merge metric). With `rank_queries`
   (bool [B, T]), returns instead the attention each key receives, averaged over heads and over the
   query rows marked True: [B, S] float32 (PyramidDrop's ranking; no value path, no cache).
+  With `inputs_kv` [B, S, D'], keys and values are projected from it and queries from x
+  (cross-attention, as `nn.MultiHeadDotProductAttention(x, inputs_kv)`; no RoPE, no cache).
   """
   num_heads: int
   num_kv_heads: int | None = None
@@ -162,22 +164,26 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, mask: Array | None = None, positions: Array | None = None,
-               cache_index: Array | None = None, rank_queries: Array | None = None):
+               cache_index: Array | None = None, rank_queries: Array | None = None,
+               inputs_kv: Array | None = None):
     width = x.shape[-1]
     head_dim = self.head_dim or width // self.num_heads
     num_kv = self.num_kv_heads or self.num_heads
     if self.num_heads % num_kv:
       raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={num_kv}")
+    if inputs_kv is not None and (self.use_rope or self.decode):
+      raise ValueError("Attention: inputs_kv (cross-attention) takes neither RoPE nor a KV cache")
+    kv = x if inputs_kv is None else inputs_kv
     query = HeadsProjection(self.num_heads, head_dim, self.use_bias, name="query")(width)
-    key = HeadsProjection(num_kv, head_dim, self.use_bias, name="key")(width)
-    value = lambda: HeadsProjection(num_kv, head_dim, self.use_bias, name="value")(width)
+    key = HeadsProjection(num_kv, head_dim, self.use_bias, name="key")(kv.shape[-1])
+    value = lambda: HeadsProjection(num_kv, head_dim, self.use_bias, name="value")(kv.shape[-1])
     if rank_queries is not None:  # PyramidDrop's ranking: no values
-      groups = [[query], [key]]
-    elif num_kv == self.num_heads:
-      groups = [[query, key, value()]]
-    else:  # grouped-query: fewer key/value heads than query heads
-      groups = [[query], [key, value()]]
-    q, k, *v = [y for group in groups for y in self.project(x, *group)]
+      groups = [(x, [query]), (kv, [key])]
+    elif num_kv == self.num_heads and inputs_kv is None:
+      groups = [(x, [query, key, value()])]
+    else:  # grouped-query (fewer key/value heads than query heads) or cross-attention
+      groups = [(x, [query]), (kv, [key, value()])]
+    q, k, *v = [y for inputs, group in groups for y in self.project(inputs, *group)]
     q = constrain(q, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
     k = constrain(k, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
     if self.use_rope:
@@ -299,6 +305,33 @@ class Block(nn.Module):
             name="mlp")(h, deterministic)
     x = x + nn.Dropout(self.dropout)(h, deterministic)
     return constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+
+
+class MAPHead(nn.Module):
+  """Multi-head attention pooling (big_vision's `MAPHead`, SigLIP's image pooling): a learned probe
+  attends over the tokens, then a residual MLP on its LayerNorm. x [B, N, D] -> [B, D].
+
+  The same sub-layers and shapes as big_vision's (`probe` [1, 1, D]; attention kernels [D, H, Dh],
+  out [H, Dh, D]; MLP [D, mlp_dim], [mlp_dim, D]), under this file's names: probe, attn, norm, mlp.
+  No norm before the attention: the tokens come out of the encoder's final norm.
+  """
+  num_heads: int
+  mlp_dim: int
+  norm_eps: float = 1e-6
+  activation: str = "gelu"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    batch, _, width = x.shape
+    probe = self.param("probe", kernel_init((None, None, "embed")), (1, 1, width))
+    # Split over the batch as every activation is, not over `embed` as the probe param is.
+    probe = constrain(jnp.broadcast_to(probe, (batch, 1, width)).astype(self.dtype),
+                      ("activation_batch", "activation_length", "activation_embed"))
+    x = Attention(self.num_heads, dtype=self.dtype, name="attn")(probe, inputs_kv=x.astype(self.dtype))
+    h = Norm("layer", "norm", self.norm_eps)(x).astype(self.dtype)
+    x = x + Mlp(self.mlp_dim, self.activation, dtype=self.dtype, name="mlp")(h)
+    return x[:, 0]
 
 
 def block_class(remat: str):

@@ -9,19 +9,27 @@ class TextTransformer(layers.Tower, kw_only=True):
   """tokens [B, T] int (0 = padding) -> (pooled [B, D], tokens [B, T, D], token_mask [B, T]).
 
   `pool`: 'eos' takes the last non-padding token (CLIP's EOT pooling; with `causal` it has seen the
-  whole caption), 'mean' averages the non-padding tokens.
+  whole caption), 'mean' averages the non-padding tokens, 'last' takes position max_len - 1 whatever
+  the caption's length (big_vision's `pool_type='last'`, SigLIP's: its tokenizer pads with EOS, so
+  that position holds one; texts must then be max_len long). SigLIP's text tower is `causal=False`,
+  `pool='last'`, and with `mask_padding=False` every position attends to every other, padding
+  included, as big_vision's (which has no attention mask at all).
   """
   vocab_size: int
   max_len: int = 64
   causal: bool = True
   pool: str = "eos"
+  mask_padding: bool = True
 
   @nn.compact
   def __call__(self, tokens, train: bool = False):
-    if self.pool not in ("eos", "mean"):
-      raise ValueError(f"unknown text pool '{self.pool}'; known: eos, mean")
+    if self.pool not in ("eos", "mean", "last"):
+      raise ValueError(f"unknown text pool '{self.pool}'; known: eos, mean, last")
     if tokens.shape[1] > self.max_len:
       raise ValueError(f"text length {tokens.shape[1]} exceeds the text tower's max_len {self.max_len}")
+    if self.pool == "last" and tokens.shape[1] != self.max_len:
+      raise ValueError(f"text pool 'last' reads position max_len - 1 = {self.max_len - 1}; texts are "
+                       f"{tokens.shape[1]} long (pad them to max_len, input.max_text_len = model.text.max_len)")
     token_mask = tokens != 0
     embed = nn.Embed(self.vocab_size, self.width, name="token_embed",
                      embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
@@ -31,13 +39,16 @@ class TextTransformer(layers.Tower, kw_only=True):
                      (1, self.max_len, self.width))
     x = (embed(tokens) + pos[:, :tokens.shape[1]]).astype(self.dtype)
     x = nn.Dropout(self.dropout)(x, not train)
-    mask = token_mask[:, None, None, :]  # padding keys are never attended
+    mask = token_mask[:, None, None, :] if self.mask_padding else None  # with it, padding keys are never attended
     if self.causal:
-      mask = mask & nn.make_causal_mask(tokens, dtype=jnp.bool_)
+      causal = nn.make_causal_mask(tokens, dtype=jnp.bool_)
+      mask = causal if mask is None else mask & causal
     x = self.encoder()(x, mask, deterministic=not train)
     if self.pool == "eos":
       last = jnp.maximum(token_mask.sum(axis=1) - 1, 0)
       pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+    elif self.pool == "last":
+      pooled = x[:, -1]
     else:
       weights = token_mask[..., None].astype(x.dtype)
       pooled = (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)

@@ -74,7 +74,8 @@ class ViT(layers.Tower):
   `stem`: 'patch' (one p×p convolution of stride p) or 'conv' (ViTc, Xiao et al. 2021: log2(p)
   stride-2 3×3 convolutions with instance norm + ReLU, then a 1×1 projection; a few % of the FLOPs, and
   it learns local shape far faster from scratch than a linear patch embedding).
-  `pool`: 'cls' (class token, CLIP) or 'gap' (mean of patch tokens); the returned tokens exclude
+  `pool`: 'cls' (class token, CLIP), 'gap' (mean of patch tokens) or 'map' (attention pooling with a
+  learned probe, `layers.MAPHead` as `map_head`: SigLIP's image pooling); the returned tokens exclude
   the class token. `posemb`: 'learn' (one learned vector per position, the class token's included,
   as in CLIP) or 'sincos2d' (fixed, big_vision's default; it converges faster from scratch on small
   data since nothing about 2-D layout has to be learned). `pre_norm` is CLIP's LayerNorm before the
@@ -103,8 +104,8 @@ class ViT(layers.Tower):
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    if self.pool not in ("cls", "gap"):
-      raise ValueError(f"unknown ViT pool '{self.pool}'; known: cls, gap")
+    if self.pool not in ("cls", "gap", "map"):
+      raise ValueError(f"unknown ViT pool '{self.pool}'; known: cls, gap, map")
     if self.posemb not in ("learn", "sincos2d"):
       raise ValueError(f"unknown ViT posemb '{self.posemb}'; known: learn, sincos2d")
     if self.stem not in ("patch", "conv"):
@@ -136,4 +137,7 @@ class ViT(layers.Tower):
     x = self.encoder()(x, deterministic=not train)
     if self.pool == "cls":
       return x[:, 0], x[:, 1:]
+    if self.pool == "map":
+      return layers.MAPHead(self.num_heads, self.mlp_dim, self.norm_eps, self.activation, self.dtype,
+                            name="map_head")(x), x
     return x.mean(axis=1), x
