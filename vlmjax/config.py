@@ -21,6 +21,10 @@ from vlmjax.models.sizes import decode_variant
 OPEN_SECTIONS = ("model", "objectives", "evals", "data.fields", "data.files", "init.also")
 
 
+# An eval entry's keys that choose its data (vlmjax.evals.common); the others are its evaluator's.
+EVAL_ENTRY_KEYS = ("type", "data", "resize")
+
+
 class ConfigError(ValueError):
   pass
 
@@ -238,7 +242,6 @@ def check_keys_and_ranges(config):
 
 def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
   """Raises ConfigError on the first problem. `batch_ways` = data × fsdp mesh size."""
-  from vlmjax.evals import common as eval_common  # the evals' entry keys; it imports this module
   _check_against_base(config)
   init_sources(config.init)
   try:
@@ -262,13 +265,12 @@ def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
     for name, cfg in config.evals.items():
       if "type" not in cfg:
         raise ConfigError(f"config: evals.{name} needs a 'type' (one of {', '.join(registry.names('evaluator'))})")
-      _check_kwargs(f"evals.{name}", registry.get("evaluator", cfg.type), eval_common.evaluator_kwargs(cfg),
-                    provided=("name",))
-      try:
-        eval_common.eval_data_config(config.data, cfg)
-        eval_common.entry_resize(cfg)
-      except ValueError as e:
-        raise ConfigError(str(e).replace("config: ", f"config: evals.{name}: ", 1)) from None
+      _check_kwargs(f"evals.{name}", registry.get("evaluator", cfg.type),
+                    {k: v for k, v in cfg.items() if k not in EVAL_ENTRY_KEYS}, provided=("name",))
+      for key in (cfg.get("data") or {}):
+        if key not in config.data:
+          raise ConfigError(f"config: unknown key 'evals.{name}.data.{key}' (a data section's keys: "
+                            f"{', '.join(config.data.keys())})")
     registry.get("dataset", config.data.name)
   except registry.RegistryError as e:
     raise ConfigError(f"config: {e}") from None

@@ -22,15 +22,9 @@ import numpy as np
 import ml_collections
 
 from vlmjax import sharding
+from vlmjax.config import EVAL_ENTRY_KEYS, base_config
 from vlmjax.data import pipeline, sources
 from vlmjax.data.tokenizer import Tokenizer
-
-ENTRY_KEYS = ("type", "data", "resize")  # an entry's keys read here; the rest go to its evaluator
-
-
-def base_data_config() -> ml_collections.ConfigDict:
-  from vlmjax import config as config_lib
-  return config_lib.base_config().data
 
 
 def eval_data_config(train_data, entry) -> ml_collections.ConfigDict:
@@ -39,7 +33,7 @@ def eval_data_config(train_data, entry) -> ml_collections.ConfigDict:
   own = entry.get("data")
   if not own:
     return train_data
-  data = base_data_config()
+  data = base_config().data
   for key, value in (own.items() if hasattr(own, "items") else []):
     if key not in data:
       raise ValueError(f"config: unknown key 'data.{key}' of an eval entry (known: {', '.join(data.keys())})")
@@ -59,7 +53,7 @@ def entry_resize(entry) -> str:
 def evaluator_kwargs(entry) -> dict:
   """An entry's arguments for its evaluator's constructor."""
   entry = entry.to_dict() if hasattr(entry, "to_dict") else dict(entry)
-  return {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
+  return {k: v for k, v in entry.items() if k not in EVAL_ENTRY_KEYS}
 
 
 class Embedder:
