@@ -4,7 +4,8 @@
   python -m vlmjax.bench.compile --config configs/clip_b16.py --topology v5p-64
   # then on the slice (launch/tpu_vm.sh run ... -- these arguments), with real data:
   python -m vlmjax.train --config configs/clip_b16.py --workdir /mnt/shared/clip_b16 \
-      --config.data.name=jsonl --config.data.files.train=/mnt/shared/pairs/train.jsonl
+      --config.data.name=jsonl --config.data.files.train=/mnt/shared/pairs/train.jsonl \
+      --config.data.files.test=/mnt/shared/pairs/test.jsonl
 
 Model: ViT-B/16 image tower (224 px, class-token pooling, CLIP's pre-LayerNorm, quick-GELU) and a
 12-layer 512-wide causal text tower over 77 tokens of a 49,408-piece vocabulary, 512-d embeddings:
@@ -15,6 +16,9 @@ cosine over 32 epochs of a 400M-pair dataset (~390k steps), as in the CLIP paper
 
 Current result: 20.29 GiB of 95.74 GiB HBM per chip on v5p-64 (docs/results.md).
 The data defaults to the built-in dataset (so the config runs anywhere); point `data` at yours.
+Training evaluates retrieval on the data's `test` split; the standard benchmarks (zero-shot
+ImageNet, CIFAR, COCO) come from the suite, on any checkpoint:
+  python -m vlmjax.evaluate --workdir W --suite configs/evals/standard.py --data_dir /mnt/shared/tfds
 """
 import math
 
@@ -46,6 +50,7 @@ def get_config(arg=None):
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   c.checkpoint = dict(every_steps=2000, keep=3, async_save=True)
   c.log_every_steps = 50
-  c.evals = dict(zeroshot=dict(type="zeroshot", split="test"),
-                 retrieval=dict(type="retrieval", split="test", num_examples=1000))
+  # Retrieval on the pairs' `test` split, which any captioned data has; zero-shot ImageNet and the
+  # other standard sets: `python -m vlmjax.evaluate --workdir W --suite configs/evals/standard.py`.
+  c.evals = dict(retrieval=dict(type="retrieval", split="test", num_examples=1000))
   return c

@@ -4,7 +4,8 @@
   python -m vlmjax.bench.compile --config configs/siglip_so400m.py --topology v5p-256
   # then on the slice (launch/tpu_vm.sh run ... -- these arguments), with real data:
   python -m vlmjax.train --config configs/siglip_so400m.py --workdir /mnt/shared/siglip_so400m \
-      --config.data.name=jsonl --config.data.files.train=/mnt/shared/pairs/train.jsonl
+      --config.data.name=jsonl --config.data.files.train=/mnt/shared/pairs/train.jsonl \
+      --config.data.files.test=/mnt/shared/pairs/test.jsonl
 
 Model: So400m/14 image tower (width 1152, depth 27, MLP 4304, 16 heads; 224 px -> 256 patches,
 tanh-GELU) and a So400m text tower over 16 tokens of a 32k vocabulary, 1152-d embeddings: about
@@ -16,6 +17,9 @@ as SigLIP trains; 40 B examples seen.
 
 Current result: 13.34 GiB of 95.74 GiB HBM per chip on v5p-256, estimated MFU 47.9% (docs/results.md).
 The data defaults to the built-in dataset (so the config runs anywhere); point `data` at yours.
+Training evaluates retrieval on the data's `test` split; the standard benchmarks (zero-shot
+ImageNet, CIFAR, COCO) come from the suite, on any checkpoint:
+  python -m vlmjax.evaluate --workdir W --suite configs/evals/standard.py --data_dir /mnt/shared/tfds
 """
 import math
 
@@ -48,6 +52,7 @@ def get_config(arg=None):
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   c.checkpoint = dict(every_steps=2000, keep=3, async_save=True)
   c.log_every_steps = 50
-  c.evals = dict(zeroshot=dict(type="zeroshot", split="test"),
-                 retrieval=dict(type="retrieval", split="test", num_examples=1000))
+  # Retrieval on the pairs' `test` split, which any captioned data has; zero-shot ImageNet and the
+  # other standard sets: `python -m vlmjax.evaluate --workdir W --suite configs/evals/standard.py`.
+  c.evals = dict(retrieval=dict(type="retrieval", split="test", num_examples=1000))
   return c

@@ -90,19 +90,7 @@ def test_the_docs_show_training_commands():
   assert len(TRAIN_COMMANDS) >= 15
 
 
-# Documented commands that do not run as shown: a file list of training pairs only, while the config's
-# retrieval evaluator reads the `test` split of that same data.
-NO_TEST_SPLIT = pytest.mark.xfail(strict=True, raises=ValueError, reason="the command gives no data.files.test "
-                                  "for the config's retrieval evaluator")
-
-
-def _marked(args):
-  broken = "--config.data.name=jsonl" in args and "--config.data.files.test" not in " ".join(args) and any(
-      c in args for c in ("configs/clip_b16.py", "configs/siglip_so400m.py"))
-  return pytest.param(list(args), marks=NO_TEST_SPLIT) if broken else list(args)
-
-
-@pytest.mark.parametrize("args", [_marked(a) for a in TRAIN_COMMANDS], ids=[" ".join(a)[:90] for a in TRAIN_COMMANDS])
+@pytest.mark.parametrize("args", [list(a) for a in TRAIN_COMMANDS], ids=[" ".join(a)[:90] for a in TRAIN_COMMANDS])
 def test_documented_training_command_dry_runs(args, tiny_data_dir, tiny_pairs, tmp_path, monkeypatch):
   monkeypatch.chdir(REPO)
   config = parse(args)
