@@ -296,7 +296,7 @@ class CaptionPreprocess(grain.transforms.RandomMap):
 def prompt_ids(tokenizer: Tokenizer, input_config) -> tuple:
   """The pieces of `input_config.prompt` (text put between BOS and a decoder's caption), or ()."""
   prompt = input_config.get("prompt", "")
-  return tuple(tokenizer.sp.encode(prompt)) if prompt else ()
+  return tuple(tokenizer.pieces([prompt])[0]) if prompt else ()
 
 
 @registry.register("preprocess", "vlm")

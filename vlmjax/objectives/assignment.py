@@ -52,7 +52,7 @@ def word_prior(captions, tokenizer: Tokenizer, smoothing: float = 1.0) -> np.nda
   """μ [vocab]: how often each piece occurs in `captions`, plus `smoothing` each, normalised (every
   word keeps some mass, so log μ is finite)."""
   counts = np.full(tokenizer.vocab_size, float(smoothing))
-  for ids in tokenizer.sp.encode(list(captions)):
+  for ids in tokenizer.pieces(list(captions)):
     np.add.at(counts, np.asarray(ids, np.int64), 1.0)
   return counts / counts.sum()
 
