@@ -234,7 +234,7 @@ def test_file_list_source_errors(tmp_path, image_files):
     sources.FileListSource(str(missing))
   bad_column = tmp_path / "bad.csv"
   bad_column.write_text("path,caption\nimgs/im0.png,x\n")
-  with pytest.raises(KeyError, match="image_path"):
+  with pytest.raises(sources.DataFileError, match=r"has no column .image_path. \(data.image_key; columns: path, caption\)"):
     sources.FileListSource(str(bad_column))
   missing_image = tmp_path / "gap.jsonl"
   missing_image.write_text(json.dumps({"image_path": "imgs/im0.png", "caption": "x"}) + "\n" +
