@@ -21,8 +21,8 @@ from vlmjax.models.sizes import decode_variant
 OPEN_SECTIONS = ("model", "objectives", "evals", "data.fields", "data.files", "init.also")
 
 
-# An eval entry's keys that choose its data (vlmjax.evals.common); the others are its evaluator's.
-EVAL_ENTRY_KEYS = ("type", "data", "resize")
+# An eval entry's keys that choose its data and resolution (vlmjax.evals.common); the others are its evaluator's.
+EVAL_ENTRY_KEYS = ("type", "data", "resize", "image_size")
 
 
 class ConfigError(ValueError):

@@ -34,7 +34,7 @@ from vlmjax.metrics import quiet_absl_logging
 from vlmjax.data import sources
 from vlmjax.evals import common
 from vlmjax.evals.common import EvalContext, Embedder
-from vlmjax.run import Bundle, RunDir
+from vlmjax.run import Bundle, RunDir, at_image_size, resized_params
 
 STEP_RESULTS = RunDir.EVAL_STEPS  # the folder of a workdir holding step_N.json: results of --step N
 
@@ -42,12 +42,14 @@ STEP_RESULTS = RunDir.EVAL_STEPS  # the folder of a workdir holding step_N.json:
 @dataclasses.dataclass
 class Planned:
   """One eval entry made ready: its evaluator, the data section it reads, how images are resized,
-  and why it cannot run (`not_prepared`: the message naming the command that prepares its data)."""
+  the resolution it runs at (0: the model's), and why it cannot run (`not_prepared`: the message
+  naming the command that prepares its data)."""
   name: str
   evaluator: object
   data: object
   resize: str
   not_prepared: str = ""
+  image_size: int = 0
 
 
 def plan_evals(evals, train_data, data_dir: str = "") -> list[Planned]:
@@ -66,7 +68,8 @@ def plan_evals(evals, train_data, data_dir: str = "") -> list[Planned]:
       data = common.eval_data_config(train_data, entry)
       if entry.get("data") and data_dir and not data.data_dir and data.name in ("tfds", "vlmjax_shapes"):
         data.data_dir = data_dir
-      planned.append(Planned(name, cls(name=name, **kwargs), data, common.entry_resize(entry)))
+      planned.append(Planned(name, cls(name=name, **kwargs), data, common.entry_resize(entry),
+                             image_size=common.entry_image_size(entry)))
     except (registry.RegistryError, ValueError, TypeError) as e:
       raise config_lib.ConfigError(str(e).replace("config: ", "", 1) if str(e).startswith("config: evals.")
                                    else f"config: evals.{name}: {str(e).removeprefix('config: ')}") from None
@@ -94,21 +97,39 @@ def check_evals(planned: list[Planned], allow_not_prepared: bool = False) -> lis
   return planned
 
 
+def check_image_sizes(planned: list[Planned], config):
+  """ConfigError naming the entry for an `image_size` the model's image tower cannot take (not a
+  whole number of patches), before any model is built."""
+  for plan in planned:
+    if plan.image_size and plan.image_size != config.input.image_size:
+      at_image_size(config, plan.image_size, f"config: evals.{plan.name}")
+
+
 def run_evals(experiment, params, tokenizer, planned: list[Planned] | None = None, progress: bool = False) -> dict:
   """Every evaluator of `planned` (default: `experiment.config.evals`) on `params` -> {'name/metric':
-  value}. Entries marked not prepared are left out (the caller reports them)."""
+  value}, in the entries' order. Entries marked not prepared are left out (the caller reports them).
+  The entries are run grouped by resolution: at the model's `input.image_size`, on `params`; at an
+  entry's own `image_size`, on the model built at that size (on the same mesh) with `params`' position
+  table resampled to its patch grid (`run.resized_params`)."""
   config = experiment.config
   if planned is None:
     planned = plan_evals(config.evals, config.data)
-  embedder = Embedder(experiment.model, params, experiment.mesh, config.batch_size, experiment.rules)
-  results = {}
-  for plan in planned:
-    if plan.not_prepared:
-      continue
-    ctx = EvalContext(plan.data, config.input, tokenizer, embedder, config.batch_size, resize=plan.resize,
-                      progress=plan.name if progress else "")
-    results.update(plan.evaluator.run(ctx))
-  return results
+  check_image_sizes(planned, config)
+  runnable = [plan for plan in planned if not plan.not_prepared]
+  by_entry = {}
+  for size in dict.fromkeys(plan.image_size or config.input.image_size for plan in runnable):
+    at_size, size_params = experiment, params
+    if size != config.input.image_size:
+      at_size = experiment_lib.build(at_image_size(config, size, "evaluate"), experiment.model.vocab_size,
+                                     mesh=experiment.mesh, objectives=False, validate=False)
+      size_params = resized_params(params, at_size.abstract_params(), f"evaluate at image_size {size}")
+    embedder = Embedder(at_size.model, size_params, at_size.mesh, config.batch_size, at_size.rules)
+    for plan in runnable:
+      if (plan.image_size or config.input.image_size) == size:
+        ctx = EvalContext(plan.data, at_size.config.input, tokenizer, embedder, config.batch_size,
+                          resize=plan.resize, progress=plan.name if progress else "")
+        by_entry[plan.name] = plan.evaluator.run(ctx)
+  return {key: value for plan in runnable for key, value in by_entry[plan.name].items()}
 
 
 def format_table(results: dict) -> str:
@@ -284,7 +305,9 @@ def evaluate_suite(suite_path: str, workdir: str = "", bundle: str = "", step: i
   out = out or RunDir(workdir).file(STEP_RESULTS)
   suite_outputs(out, suite)  # refused before anything is computed
   config = run.read_config()
-  planned = check_evals(plan_evals(entries, config.data, data_dir), allow_not_prepared=True)
+  planned = plan_evals(entries, config.data, data_dir)
+  check_image_sizes(planned, config)
+  planned = check_evals(planned, allow_not_prepared=True)
   for plan in planned:
     if plan.not_prepared:
       print(f"vlmjax.evaluate: {plan.name}: {plan.not_prepared}", file=sys.stderr, flush=True)

@@ -3,14 +3,15 @@
 `init_params_from(path, params, pattern)` replaces the leaves of `params` whose path matches
 `pattern` (e.g. '^image/', LiT: start from a trained tower, then lock it) with those of the newest
 checkpoint of the run folder at `path`, or of the bundle there (imported open_clip / HF weights).
-A decoder laid out in other PyramidDrop stages is re-split into this model's stages.
+A decoder laid out in other PyramidDrop stages is re-split into this model's stages, and a ViT
+position table learned at another image size or patch grid is resampled to this model's grid.
 """
 import re
 
 import jax
 
 from vlmjax.models.decoder import restage
-from vlmjax.run import Bundle, RunDir, open_run
+from vlmjax.run import Bundle, RunDir, open_run, resample_posembs
 
 
 def select(tree, pattern: str, prefix: str = ""):
@@ -35,7 +36,9 @@ def merge(tree, update):
 def init_params_from(path: str, params, pattern: str, step: int | None = None):
   """`params` with the leaves matching `pattern` taken from the run or bundle at `path`.
 
-  Raises ValueError naming the source, or the first param missing from it or of another shape.
+  A ViT position table of a source at another image size or patch grid is resampled to this
+  model's grid (`run.resample_posembs`). Raises ValueError naming the source, or the first param
+  missing from it or of another shape.
   """
   wanted = select(params, pattern)
   if not wanted:
@@ -49,24 +52,25 @@ def init_params_from(path: str, params, pattern: str, step: int | None = None):
   try:
     loaded, _ = source.restore_params(abstract, step)
   except (ValueError, KeyError, FileNotFoundError) as e:
-    loaded = _restaged(source, wanted, step)
+    loaded = _adapted(source, wanted, step)
     if loaded is None:
       raise ValueError(f"init.workdir: {path} does not hold params matching '{pattern}' with this "
                        f"model's shapes ({str(e).splitlines()[0][:200]})") from None
   return merge(params, loaded)
 
 
-def _restaged(source: RunDir, wanted, step):
-  """`wanted`'s decoder from a run whose decoder has other PyramidDrop stages (an LM run starting a
-  PyramidDrop VLM), re-split into this model's stages; None when that is not the mismatch."""
-  if "decoder" not in wanted:
-    return None
+def _adapted(source: RunDir, wanted, step):
+  """`wanted` from the run's params read at their own shapes and fitted to this model's: a decoder
+  laid out in other PyramidDrop stages (an LM run starting a PyramidDrop VLM) re-split into this
+  model's stages, a ViT position table of another grid resampled; None when the shapes still differ."""
   try:
     params = jax.device_get(source.load(step).params)
-    if "decoder" not in params:
+    if "decoder" in wanted and "decoder" not in params:
       return None
     others = {k: v for k, v in wanted.items() if k != "decoder"}
-    tree = {**_select_like(params, others), "decoder": restage(params["decoder"], wanted["decoder"])}
+    tree = _select_like(resample_posembs(params, others), others)  # the whole tree: a ViT's is found by its patch_embed
+    if "decoder" in wanted:
+      tree["decoder"] = restage(params["decoder"], wanted["decoder"])
 
     def place(x, w):
       if tuple(x.shape) != tuple(w.shape):
@@ -85,8 +89,9 @@ def _select_like(source, like):
 
 
 def _from_bundle(bundle: Bundle, wanted, pattern: str):
-  """The leaves of `wanted` (arrays) from a bundle's params, cast and placed like them."""
-  loaded = select(bundle.read_params(), pattern)
+  """The leaves of `wanted` (arrays) from a bundle's params, cast and placed like them; a ViT
+  position table of another grid resampled to this model's."""
+  loaded = select(resample_posembs(bundle.read_params(), wanted), pattern)
 
   def take(path, x):
     y = loaded

@@ -22,7 +22,8 @@ run with one line naming it (or is left out with a warning under `--skip_unreada
 - `caption` (a VLM bundle) writes a caption for each image, generated with the KV cache exactly as
   the captioning evaluator generates (greedy, or --temperature > 0 sampling from the --top_k pieces;
   at most --max_new_tokens pieces).
-Add --json FILE to `classify` / `retrieve` / `caption` for machine-readable results.
+Add --json FILE to `classify` / `retrieve` / `caption` for machine-readable results, and
+--image_size S to any command to run the model at S px (its learned position table resampled).
 
 Every mistake in the flags (a value out of range, a flag the command does not use, a folder where a
 file is to be written, an empty or repeated class) is refused in one line naming the flag, before
@@ -129,10 +130,11 @@ class Predictor:
   """A bundle's dual encoder, ready to embed image files and texts.
 
   `embed_images(paths) -> (kept paths, [N, E])`, `embed_texts(texts) -> [N, E]`, float32,
-  L2-normalised; batches of `batch_size` (rounded up to a multiple of the devices)."""
+  L2-normalised; batches of `batch_size` (rounded up to a multiple of the devices). `image_size`:
+  run the model at that resolution, its position table resampled (default: the bundle's)."""
 
   def __init__(self, bundle: str, devices: int = 0, batch_size: int = 64, skip_unreadable: bool = False,
-               progress: bool = True):
+               progress: bool = True, image_size: int | None = None):
     check_bundle(bundle)
     check_numbers(batch_size=batch_size, devices=devices)
     available = jax.local_devices()
@@ -140,7 +142,7 @@ class Predictor:
     if devices > len(available):
       raise PredictError(f"predict: --devices {devices} but this process has {len(available)}")
     self.mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1), available[:devices])
-    loaded = Bundle(bundle).load(mesh=self.mesh, dtype="float32")
+    loaded = Bundle(bundle).load(mesh=self.mesh, dtype="float32", image_size=image_size)
     self.config, self.model, params, self.tokenizer = loaded.config, loaded.model, loaded.params, loaded.tokenizer
     self.rules = loaded.experiment.rules
     self.bundle, self.params = bundle, params
@@ -422,6 +424,8 @@ def check_flags(command: str, args, opts, given):
       if name in given:
         raise PredictError(f"predict: --{name} applies to caption only when sampling (--temperature above 0)")
   check_numbers(command, opts.batch_size, opts.devices, opts.top_k, opts.max_new_tokens, opts.temperature)
+  if getattr(opts, "image_size", None) is not None and opts.image_size < 1:
+    raise PredictError(f"predict: --image_size {opts.image_size} must be positive")
   if command == "classify":
     if "classes" in given and not opts.classes:
       raise PredictError("predict: --classes is empty; name the classes (comma-separated), or leave the flag out "
@@ -447,7 +451,8 @@ def run(command: str, args, opts) -> object:
   """The CLI: `command` with positional `args` (image files/folders) and `opts` (the parsed flags)."""
   if command not in COMMANDS:
     raise PredictError(f"predict: unknown command '{command}'; known: {', '.join(COMMANDS)}")
-  predictor = Predictor(opts.bundle, opts.devices, opts.batch_size, opts.skip_unreadable)
+  predictor = Predictor(opts.bundle, opts.devices, opts.batch_size, opts.skip_unreadable,
+                        image_size=getattr(opts, "image_size", None))
   if command in DUAL_ENCODER_COMMANDS and predictor.config.model.name != "dual_encoder":
     raise PredictError(f"predict: bundle '{opts.bundle}' holds a '{predictor.config.model.name}' model; "
                        f"{command} needs a dual_encoder (a vlm bundle: caption)")
@@ -498,6 +503,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("bundle", None, "An inference bundle (python -m vlmjax.export).")
   flags.DEFINE_integer("devices", 0, "Local devices to run on, data-parallel (0: all).")
   flags.DEFINE_integer("batch_size", 64, "Images or texts per jitted call.")
+  flags.DEFINE_integer("image_size", None, "Run the model at this resolution, its position table resampled "
+                       "(default: the bundle's input.image_size).")
   flags.DEFINE_boolean("skip_unreadable", False, "Leave unreadable images out (with a warning) instead of stopping.")
   flags.DEFINE_string("out", None, "embed: the .npy file to write.")
   flags.DEFINE_multi_string("text", [], "embed: a text to embed (repeatable) instead of images.")

@@ -20,6 +20,7 @@ any optimizer state.
 """
 import dataclasses
 import json
+import math
 import os
 
 import jax
@@ -27,9 +28,10 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
-from vlmjax import experiment as experiment_lib, sharding, trainer
+from vlmjax import config as config_lib, experiment as experiment_lib, registry, sharding, trainer
 from vlmjax.checkpoint import Checkpointer
 from vlmjax.data.tokenizer import Tokenizer
+from vlmjax.models.vit import resample_posemb
 
 
 @dataclasses.dataclass
@@ -116,13 +118,20 @@ class RunDir:
     finally:
       checkpointer.close()
 
-  def load(self, step: int | None = None, mesh=None) -> Loaded:
-    """The run's model and params at `step` (default: the newest) on `mesh` (default: one device)."""
+  def load(self, step: int | None = None, mesh=None, image_size: int | None = None) -> Loaded:
+    """The run's model and params at `step` (default: the newest) on `mesh` (default: one device);
+    with `image_size`, a model at that `input.image_size`, the params resampled to it (`resized_params`)."""
     config = self.read_config()
     tokenizer = Tokenizer.load(self.tokenizer_file(config))
     experiment = experiment_lib.build(config, tokenizer.vocab_size, mesh=mesh or one_device_mesh(),
                                       objectives=False, validate=False)
     params, step = self.restore_params(experiment.abstract_params(), step)
+    if image_size is not None and image_size != config.input.image_size:
+      # Restored at the run's own shapes above, then moved to the model of the other size.
+      config = at_image_size(config, image_size, f"training workdir '{self.path}'")
+      experiment = experiment_lib.build(config, tokenizer.vocab_size, mesh=experiment.mesh, objectives=False,
+                                        validate=False)
+      params = resized_params(params, experiment.abstract_params(), f"training workdir '{self.path}'")
     return Loaded(config, experiment.model, params, tokenizer, step, experiment)
 
 
@@ -172,17 +181,25 @@ class Bundle:
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=placement), meta)
       return ckptr.restore(orbax_path, target)
 
-  def load(self, step: int | None = None, mesh=None, dtype: str | None = None) -> Loaded:
+  def load(self, step: int | None = None, mesh=None, dtype: str | None = None,
+           image_size: int | None = None) -> Loaded:
     """The bundle's model and params replicated over `mesh` (default: one device), cast to `dtype`
-    when given, checked against the model's shapes. A bundle holds one step."""
+    when given, checked against the model's shapes. A bundle holds one step. With `image_size`, a
+    model at that `input.image_size` (the config's other keys as saved), the params resampled to it
+    (`resized_params`)."""
     config, info = self.read_config(), self.info()
     if step is not None and step != int(info["step"]):
       raise FileNotFoundError(f"bundle: '{self.path}' holds step {info['step']}, not {step}")
+    resize = image_size is not None and image_size != config.input.image_size
+    if resize:
+      config = at_image_size(config, image_size, f"bundle '{self.path}'")
     tokenizer = self.tokenizer()
     vocab_size = tokenizer.vocab_size if tokenizer else int(info["vocab_size"])
     mesh = mesh or one_device_mesh()
     experiment = experiment_lib.build(config, vocab_size, mesh=mesh, objectives=False, validate=False)
     params = self.read_params(sharding.replicated(mesh))
+    if resize:
+      params = resized_params(params, experiment.abstract_params(), f"bundle '{self.path}'")
     check_params(params, experiment.abstract_params(), f"bundle '{self.path}'")
     if dtype is not None:
       params = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), params)
@@ -251,3 +268,53 @@ def check_params(params, expected, where: str):
   extra = sorted(set(got) - set(want))
   if extra:
     raise ValueError(f"{where}: param '{extra[0]}' is not a param of this model")
+
+
+def at_image_size(config, image_size: int, where: str) -> ml_collections.ConfigDict:
+  """A copy of `config` with `input.image_size` = `image_size`. ConfigError (one line naming `where`)
+  unless it is a positive whole number of the image tower's patches."""
+  if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+    raise config_lib.ConfigError(f"{where}: 'image_size' {image_size!r} must be a positive integer")
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.input.image_size = image_size
+  try:
+    config_lib._check_input_sizes(config, registry.get("model", config.model.name))  # pylint: disable=protected-access
+  except (config_lib.ConfigError, registry.RegistryError) as e:
+    message = str(e).removeprefix("config: ").replace("'input.image_size'", "'image_size'")
+    raise config_lib.ConfigError(f"{where}: {message}") from None
+  return config
+
+
+def resample_posembs(params, expected):
+  """`params` with each ViT position table whose length differs from `expected`'s (a tree of arrays
+  or ShapeDtypeStructs: the model's params, or any subtree of them) resampled to that length's
+  square grid by `vit.resample_posemb`: a checkpoint of another image size or patch grid. A ViT's
+  table is the 'pos_embedding' beside a 'patch_embed' in `params` (a text tower's has none); a
+  'cls' beside it means its first row is the class token's, which is kept. Everything else is
+  returned as it is, for `check_params` to judge."""
+  if not isinstance(params, dict) or not isinstance(expected, dict):
+    return params
+  out = {k: resample_posembs(v, expected[k]) if k in expected else v for k, v in params.items()}
+  old, new = params.get("pos_embedding"), expected.get("pos_embedding")
+  if "patch_embed" not in params or not hasattr(old, "shape") or not hasattr(new, "shape"):
+    return out
+  if len(old.shape) != 3 or len(new.shape) != 3 or old.shape[::2] != new.shape[::2] or old.shape == new.shape:
+    return out
+  prefix = 1 if "cls" in params else 0
+  side = math.isqrt(max(new.shape[1] - prefix, 0))
+  if side * side == new.shape[1] - prefix:
+    try:
+      out["pos_embedding"] = resample_posemb(old, (side, side), prefix)
+    except ValueError:  # the source's table is no square grid: left for check_params to report
+      pass
+  return out
+
+
+def resized_params(params, abstract_params, where: str):
+  """`params` for the model of `abstract_params` (ShapeDtypeStructs with shardings) at another image
+  size or patch grid: its ViT position tables resampled (`resample_posembs`), every param checked
+  (`check_params`: any other difference is an error naming it) and placed by the abstract's shardings,
+  each in its own dtype."""
+  params = resample_posembs(params, abstract_params)
+  check_params(params, abstract_params, where)
+  return jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), params, abstract_params)

@@ -9,8 +9,9 @@ arguments, and optionally where its images come from:
 - `resize`: 'crop' (shorter side to the model's image size, then the centre: CLIP's evaluation
   transform) or 'squash'. Default: 'crop' on an entry's own data, 'squash' on the training data
   (as training sees it).
-
-The model's `input.image_size` is the resolution: its position table is learned at that size.
+- `image_size`: the resolution the entry runs at. Default: the model's `input.image_size`. At
+  another size the model's learned position table is resampled to that patch grid
+  (`vit.resample_posemb`, as big_vision fine-tunes at a higher resolution).
 """
 import dataclasses
 import math
@@ -48,6 +49,16 @@ def entry_resize(entry) -> str:
   if resize not in pipeline.RESIZE_MODES:
     raise ValueError(f"config: 'resize' {resize!r} of an eval entry must be one of {', '.join(pipeline.RESIZE_MODES)}")
   return resize
+
+
+def entry_image_size(entry) -> int:
+  """An entry's own `image_size`, or 0 for the model's. ValueError unless a positive integer."""
+  size = entry.get("image_size")
+  if size is None:
+    return 0
+  if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    raise ValueError(f"config: 'image_size' {size!r} of an eval entry must be a positive integer")
+  return size
 
 
 def evaluator_kwargs(entry) -> dict:

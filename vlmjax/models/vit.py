@@ -1,6 +1,9 @@
 """Vision Transformer image tower: patches -> transformer -> pooled embedding and patch tokens."""
+import math
+
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from vlmjax.models import layers
 
@@ -14,6 +17,53 @@ def sincos2d(height: int, width: int, dim: int, temperature: float = 10_000.0):
   y = y.reshape(-1)[:, None] * omega[None, :]
   x = x.reshape(-1)[:, None] * omega[None, :]
   return jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)[None]
+
+
+def resample_posemb(posemb, new_grid: tuple[int, int], num_prefix_tokens: int = 0,
+                    grid: tuple[int, int] | None = None):
+  """A learned position table [1, prefix + gh·gw, D] -> [1, prefix + new_h·new_w, D] for another patch
+  grid: big_vision's `resample_posemb` (high-resolution fine-tuning). The first `num_prefix_tokens`
+  rows (the class token's, when `pool='cls'`) are kept; the grid part, row-major [gh, gw, D] (`grid`,
+  default the square), is resized linearly along each side with the corner rows fixed, as
+  `scipy.ndimage.zoom(grid, (new_h / gh, new_w / gw, 1), order=1)` does, which is what big_vision calls.
+  That is not `jax.image.resize(..., 'bilinear')`: it samples half-pixel centres, and averages when
+  shrinking. The same grid returns `posemb` itself. ValueError for a table that is not such a grid.
+  """
+  if posemb.ndim != 3 or posemb.shape[0] != 1:
+    raise ValueError(f"resample_posemb: a position table is [1, N, D], got shape {tuple(posemb.shape)}")
+  new_h, new_w = (int(n) for n in new_grid)
+  if new_h < 1 or new_w < 1 or not 0 <= num_prefix_tokens <= posemb.shape[1]:
+    raise ValueError(f"resample_posemb: grid {tuple(new_grid)} with {num_prefix_tokens} prefix tokens for a table "
+                     f"of shape {tuple(posemb.shape)}")
+  length = posemb.shape[1] - num_prefix_tokens
+  old_h, old_w = (int(n) for n in grid) if grid is not None else (math.isqrt(length),) * 2
+  if old_h * old_w != length or length == 0:
+    what = f"the grid {old_h}x{old_w}" if grid is not None else "a square grid"
+    raise ValueError(f"resample_posemb: the {length} positions after {num_prefix_tokens} prefix tokens of a table "
+                     f"of shape {tuple(posemb.shape)} are not {what}")
+  if (old_h, old_w) == (new_h, new_w):
+    return posemb
+  prefix, table = posemb[:, :num_prefix_tokens], posemb[0, num_prefix_tokens:]
+  table = table.reshape(old_h, old_w, -1).astype(jnp.float32)
+  table = _linear_resize(_linear_resize(table, 0, new_h), 1, new_w)
+  table = table.reshape(1, new_h * new_w, -1).astype(posemb.dtype)
+  return jnp.concatenate([jnp.asarray(prefix), table], axis=1)
+
+
+def _linear_resize(x, axis: int, new: int):
+  """`x` resized to `new` along `axis` by linear interpolation with the end samples fixed: output i
+  reads input i·(old-1)/(new-1) (scipy.ndimage.zoom's order=1, grid_mode=False mapping; 0 for new=1)."""
+  old = x.shape[axis]
+  # The position as a whole part and a remainder, in integers: no rounding puts a sample that falls
+  # on an input row (a corner, or every row of an integer zoom) a hair before it.
+  scaled = np.arange(new) * (old - 1)
+  lo, rest = (scaled // (new - 1), scaled % (new - 1)) if new > 1 else (np.zeros(1, int), np.zeros(1, int))
+  hi = np.minimum(lo + 1, old - 1)
+  shape = [1] * x.ndim
+  shape[axis] = new
+  frac = jnp.asarray((rest / max(new - 1, 1)).reshape(shape), x.dtype)
+  a, b = jnp.take(x, lo, axis=axis), jnp.take(x, hi, axis=axis)
+  return a + (b - a) * frac
 
 
 def conv_stem_channels(patch_size: int, width: int) -> list[int]:
