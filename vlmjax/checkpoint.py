@@ -316,23 +316,25 @@ class Checkpointer:
     os.rename(os.path.join(self.directory, str(step)), target)
     return target
 
-  def restore_params(self, abstract_params, step: int | None = None):
-    """Only the params (for evaluation and export); the optimizer state is not read."""
+  def restore_params(self, abstract_params, step: int | None = None, item: str = "params"):
+    """Only the params (for evaluation and export); the optimizer state is not read. `item`: the
+    state's entry to read, 'params' or 'ema' (the params' moving average, shaped like them)."""
     step = self.latest_step() if step is None else step
-    target = {"params": abstract_params}
+    target = {item: abstract_params}
     restored = self.manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
             item=target, restore_args=jax.tree.map(
                 lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), target),
             partial_restore=True)))
-    return restored["state"]["params"]
+    return restored["state"][item]
 
-  def read_params(self, abstract_params, step: int | None = None):
+  def read_params(self, abstract_params, step: int | None = None, item: str = "params"):
     """-> (params, step): `restore_params` for a reader, which never moves anything. With no `step`,
     a newer step that does not restore is reported in one line and the newest that does is read.
     CheckpointError naming the step (or the folder) when it (or none) restores."""
     steps = self.manager.all_steps() if step is None else [step]
-    params, used, failed = _restore_newest(self.directory, steps, lambda s: self.restore_params(abstract_params, s))
+    params, used, failed = _restore_newest(self.directory, steps,
+                                           lambda s: self.restore_params(abstract_params, s, item))
     if used is None:
       raise _none_restores(self.directory, failed, named=step is not None)
     for damaged, reason in failed:

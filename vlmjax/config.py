@@ -9,6 +9,7 @@ import importlib.util
 import inspect
 import math
 import os
+import re
 
 import ml_collections
 import jax.numpy as jnp
@@ -76,6 +77,14 @@ def base_config() -> ml_collections.ConfigDict:
       weight_decay=0.1, wd_exclude="logit_scale|logit_bias",  # and every tensor with ndim < 2
       warmup_steps=100, end_learning_rate=0.0, grad_clip_norm=1.0,
       frozen="",                  # regex over param paths ('image/.*') whose updates are zero
+      # Fine-tuning (docs/design.md, "Fine-tuning controls"): per-param learning-rate multipliers
+      # scale the update, their product applies.
+      layer_decay=1.0,            # in (0, 1]: block i of a tower of depth L gets lr·decay^(L−i), its
+                                  # embeddings decay^(L+1), heads 1 (1.0: off)
+      lr_multipliers=(),          # ((regex over param paths, multiplier >= 0), ...): the first match
+                                  # wins, default 1; e.g. (("^image/", 0.1), ("logit_scale", 0.0))
+      ema_decay=0.0,              # in [0, 1): the state keeps ema = decay·ema + (1−decay)·params after
+                                  # each applied step; evaluated and exported with --ema (0: off)
   )
   c.mesh = dict(data=1, fsdp=-1, tensor=1)  # FSDP over all devices by default
   c.sharding_rules = ()                     # ((logical, mesh axes), ...); () = sharding.DEFAULT_RULES
@@ -178,7 +187,8 @@ RANGES = (
     ("optimizer.learning_rate", 0, True), ("optimizer.end_learning_rate", 0, True),
     ("optimizer.weight_decay", 0, True), ("optimizer.grad_clip_norm", 0, True),
     ("optimizer.warmup_steps", 0, True), ("optimizer.eps", 0, False), ("optimizer.b1", 0, True),
-    ("optimizer.b2", 0, True), ("input.image_size", 1, True), ("input.crop_min", 0, False),
+    ("optimizer.b2", 0, True), ("optimizer.layer_decay", 0, False), ("optimizer.ema_decay", 0, True),
+    ("input.image_size", 1, True), ("input.crop_min", 0, False),
     ("input.brightness", 0, True), ("input.subcaptions", 0, True), ("tokenizer.vocab_size", 5, True),
     ("tokenizer.train_examples", 1, True), ("data.num_threads", 0, True),
 )
@@ -203,11 +213,31 @@ def _check_ranges(config):
     if not _finite(value) or value < lowest or (value == lowest and not inclusive):
       bound = f">= {lowest}" if inclusive else f"> {lowest}"
       raise ConfigError(f"config: '{key}' {value!r} must be a finite number {bound}")
-  for key in ("optimizer.b1", "optimizer.b2"):
-    if _get(config, key) >= 1:
+  for key in ("optimizer.b1", "optimizer.b2", "optimizer.ema_decay"):
+    if _get(config, key) is not None and _get(config, key) >= 1:
       raise ConfigError(f"config: '{key}' {_get(config, key)!r} must be below 1")
+  if (_get(config, "optimizer.layer_decay") or 0) > 1:
+    raise ConfigError(f"config: 'optimizer.layer_decay' {config.optimizer.layer_decay!r} must be at most 1 "
+                      "(1: no decay; each block deeper from the top gets that factor less)")
+  _check_lr_multipliers(_get(config, "optimizer.lr_multipliers") or ())
   if config.input.get("crop_min", 1.0) > 1:
     raise ConfigError(f"config: 'input.crop_min' {config.input.crop_min!r} must be at most 1 (a fraction of the side)")
+
+
+def _check_lr_multipliers(rules):
+  """`optimizer.lr_multipliers`: (regex, multiplier) pairs, each regex valid, each multiplier finite >= 0."""
+  key = "optimizer.lr_multipliers"
+  for rule in rules:
+    if not isinstance(rule, (tuple, list)) or len(rule) != 2 or not isinstance(rule[0], str) \
+        or isinstance(rule[1], bool):
+      raise ConfigError(f"config: '{key}' entry {rule!r} must be a pair (regex over param paths, multiplier)")
+    pattern, value = rule
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise ConfigError(f"config: '{key}' pattern {pattern!r} is not a valid regex ({e})") from None
+    if not _finite(value) or value < 0:
+      raise ConfigError(f"config: '{key}' multiplier {value!r} of {pattern!r} must be a finite number >= 0")
 
 
 def _check_input_sizes(config, model_cls):

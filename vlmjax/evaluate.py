@@ -1,7 +1,7 @@
 """Run a config's evaluators: during training on the live params, or on a workdir's checkpoint;
 or a suite of evaluators with their own data on a workdir or an inference bundle.
 
-  python -m vlmjax.evaluate --workdir DIR [--step N]
+  python -m vlmjax.evaluate --workdir DIR [--step N] [--ema]
   python -m vlmjax.evaluate --compare DIR1,DIR2,...
   python -m vlmjax.evaluate (--workdir DIR [--step N] | --bundle B --out OUT) --suite configs/evals/X.py
       [--data_dir TFDS_DIR]
@@ -10,7 +10,9 @@ The first reads DIR/config.json and DIR/tokenizer.model, restores only the param
 checkpoint (or step N), runs every evaluator in `config.evals`, prints a table and writes the
 results with their step: the newest checkpoint's to DIR/eval_results.json (what training writes at
 its end), step N's to DIR/eval_results/step_N.json. It holds the workdir while it runs
-(`workdir.lock`), so it never writes while a training run writes there. The second prints finished
+(`workdir.lock`), so it never writes while a training run writes there. `--ema` evaluates the run's
+moving average of its params (`optimizer.ema_decay`) instead, as training's own evaluations do, and
+marks the results 'ema': true. The second prints finished
 runs' eval_results.json side by side, with their steps (no recomputation).
 
 A suite file's `get_config()` returns evaluator entries as `config.evals` holds them, each with its
@@ -209,17 +211,21 @@ def check_workdir(workdir: str):
                             "workdir, and has it saved a checkpoint?)")
 
 
-def evaluate_workdir(workdir: str, step: int | None = None, show=None) -> dict:
+def evaluate_workdir(workdir: str, step: int | None = None, show=None, ema: bool = False) -> dict:
   """Runs the evaluators of a run's config on its params at `step` (default: the newest), on the
   run's mesh, holding the workdir -> {'step': N, 'name/metric': value, ...}, written to
   `results_file(workdir, N, final=step is None)`. `show(results)` runs before the write, so a
-  failed write loses nothing."""
+  failed write loses nothing. `ema`: on the params' moving average (`optimizer.ema_decay`), as
+  training's own evaluations are; the results then hold 'ema': True."""
   check_workdir(workdir)
   run = RunDir(workdir)
   config = run.read_config()
+  if ema:
+    run.check_ema(config)
   with workdir_lib.lock(workdir, "evaluate"):
-    loaded = run.load(step, mesh=experiment_lib.make_mesh(config))
-    metrics = run_evals(loaded.experiment, loaded.params, loaded.tokenizer)
+    loaded = run.load(step, mesh=experiment_lib.make_mesh(config), ema=ema)
+    metrics = {"ema": True} if ema else {}
+    metrics.update(run_evals(loaded.experiment, loaded.params, loaded.tokenizer))
     results = {"step": int(loaded.step), **metrics}
     if show:
       show(results)
@@ -332,6 +338,8 @@ def main(argv):
   if len(argv) > 1:
     cli.fail("evaluate", f"evaluate: unexpected arguments: {' '.join(argv[1:])}")
   try:
+    if FLAGS.ema and (FLAGS.compare or FLAGS.suite):
+      raise ValueError("evaluate: --ema goes with --workdir DIR (the config's evaluators), not --compare or --suite")
     if FLAGS.compare:
       if FLAGS.workdir or FLAGS.step is not None:
         raise ValueError("evaluate: --compare reads the runs' saved results; give it without --workdir and --step")
@@ -345,7 +353,8 @@ def main(argv):
       raise ValueError("evaluate: --bundle, --out and --data_dir go with --suite FILE")
     if not FLAGS.workdir:
       raise ValueError("evaluate: give --workdir DIR (or --compare DIR1,DIR2,..., or --suite FILE)")
-    evaluate_workdir(FLAGS.workdir, FLAGS.step, show=lambda results: print(format_table(results), flush=True))
+    evaluate_workdir(FLAGS.workdir, FLAGS.step, show=lambda results: print(format_table(results), flush=True),
+                     ema=FLAGS.ema)
   except workdir_lib.WorkdirBusy as e:
     cli.fail("evaluate", e, status=1)
   except (OSError, config_lib.ConfigError, ValueError) as e:  # OSError: FileNotFoundError, a full disk...
@@ -357,6 +366,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "A training workdir.")
   flags.DEFINE_list("compare", [], "Workdirs whose eval_results.json to print side by side (percent).")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+  flags.DEFINE_bool("ema", False, "Evaluate the run's EMA of its params (optimizer.ema_decay > 0).")
   flags.DEFINE_string("suite", None, "A suite file (configs/evals/*.py) of evaluators with their own data.")
   flags.DEFINE_string("bundle", None, "An inference bundle to run --suite on (instead of --workdir).")
   flags.DEFINE_string("out", None, "The folder for --suite's results (default: WORKDIR/eval_results).")

@@ -56,6 +56,11 @@ class Experiment:
   def batch_size(self) -> int:
     return self.config.batch_size
 
+  @property
+  def ema_decay(self) -> float:
+    """`optimizer.ema_decay` (0: the state keeps no EMA); a run's config from before the key has none."""
+    return float(self.config.optimizer.get("ema_decay", 0.0))
+
   def sample_batch(self) -> dict:
     """A batch of one (zeros) with every field: what init and eval_shape read."""
     return batch_spec.zeros_batch(self.model_fields(), self.config.input, 1)
@@ -80,11 +85,13 @@ class Experiment:
   def init_state(self, seed: int | None = None):
     """-> (train state, its shardings), initialised in place on the mesh."""
     seed = self.config.seed if seed is None else seed
-    return trainer.create_train_state(self.model, self.tx, self.sample_batch(), seed, self.mesh, self.rules)
+    return trainer.create_train_state(self.model, self.tx, self.sample_batch(), seed, self.mesh, self.rules,
+                                      ema=self.ema_decay > 0)
 
   def abstract_state(self):
     """-> (ShapeDtypeStructs with shardings, shardings): the restore target of a checkpoint."""
-    return trainer.abstract_train_state(self.model, self.tx, self.sample_batch(), self.mesh, self.rules)
+    return trainer.abstract_train_state(self.model, self.tx, self.sample_batch(), self.mesh, self.rules,
+                                        ema=self.ema_decay > 0)
 
   def abstract_params(self):
     return self.abstract_state()[0]["params"]
@@ -92,7 +99,8 @@ class Experiment:
   def train_step(self, state_shardings):
     """The jitted step `(state, batch) -> (state, metrics)` for states placed by `state_shardings`."""
     return trainer.make_train_step(self.model, self.objectives, self.tx, self.schedule, self.mesh,
-                                   state_shardings, microbatches=self.config.microbatches, rules=self.rules)
+                                   state_shardings, microbatches=self.config.microbatches, rules=self.rules,
+                                   ema_decay=self.ema_decay)
 
   def preprocess(self, tokenizer, train: bool = True):
     """The input pipeline's map from a source record to an example with every field of the batch:

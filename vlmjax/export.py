@@ -1,12 +1,13 @@
 """Inference bundles, and weights in and out of other libraries' formats.
 
-  python -m vlmjax.export --workdir DIR --out BUNDLE [--step N] [--dtype bfloat16] [--format safetensors]
+  python -m vlmjax.export --workdir DIR --out BUNDLE [--step N] [--ema] [--dtype bfloat16] [--format safetensors]
   python -m vlmjax.export --workdir DIR --to open_clip --out FOLDER    # or --bundle B; hf_clip, hf_llama
   python -m vlmjax.export --from open_clip --src FOLDER --out BUNDLE [--tokenizer tokenizer.model]
 
 A bundle (`vlmjax.run.Bundle`, which loads it) is a folder holding everything `vlmjax.predict`
 needs and nothing of the training state: the params alone, as an orbax checkpoint (default) or one
 safetensors file (either restores on any device count), the run's config and its tokenizer.
+`--ema` exports the run's moving average of its params (`optimizer.ema_decay`) instead.
 
 `--to` writes a folder open_clip, HF `CLIPModel` or HF `LlamaForCausalLM` (`GemmaForCausalLM` for a
 decoder with `scale_token_embeddings`) load (see vlmjax/interop);
@@ -199,17 +200,20 @@ def check_workdir(workdir: str, flag: str = "--workdir"):
 
 
 def export(workdir: str, out: str, step: int | None = None, dtype: str = "float32", fmt: str = "orbax",
-           force: bool = False) -> str:
-  """A training workdir's checkpoint -> a bundle at `out` (params cast to `dtype`)."""
+           force: bool = False, ema: bool = False) -> str:
+  """A training workdir's checkpoint -> a bundle at `out` (params cast to `dtype`); `ema`: the
+  run's moving average of its params (bundle.json then says "ema": true)."""
   sources = {"--workdir": workdir}
   check_out(out, "bundle", force, sources)
   check_workdir(workdir)
   run = RunDir(workdir)
-  loaded = run.load(step)
+  if ema:
+    run.check_ema(run.read_config())
+  loaded = run.load(step, ema=ema)
   params = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), loaded.params)
   return write_bundle(out, loaded.config, params, run.tokenizer_file(loaded.config),
                       {"step": int(loaded.step), "dtype": dtype, "vocab_size": loaded.tokenizer.vocab_size,
-                       "source": os.path.abspath(workdir)}, fmt, force, sources)
+                       "source": os.path.abspath(workdir), **({"ema": True} if ema else {})}, fmt, force, sources)
 
 
 def export_to(fmt: str, out: str, workdir: str | None = None, bundle: str | None = None,
@@ -275,10 +279,10 @@ def check_flags():
   elif FLAGS.to:
     mode, allowed = f"--to {FLAGS.to}", ("workdir", "bundle", "step")
   else:
-    mode, allowed = "a bundle export from --workdir", ("workdir", "step", "dtype", "format")
+    mode, allowed = "a bundle export from --workdir", ("workdir", "step", "dtype", "format", "ema")
     if not FLAGS.workdir:
       raise ValueError("export: give --workdir DIR (or --to FORMAT, or --from FORMAT --src FOLDER)")
-  for name in ("workdir", "bundle", "step", "dtype", "format", "src", "tokenizer"):
+  for name in ("workdir", "bundle", "step", "dtype", "format", "src", "tokenizer", "ema"):
     if FLAGS[name].present and name not in allowed:
       raise ValueError(f"export: --{name} does not apply to {mode}")
 
@@ -298,7 +302,7 @@ def main(argv):
       out = export_to(FLAGS.to, FLAGS.out, FLAGS.workdir, FLAGS.bundle, FLAGS.step, FLAGS.force)
       print(f"Exported {FLAGS.workdir or FLAGS.bundle} as {FLAGS.to} to {out}")
     else:
-      out = export(FLAGS.workdir, FLAGS.out, FLAGS.step, FLAGS.dtype, FLAGS.format, FLAGS.force)
+      out = export(FLAGS.workdir, FLAGS.out, FLAGS.step, FLAGS.dtype, FLAGS.format, FLAGS.force, FLAGS.ema)
       print(f"Exported {FLAGS.workdir} to {out}")
   except (OSError, ValueError, config_lib.ConfigError) as e:  # OSError: FileNotFoundError, a full disk...
     cli.fail("export", e)
@@ -313,6 +317,7 @@ if __name__ == "__main__":
   flags.DEFINE_boolean("force", False, "Replace a previous bundle at --out (with --to: a previous export of "
                        "the same format); nothing else is ever replaced.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+  flags.DEFINE_boolean("ema", False, "Export the run's EMA of its params (optimizer.ema_decay > 0).")
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Param dtype in the bundle.")
   flags.DEFINE_enum("format", "orbax", list(BUNDLE_FORMATS), "How the bundle stores its params.")
   flags.DEFINE_enum("to", None, list(interop.FORMATS), "Write another library's format instead of a bundle.")

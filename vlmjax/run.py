@@ -101,10 +101,11 @@ class RunDir:
     finally:
       checkpointer.close()
 
-  def restore_params(self, abstract_params, step: int | None = None):
+  def restore_params(self, abstract_params, step: int | None = None, ema: bool = False):
     """-> (params, step): the params at `step` (default: the newest that restores, a damaged newer
     one reported in one line and left in place: a reader does not own the run), placed by
-    `abstract_params`' shardings; a subtree of the params is read alone (partial restore).
+    `abstract_params`' shardings; a subtree of the params is read alone (partial restore). `ema`:
+    the params' moving average instead (the run's `optimizer.ema_decay` > 0; `check_ema` first).
     FileNotFoundError naming the folder, the missing step, or the step that cannot be restored."""
     steps = self.steps()
     if not steps:
@@ -114,18 +115,28 @@ class RunDir:
                               f"(steps: {', '.join(map(str, steps))})")
     checkpointer = self.checkpointer()
     try:
-      return checkpointer.read_params(abstract_params, step)
+      return checkpointer.read_params(abstract_params, step, "ema" if ema else "params")
     finally:
       checkpointer.close()
 
-  def load(self, step: int | None = None, mesh=None, image_size: int | None = None) -> Loaded:
+  def check_ema(self, config, flag: str = "--ema"):
+    """ValueError (one line naming `flag`) unless the run keeps an EMA of its params: a checkpoint
+    without one would only report that no step restores."""
+    if not float(config.optimizer.get("ema_decay", 0.0)) > 0:
+      raise ValueError(f"{flag}: the run in '{self.path}' keeps no EMA of its params (its optimizer.ema_decay "
+                       "is 0); leave out --ema")
+
+  def load(self, step: int | None = None, mesh=None, image_size: int | None = None, ema: bool = False) -> Loaded:
     """The run's model and params at `step` (default: the newest) on `mesh` (default: one device);
-    with `image_size`, a model at that `input.image_size`, the params resampled to it (`resized_params`)."""
+    with `image_size`, a model at that `input.image_size`, the params resampled to it (`resized_params`);
+    `ema`: the params' moving average (ValueError when the run keeps none)."""
     config = self.read_config()
+    if ema:
+      self.check_ema(config)
     tokenizer = Tokenizer.load(self.tokenizer_file(config))
     experiment = experiment_lib.build(config, tokenizer.vocab_size, mesh=mesh or one_device_mesh(),
                                       objectives=False, validate=False)
-    params, step = self.restore_params(experiment.abstract_params(), step)
+    params, step = self.restore_params(experiment.abstract_params(), step, ema)
     if image_size is not None and image_size != config.input.image_size:
       # Restored at the run's own shapes above, then moved to the model of the other size.
       config = at_image_size(config, image_size, f"training workdir '{self.path}'")

@@ -17,7 +17,7 @@ import jax
 from ml_collections import config_flags
 
 from vlmjax import checkpoint, cli, config as config_lib, distributed, evaluate, experiment as experiment_lib
-from vlmjax import registry, sharding, workdir as workdir_lib
+from vlmjax import registry, sharding, trainer, workdir as workdir_lib
 from vlmjax.data import pipeline, sources
 from vlmjax.data.tokenizer import Tokenizer, TokenizerError
 from vlmjax.init_from import init_params_from
@@ -178,7 +178,11 @@ def _train(config, run: RunDir, train_source, stop_after_steps: int | None) -> d
   if jax.process_index() == 0:
     drop_metrics_after(workdir, start)  # what a killed run logged past its last checkpoint
   writer = MetricWriter(run.file(RunDir.METRICS), run.file(RunDir.TENSORBOARD))
+    state = trainer.reset_ema(state)  # the EMA starts at the params training starts from
   progress = Progress(start, steps, config.batch_size, config.progress_bar)
+  # With an EMA of the params (optimizer.ema_decay), the run's evaluations are of the EMA: the model
+  # the run delivers (`evaluate --ema`, `export --ema`).
+  eval_params = lambda state: state.get("ema", state["params"])
   streak, done, stopped = None, start, None  # streak: a step's skips in a row, read one step late
   with Preemption() as preemption, contextlib.closing(checkpointer):  # closing: finish an async save
     for step in range(start, steps):
@@ -200,7 +204,7 @@ def _train(config, run: RunDir, train_source, stop_after_steps: int | None) -> d
       if checkpointer.should_save(done, steps) or stopped:
         checkpointer.save(done, state, data_iter)
       if config.eval_every_steps and done % config.eval_every_steps == 0 and done != steps:
-        writer.write(done, evaluate.run_evals(experiment, state["params"], tokenizer))
+        writer.write(done, evaluate.run_evals(experiment, eval_params(state), tokenizer))
       if stopped:
         break
     if streak is not None and not stopped:
@@ -214,11 +218,11 @@ def _train(config, run: RunDir, train_source, stop_after_steps: int | None) -> d
             "run the same command to resume", flush=True)
     return {}
 
-  results = evaluate.run_evals(experiment, state["params"], tokenizer) if config.evals else {}
+  results = evaluate.run_evals(experiment, eval_params(state), tokenizer) if config.evals else {}
   writer.write(steps, results)
   writer.close()
   if jax.process_index() == 0:
-    evaluate.write_results(run.path, done, results)
+    evaluate.write_results(run.path, done, {"ema": True, **results} if "ema" in state else results)
   return results
 
 

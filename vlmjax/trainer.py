@@ -1,16 +1,22 @@
 """Train state, optimizer and the jitted train step.
 
-The train state is a plain pytree `{params, opt_state, step, rng, extras}` created already sharded: its
-shapes come from `jax.eval_shape`, its shardings from the params' logical axis names, and
+The train state is a plain pytree `{params, opt_state, step, rng, extras}` (and `ema`, an exponential
+moving average of the params, when `optimizer.ema_decay` > 0) created already sharded: its shapes
+come from `jax.eval_shape`, its shardings from the params' logical axis names, and
 `jax.jit(init, out_shardings=...)` materialises it in place. The step is jitted with explicit in/out
 shardings and donates the old state. A step whose loss or gradients are not finite is
-skipped (params and optimizer state unchanged) and counted in `extras`, with the bad data records.
+skipped (params, optimizer state and EMA unchanged) and counted in `extras`, with the bad data records.
+
+The optimizer's per-parameter learning-rate multipliers (layer-wise decay, `lr_multipliers`) scale
+AdamW's update element-wise (`scale_updates`), so one slice of a scanned stack, a layer, gets its own
+multiplier without splitting the stacked params.
 """
 import re
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from vlmjax import sharding
@@ -21,9 +27,9 @@ def path_str(path) -> str:
   """A pytree key path -> 'image/encoder/blocks/attn/query/kernel' (box wrappers dropped)."""
   names = []
   for key in path:
-    name = getattr(key, "key", getattr(key, "name", getattr(key, "idx", None)))
-    if name != "value":  # the field of an nn.Partitioned box
-      names.append(str(name))
+    if isinstance(key, jax.tree_util.GetAttrKey) and key.name == "value":
+      continue  # the field of an nn.Partitioned box; a dict key 'value' (attention's) is a module
+    names.append(str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", None)))))
   return "/".join(names)
 
 
@@ -31,9 +37,119 @@ def _path_mask(params, predicate):
   return jax.tree_util.tree_map_with_path(lambda p, x: predicate(path_str(p), x), params)
 
 
+# A tower's params before its first block (BEiT's layer 0): patch/token/position embeddings, the
+# class token, a conv stem and a norm before the blocks. The decoder's `embedding` is also its tied
+# output head; it is decayed as an embedding, as BEiT and big_vision treat a tied table.
+EMBEDDING_NAMES = re.compile(r"^(patch_embed|cls|pos_embedding|token_embed|embedding|pre_norm|stem_\w+)$")
+
+
+def _stack_depth(stack) -> int | None:
+  """The number of blocks of a `layers.Transformer`'s params: a scanned stack `{'blocks': [n, ...]}`
+  or an unscanned one `{'block_0': ..., 'block_{n-1}': ...}`; None when `stack` is neither."""
+  if not isinstance(stack, dict):
+    return None
+  if "blocks" in stack:
+    return int(jax.tree.leaves(stack["blocks"])[0].shape[0])
+  blocks = [k for k in stack if re.fullmatch(r"block_\d+", k)]
+  return len(blocks) or None
+
+
+def _tower_stacks(node) -> list | None:
+  """A tower's transformer params in layer order, [(key, 'stack' | 'block', depth)]: a ViT's or
+  text tower's `encoder`; a decoder's `layers`, then per PyramidDrop stage s its `layers_{s}_first`
+  block and its `layers_{s}` stack. None when `node` is not a tower."""
+  if not isinstance(node, dict):
+    return None
+  if _stack_depth(node.get("encoder")):
+    return [("encoder", "stack", _stack_depth(node["encoder"]))]
+  if not _stack_depth(node.get("layers")):
+    return None
+  out, stage = [("layers", "stack", _stack_depth(node["layers"]))], 1
+  while f"layers_{stage}_first" in node or f"layers_{stage}" in node:
+    if f"layers_{stage}_first" in node:
+      out.append((f"layers_{stage}_first", "block", 1))
+    if _stack_depth(node.get(f"layers_{stage}")):
+      out.append((f"layers_{stage}", "stack", _stack_depth(node[f"layers_{stage}"])))
+    stage += 1
+  return out
+
+
+def _tower_decay(tower, decay: float):
+  """Layer decay over one tower's params: block i (0-based, over all its stacks) of L gets
+  decay^(L - i), per slice of a scanned stack; the embeddings decay^(L + 1); the rest 1."""
+  stacks = _tower_stacks(tower)
+  depth = sum(n for _, _, n in stacks)
+  scale = lambda layer: np.float32(decay ** (depth - layer))
+  out, first = {}, 0
+  for key, kind, n in stacks:
+    if kind == "block":
+      out[key] = jax.tree.map(lambda x, i=first: scale(i), tower[key])
+    else:
+      out[key] = {}
+      for name, sub in tower[key].items():
+        if name == "blocks":  # stacked on a leading `layers` axis: one multiplier per slice
+          column = np.array([scale(first + i) for i in range(n)], np.float32)
+          out[key][name] = jax.tree.map(lambda x: column.reshape((n,) + (1,) * (x.ndim - 1)), sub)
+        elif re.fullmatch(r"block_\d+", name):
+          out[key][name] = jax.tree.map(lambda x, i=first + int(name[6:]): scale(i), sub)
+        else:  # e.g. the encoder's final norm, after the blocks
+          out[key][name] = jax.tree.map(lambda x: np.float32(1.0), sub)
+    first += n
+  for key, sub in tower.items():
+    if key not in out:
+      value = scale(-1) if EMBEDDING_NAMES.match(key) else np.float32(1.0)
+      out[key] = jax.tree.map(lambda x, v=value: v, sub)
+  return out
+
+
+def layer_decay_multipliers(params, decay: float):
+  """Layer-wise learning-rate decay (BEiT; big_vision): a tree like `params` of multipliers that
+  broadcast against each param. In a tower (an image/text tower, a decoder) of depth L, a param of
+  block i (0-based) gets decay^(L - i): the last block decay, the first decay^L; the embeddings
+  decay^(L + 1); what follows the blocks (final norm, pooling head) and every param outside a tower
+  (projections, logit scale, a VLM's projector) 1. A scanned stack's param [L, ...] gets an
+  [L, 1, ...] column, so each layer's slice is scaled by its own multiplier."""
+
+  def walk(node):
+    if _tower_stacks(node) is not None:
+      return _tower_decay(node, decay)
+    if isinstance(node, dict):
+      return {k: walk(v) for k, v in node.items()}
+    return jax.tree.map(lambda x: np.float32(1.0), node)
+
+  return walk(params)
+
+
+def lr_multipliers(params, opt):
+  """The product of layer decay (`opt.layer_decay`) and the first `opt.lr_multipliers` pattern
+  matching each param's path (default 1): a tree like `params` of broadcastable float32 arrays."""
+  decay = float(opt.get("layer_decay", 1.0))
+  rules = [(re.compile(pattern), float(value)) for pattern, value in (opt.get("lr_multipliers") or ())]
+
+  def group(path, layer):
+    value = next((v for pattern, v in rules if pattern.search(path_str(path))), 1.0)
+    return np.asarray(layer * np.float32(value), np.float32)
+
+  return jax.tree_util.tree_map_with_path(group, layer_decay_multipliers(params, decay))
+
+
+def scale_updates(tx: optax.GradientTransformation, multipliers) -> optax.GradientTransformation:
+  """`tx` with each update multiplied by `multipliers(updates)` (a tree of broadcastable arrays,
+  built from the tree's paths and shapes when the step is traced: constants, never state). The
+  state is `tx`'s own, so turning multipliers on or off leaves checkpoints compatible."""
+
+  def update(updates, state, params=None):
+    updates, state = tx.update(updates, state, params)
+    return jax.tree.map(lambda u, m: u * m.astype(u.dtype), updates, multipliers(updates)), state
+
+  return optax.GradientTransformation(tx.init, update)
+
+
 def make_optimizer(opt, total_steps: int):
   """AdamW with linear warmup + cosine decay, global-norm clipping, decay only on matrices (not on
-  biases, norms, or paths matching `wd_exclude`), and zero updates for paths matching `frozen`."""
+  biases, norms, or paths matching `wd_exclude`), and zero updates for paths matching `frozen`.
+  Per-parameter learning-rate multipliers (`layer_decay`, `lr_multipliers`) scale the update,
+  weight decay included, as a smaller learning rate would."""
   warmup_steps = min(opt.warmup_steps, total_steps - 1)
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=opt.learning_rate, warmup_steps=max(warmup_steps, 0),
@@ -49,6 +165,8 @@ def make_optimizer(opt, total_steps: int):
     frozen = re.compile(opt.frozen)
     labels = lambda params: _path_mask(params, lambda p, x: "frozen" if frozen.search(p) else "trained")
     tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
+  if opt.get("layer_decay", 1.0) != 1.0 or opt.get("lr_multipliers"):
+    tx = scale_updates(tx, lambda tree: lr_multipliers(tree, opt))
   return tx, schedule
 
 
@@ -65,14 +183,25 @@ def init_extras() -> dict:
           "bad_records": jnp.zeros((len(BAD_REASONS),), jnp.int32)}
 
 
-def create_train_state(model, tx, sample_batch, seed: int, mesh, rules):
-  """-> (state, state_shardings). `sample_batch` holds arrays (or shapes) with batch dimension 1."""
+def _with_ema(state: dict, ema: bool) -> dict:
+  """The state with `ema` (the params' moving average, sharded like them: the same boxes) when on."""
+  return {**state, "ema": jax.tree.map(jnp.copy, state["params"])} if ema else state
+
+
+def reset_ema(state: dict) -> dict:
+  """The EMA restarted at the state's params: after they are replaced (`c.init`), before step 0."""
+  return _with_ema(state, True) if "ema" in state else state
+
+
+def create_train_state(model, tx, sample_batch, seed: int, mesh, rules, ema: bool = False):
+  """-> (state, state_shardings). `sample_batch` holds arrays (or shapes) with batch dimension 1.
+  `ema`: the state holds `ema`, the params' moving average, starting at the params."""
 
   def init(rng):
     init_rng, train_rng = jax.random.split(rng)
     params = model.init({"params": init_rng}, **model_inputs(model, sample_batch, False))["params"]
-    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-            "rng": train_rng, "extras": init_extras()}
+    return _with_ema({"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+                      "rng": train_rng, "extras": init_extras()}, ema)
 
   rng = jax.random.PRNGKey(seed)
   abstract = jax.eval_shape(init, rng)
@@ -82,12 +211,12 @@ def create_train_state(model, tx, sample_batch, seed: int, mesh, rules):
   return state, shardings
 
 
-def abstract_train_state(model, tx, sample_batch, mesh, rules):
+def abstract_train_state(model, tx, sample_batch, mesh, rules, ema: bool = False):
   """ShapeDtypeStructs with shardings, the restore target for a checkpoint on this mesh."""
   def init(rng):
     params = model.init({"params": rng}, **model_inputs(model, sample_batch, False))["params"]
-    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng,
-            "extras": init_extras()}
+    return _with_ema({"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+                      "rng": rng, "extras": init_extras()}, ema)
 
   abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
   shardings = sharding.logical_shardings(abstract, mesh, rules)
@@ -96,10 +225,11 @@ def abstract_train_state(model, tx, sample_batch, mesh, rules):
 
 
 def make_train_step(model, objectives, tx, schedule, mesh, state_shardings, microbatches: int = 1,
-                    rules=sharding.DEFAULT_RULES):
+                    rules=sharding.DEFAULT_RULES, ema_decay: float = 0.0):
   """-> jitted `step(state, batch) -> (state, metrics)`; the input state is donated. With
   `microbatches` > 1 the batch runs in that many pieces (`cached_value_and_grad`), same result.
-  `rules` (the params' logical axis rules) also place the activations: batch over data×fsdp."""
+  `rules` (the params' logical axis rules) also place the activations: batch over data×fsdp.
+  `ema_decay` > 0: the state's `ema` becomes decay·ema + (1 − decay)·params after each applied step."""
 
   def forward(params, batch, rng):
     return model.apply({"params": params}, **model_inputs(model, batch, True), rngs={"dropout": rng})
@@ -144,6 +274,10 @@ def make_train_step(model, objectives, tx, schedule, mesh, state_shardings, micr
                    **{f"bad_records/{r}": n for r, n in zip(BAD_REASONS, extras["bad_records"])})
     new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"],
                  "extras": extras}
+    if ema_decay:
+      # Of the params as applied (after any projection); a skipped step leaves it as it was.
+      new_state["ema"] = jax.tree.map(lambda e, p: jnp.where(finite, ema_decay * e + (1.0 - ema_decay) * p, e),
+                                      state["ema"], params)
     return new_state, metrics
 
   return jax.jit(train_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),

@@ -31,12 +31,14 @@ from vlmjax.run import Bundle, RunDir
 # its sharding rules and microbatches (a checkpoint restores onto any mesh; accumulation gives the same
 # step), where the data lives, the reliability thresholds, `init` (read only by a fresh run), and its
 # length: `total_steps`/`total_epochs` extend or shorten a run, the learning-rate schedule being
-# recomputed for the new length from the resumed step on. Any other difference is another run.
+# recomputed for the new length from the resumed step on. `optimizer.lr_multipliers` may change too
+# (unfreezing a tower part-way: they scale the update and hold no state); `optimizer.ema_decay` may
+# not (turning it on or off changes the state's shape). Any other difference is another run.
 RESUMABLE_KEYS = (
     "total_steps", "total_epochs", "mesh", "sharding_rules", "microbatches", "checkpoint",
     "log_every_steps", "eval_every_steps", "progress_bar", "evals", "peak_flops_per_device", "init",
     "max_consecutive_nonfinite", "data.num_threads", "data.data_dir", "data.image_root", "data.files",
-    "data.max_bad_fraction")
+    "data.max_bad_fraction", "optimizer.lr_multipliers")
 
 LOCK = "vlmjax.lock"
 
@@ -111,9 +113,15 @@ def _resumable(key: str) -> bool:
   return any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS)
 
 
+# Keys added to the config after runs were saved without them: such a run's config.json reads as
+# these values (each one's "off"), so it resumes under a config that leaves them off.
+ADDED_DEFAULTS = {"optimizer.layer_decay": 1.0, "optimizer.lr_multipliers": [], "optimizer.ema_decay": 0.0}
+
+
 def config_differences(saved: dict, new: dict) -> list[str]:
   """['batch_size: 16 -> 32', ...] for the keys (dotted paths) outside RESUMABLE_KEYS that differ."""
   old, cur = dict(_flatten(saved)), dict(_flatten(new))
+  old.update({k: v for k, v in ADDED_DEFAULTS.items() if k not in old and k.rsplit(".", 1)[0] in saved})
   missing = "(unset)"
   return [f"{key}: {old.get(key, missing)!r} -> {cur.get(key, missing)!r}".replace("'(unset)'", missing)
           for key in sorted(old.keys() | cur.keys())
