@@ -96,10 +96,16 @@ def train(config, workdir: str, stop_after_steps: int | None = None, overwrite: 
   experiment_lib.check(config)
   with workdir_lib.lock(workdir, "train"):
     train_source = sources.make_source(config.data, config.data.train_split)
-    # Every evaluator's data (its splits, labels against class names), before training.
-    evaluate.check_evals(evaluate.plan_evals(config.evals, config.data))
+    check_evals(config)
     workdir_lib.prepare(config, workdir, overwrite)  # refuses another run's workdir; writes config.json
     return _train(config, RunDir(workdir), train_source, stop_after_steps)
+
+
+def check_evals(config):
+  """Every evaluator's data (its splits, labels against class names) and resolution, before training."""
+  planned = evaluate.plan_evals(config.evals, config.data)
+  evaluate.check_evals(planned)
+  evaluate.check_image_sizes(planned, config)
 
 
 def dry_run(config, workdir: str, overwrite: bool = False) -> dict:
@@ -110,7 +116,7 @@ def dry_run(config, workdir: str, overwrite: bool = False) -> dict:
   config = sources.with_absolute_paths(config)
   mesh = experiment_lib.check(config)
   train_source = sources.make_source(config.data, config.data.train_split)
-  evaluate.check_evals(evaluate.plan_evals(config.evals, config.data))
+  check_evals(config)
   workdir_lib.check(config, workdir, overwrite)
   for source, _ in config_lib.init_sources(config.init):
     if not os.path.isdir(source):
@@ -172,17 +178,17 @@ def _train(config, run: RunDir, train_source, stop_after_steps: int | None) -> d
         state["params"] = init_params_from(source_workdir, state["params"], pattern)
       except ValueError as e:
         raise config_lib.ConfigError(str(e)) from None
+    state = trainer.reset_ema(state)  # the EMA starts at the params training starts from
   train_step = experiment.train_step(state_shardings)
+  # With an EMA of the params (optimizer.ema_decay), the run's evaluations are of the EMA: the model
+  # the run delivers (`evaluate --ema`, `export --ema`).
+  eval_params = lambda state: state.get("ema", state["params"])
 
   start = int(state["step"])
   if jax.process_index() == 0:
     drop_metrics_after(workdir, start)  # what a killed run logged past its last checkpoint
   writer = MetricWriter(run.file(RunDir.METRICS), run.file(RunDir.TENSORBOARD))
-    state = trainer.reset_ema(state)  # the EMA starts at the params training starts from
   progress = Progress(start, steps, config.batch_size, config.progress_bar)
-  # With an EMA of the params (optimizer.ema_decay), the run's evaluations are of the EMA: the model
-  # the run delivers (`evaluate --ema`, `export --ema`).
-  eval_params = lambda state: state.get("ema", state["params"])
   streak, done, stopped = None, start, None  # streak: a step's skips in a row, read one step late
   with Preemption() as preemption, contextlib.closing(checkpointer):  # closing: finish an async save
     for step in range(start, steps):
