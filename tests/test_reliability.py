@@ -30,7 +30,7 @@ from PIL import Image
 
 from conftest import FAST_COMPILE_XLA_FLAGS, REPO, tiny_config
 from test_resume import _final_params
-from vlmjax import experiment, registry, sharding, trainer, workdir as workdir_lib
+from vlmjax import config as config_lib, experiment, registry, sharding, trainer, workdir as workdir_lib
 from vlmjax.config import ConfigError
 from vlmjax.data import pipeline, sources
 from vlmjax.data.tokenizer import Tokenizer
@@ -258,6 +258,18 @@ def test_config_differences_ignore_resumable_keys():
          "data": {"num_threads": 4, "name": "csv", "max_bad_fraction": 0.1}, "optimizer": {"b1": 0.9}}
   assert workdir_lib.config_differences(saved, new) == [
       "optimizer.b1: (unset) -> 0.9", "optimizer.learning_rate: 0.001 -> (unset)", "seed: 0 -> 1"]
+
+
+def test_a_run_saved_before_keys_were_added_resumes():
+  """A config.json written before a key existed reads as that key's default ("off")."""
+  new = json.loads(config_lib.base_config().to_json())
+  saved = json.loads(json.dumps(new))
+  for key in workdir_lib.ADDED_DEFAULTS:
+    section, leaf = key.split(".")
+    del saved[section][leaf]
+  assert workdir_lib.config_differences(saved, new) == []
+  new["optimizer"]["ema_decay"] = 0.999  # turned on: a change that is not resumable
+  assert workdir_lib.config_differences(saved, new) == ["optimizer.ema_decay: 0.0 -> 0.999"]
 
 
 def test_sigterm_sets_the_flag_and_handlers_are_restored():

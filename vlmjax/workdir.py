@@ -115,13 +115,14 @@ def _resumable(key: str) -> bool:
 
 # Keys added to the config after runs were saved without them: such a run's config.json reads as
 # these values (each one's "off"), so it resumes under a config that leaves them off.
-ADDED_DEFAULTS = {"optimizer.layer_decay": 1.0, "optimizer.lr_multipliers": [], "optimizer.ema_decay": 0.0}
+ADDED_DEFAULTS = {"optimizer.layer_decay": 1.0, "optimizer.lr_multipliers": [], "optimizer.ema_decay": 0.0,
+                  "data.label_key": "", "data.class_names": None, "data.class_names_file": ""}
 
 
 def config_differences(saved: dict, new: dict) -> list[str]:
   """['batch_size: 16 -> 32', ...] for the keys (dotted paths) outside RESUMABLE_KEYS that differ."""
   old, cur = dict(_flatten(saved)), dict(_flatten(new))
-  old.update({k: v for k, v in ADDED_DEFAULTS.items() if k not in old and k.rsplit(".", 1)[0] in saved})
+  old.update({k: v for k, v in ADDED_DEFAULTS.items() if k not in old and k in cur})
   missing = "(unset)"
   return [f"{key}: {old.get(key, missing)!r} -> {cur.get(key, missing)!r}".replace("'(unset)'", missing)
           for key in sorted(old.keys() | cur.keys())
