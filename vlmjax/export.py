@@ -1,7 +1,7 @@
 """Inference bundles, and weights in and out of other libraries' formats.
 
   python -m vlmjax.export --workdir DIR --out BUNDLE [--step N] [--ema] [--dtype bfloat16] [--format safetensors]
-  python -m vlmjax.export --workdir DIR --to open_clip --out FOLDER    # or --bundle B; hf_clip, hf_llama
+  python -m vlmjax.export --workdir DIR --to open_clip --out FOLDER    # or --bundle B; hf_clip, hf_siglip, hf_llama
   python -m vlmjax.export --from open_clip --src FOLDER --out BUNDLE [--tokenizer tokenizer.model]
 
 A bundle (`vlmjax.run.Bundle`, which loads it) is a folder holding everything `vlmjax.predict`
@@ -9,8 +9,8 @@ needs and nothing of the training state: the params alone, as an orbax checkpoin
 safetensors file (either restores on any device count), the run's config and its tokenizer.
 `--ema` exports the run's moving average of its params (`optimizer.ema_decay`) instead.
 
-`--to` writes a folder open_clip, HF `CLIPModel` or HF `LlamaForCausalLM` (`GemmaForCausalLM` for a
-decoder with `scale_token_embeddings`) load (see vlmjax/interop);
+`--to` writes a folder open_clip, HF `CLIPModel`, HF `SiglipModel` or HF `LlamaForCausalLM`
+(`GemmaForCausalLM` for a decoder with `scale_token_embeddings`) load (see vlmjax/interop);
 `--from` reads one back into a bundle, which `c.init.workdir` also accepts (fine-tune from it).
 
 What --out may be: a new folder, an empty one, or, with --force, a previous output of the same kind
@@ -41,12 +41,13 @@ BUNDLE_FORMATS = ("orbax", "safetensors")
 BUNDLE_FILES = (Bundle.PARAMS, Bundle.SAFETENSORS, Bundle.CONFIG, Bundle.TOKENIZER, Bundle.INFO)
 RUN_FILES = (*RunDir.OUTPUTS, LOCK)  # what a training workdir holds of its own
 # config.json's `model_type` of each HF format (open_clip's config has none).
-MODEL_TYPES = {"hf_clip": ("clip",), "hf_llama": ("llama", "gemma")}
+MODEL_TYPES = {"hf_clip": ("clip",), "hf_siglip": ("siglip",), "hf_llama": ("llama", "gemma")}
 
 
 def format_files(fmt: str) -> tuple[str, ...]:
   """The files `interop.write(fmt, ...)` writes: the weights, the config, then the others."""
-  module = {"open_clip": interop.open_clip, "hf_clip": interop.hf_clip, "hf_llama": interop.hf_llama}[fmt]
+  module = {"open_clip": interop.open_clip, "hf_clip": interop.hf_clip, "hf_siglip": interop.hf_siglip,
+            "hf_llama": interop.hf_llama}[fmt]
   extra = (module.PREPROCESSOR_FILE,) if hasattr(module, "PREPROCESSOR_FILE") else ()
   return (module.WEIGHTS_FILE, module.CONFIG_FILE, *extra, interop.TOKENIZER_FILE)
 

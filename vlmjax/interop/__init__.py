@@ -2,13 +2,15 @@
 
   open_clip  a dual encoder <-> `open_clip.create_model_and_transforms('local-dir:FOLDER')`
   hf_clip    a dual encoder <-> `transformers.CLIPModel.from_pretrained(FOLDER)`
+  hf_siglip  a SigLIP dual encoder (`sizes.siglip`'s architecture) <->
+             `transformers.SiglipModel.from_pretrained(FOLDER)`
   hf_llama   a decoder LM (or a VLM's decoder) <-> `transformers.LlamaForCausalLM.from_pretrained(FOLDER)`,
              or `GemmaForCausalLM` for a decoder with `scale_token_embeddings` (read: by config.json's
              `model_type`, 'llama' or 'gemma')
 
 Everything here is numpy and safetensors: neither torch nor open_clip nor transformers is needed to
 write or read these folders (a `.bin`/`.pth` state dict needs torch to be read). The name maps are in
-`open_clip.py`, `hf_clip.py`, `hf_llama.py`; the layout arithmetic (transposes, head splits, q/k/v
+`open_clip.py`, `hf_clip.py`, `hf_siglip.py`, `hf_llama.py`; the layout arithmetic (transposes, head splits, q/k/v
 packing, pixel statistics) in `layout.py`; the CLIP tower mapping both CLIP formats share in `clip.py`.
 """
 import glob
@@ -19,9 +21,9 @@ import shutil
 import numpy as np
 
 from vlmjax.data.tokenizer import BOS, EOS, PAD
-from vlmjax.interop import hf_clip, hf_llama, open_clip
+from vlmjax.interop import hf_clip, hf_llama, hf_siglip, open_clip
 
-FORMATS = ("open_clip", "hf_clip", "hf_llama")
+FORMATS = ("open_clip", "hf_clip", "hf_siglip", "hf_llama")
 TOKENIZER_FILE = "tokenizer.model"  # the vlmjax tokenizer, written beside the weights
 
 
@@ -39,6 +41,10 @@ def write(fmt: str, folder: str, model_config: dict, params: dict, tokenizer_pat
     state, config, preprocessor = hf_clip.export(model_config, params, eos_id=EOS, bos_id=BOS, pad_id=PAD)
     files = {hf_clip.CONFIG_FILE: config, hf_clip.PREPROCESSOR_FILE: preprocessor}
     weights = hf_clip.WEIGHTS_FILE
+  elif fmt == "hf_siglip":
+    state, config, preprocessor = hf_siglip.export(model_config, params, eos_id=EOS, bos_id=BOS, pad_id=PAD)
+    files = {hf_siglip.CONFIG_FILE: config, hf_siglip.PREPROCESSOR_FILE: preprocessor}
+    weights = hf_siglip.WEIGHTS_FILE
   elif fmt == "hf_llama":
     if "decoder" not in model_config or "decoder" not in params:
       raise ValueError(f"hf_llama: model '{model_config.get('name')}' has no decoder to export")
@@ -65,7 +71,7 @@ def read(fmt: str, folder: str, scan: bool = True) -> tuple[dict, dict, dict]:
   if fmt not in FORMATS:
     raise ValueError(f"unknown format '{fmt}'; known: {', '.join(FORMATS)}")
   config_file = {"open_clip": open_clip.CONFIG_FILE, "hf_clip": hf_clip.CONFIG_FILE,
-                 "hf_llama": hf_llama.CONFIG_FILE}[fmt]
+                 "hf_siglip": hf_siglip.CONFIG_FILE, "hf_llama": hf_llama.CONFIG_FILE}[fmt]
   config = _read_json(os.path.join(folder, config_file))
   state = read_state_dict(folder)
   if fmt == "open_clip":
@@ -74,6 +80,10 @@ def read(fmt: str, folder: str, scan: bool = True) -> tuple[dict, dict, dict]:
     preprocessor_path = os.path.join(folder, hf_clip.PREPROCESSOR_FILE)
     preprocessor = _read_json(preprocessor_path) if os.path.exists(preprocessor_path) else None
     model, params = hf_clip.load(state, config, preprocessor, scan)
+  elif fmt == "hf_siglip":  # no class token: the input sizes come from config.json
+    preprocessor_path = os.path.join(folder, hf_siglip.PREPROCESSOR_FILE)
+    preprocessor = _read_json(preprocessor_path) if os.path.exists(preprocessor_path) else None
+    return hf_siglip.load(state, config, preprocessor, scan)
   else:
     decoder, decoder_params = hf_llama.load(state, config, scan)
     model, params = dict(name="lm", decoder=decoder), {"decoder": decoder_params}
