@@ -39,7 +39,7 @@ test-fast: $(STAMP)
 # install it; there those tests report as skipped.
 test-interop: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[test,interop]"
-	$(BIN)/python -m pytest -q tests/test_interop.py tests/test_interop_torch.py tests/test_bench_open_clip.py
+	$(BIN)/python -m pytest -q tests/test_interop.py tests/test_interop_torch.py tests/test_interop_siglip.py tests/test_bench_open_clip.py
 
 # vlmjax's train step against open_clip's PyTorch one on the same model, side by side in one run per
 # config (README "Benchmarks"): installs the `interop` extra as test-interop does. Run it on an idle
