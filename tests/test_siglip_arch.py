@@ -242,3 +242,20 @@ def test_config_accepts_siglip_options(make_tiny_config):
   config.model.text.mask_paddding = False
   with pytest.raises(config_lib.ConfigError, match="unknown key 'model.text.mask_paddding'"):
     config_lib.validate(config, num_devices=1, batch_ways=1)
+
+
+def test_so400m_at_384_px_validates_and_drops_the_last_pixels():
+  """384 px is not a whole number of 14-px patches: the last 6 pixels are dropped (27x27 grid), as
+  big_vision's VALID patch convolution does, and the config validates."""
+  from vlmjax import config as config_lib
+  from vlmjax.models.sizes import siglip
+  config = config_lib.base_config()
+  spec = siglip("So400m/14", 384)
+  config.model = spec["model"]
+  config.input.image_size = spec["input"]["image_size"]
+  config.input.max_text_len = spec["input"]["max_text_len"]
+  config_lib.check_keys_and_ranges(config)
+  config.input.image_size = 8
+  with pytest.raises(config_lib.ConfigError, match="'input.image_size' 8 is smaller than the image tower's "
+                                                   "patch_size 14"):
+    config_lib.check_keys_and_ranges(config)

@@ -70,7 +70,7 @@ def trained(tiny_data_dir, tmp_path_factory):
     ("log_every_steps", 0, "'log_every_steps' 0 must be"),
     ("seed", -1, "'seed' -1 must be"),
     ("input.image_size", 0, "'input.image_size' 0"),
-    ("input.image_size", 36, "not a multiple of the image tower's patch_size 8"),
+    ("input.image_size", 4, "smaller than the image tower's patch_size 8"),
     ("batch_size", -16, "'batch_size' -16 must be positive"),
     ("optimizer.b2", 1.0, "'optimizer.b2' 1.0 must be below 1"),
     ("input.crop_min", 0.0, "'input.crop_min' 0.0 must be a finite number > 0"),

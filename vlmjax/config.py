@@ -241,15 +241,17 @@ def _check_lr_multipliers(rules):
 
 
 def _check_input_sizes(config, model_cls):
-  """The input shapes against the towers that read them: the image side a whole number of patches,
-  the text no longer than the text tower's position table."""
+  """The input shapes against the towers that read them: the image side at least one patch, the
+  text no longer than the text tower's position table."""
   towers = getattr(model_cls, "towers", {})
   if "image" in towers:
     tower = {**decode_variant(dict(config.model.get("image") or {}).get("variant", "S/16")),
              **{k: v for k, v in (config.model.get("image") or {}).items() if k != "variant"}}
     patch = tower.get("patch_size", 16)
-    if config.input.image_size % patch:
-      raise ConfigError(f"config: 'input.image_size' {config.input.image_size} is not a multiple of the image "
+    # A side that is not a whole number of patches loses its last pixels, as big_vision's VALID patch
+    # convolution does (SigLIP So400m/14 at 384 px: a 27x27 grid of 378 px).
+    if config.input.image_size < patch:
+      raise ConfigError(f"config: 'input.image_size' {config.input.image_size} is smaller than the image "
                         f"tower's patch_size {patch}")
   if "text" in towers:
     max_len = dict(config.model.get("text") or {}).get("max_len", inspect.signature(towers["text"]).parameters[

@@ -100,8 +100,8 @@ def check_evals(planned: list[Planned], allow_not_prepared: bool = False) -> lis
 
 
 def check_image_sizes(planned: list[Planned], config):
-  """ConfigError naming the entry for an `image_size` the model's image tower cannot take (not a
-  whole number of patches), before any model is built."""
+  """ConfigError naming the entry for an `image_size` the model's image tower cannot take (smaller than
+  one patch), before any model is built."""
   for plan in planned:
     if plan.image_size and plan.image_size != config.input.image_size:
       at_image_size(config, plan.image_size, f"config: evals.{plan.name}")

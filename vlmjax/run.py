@@ -283,7 +283,7 @@ def check_params(params, expected, where: str):
 
 def at_image_size(config, image_size: int, where: str) -> ml_collections.ConfigDict:
   """A copy of `config` with `input.image_size` = `image_size`. ConfigError (one line naming `where`)
-  unless it is a positive whole number of the image tower's patches."""
+  unless the image tower can take it (at least one patch)."""
   if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
     raise config_lib.ConfigError(f"{where}: 'image_size' {image_size!r} must be a positive integer")
   config = ml_collections.ConfigDict(config.to_dict())
