@@ -23,6 +23,7 @@ after that, so a failed export leaves --out as it was.
 import json
 import os
 import shutil
+import tempfile
 
 from absl import app, flags
 import jax
@@ -32,7 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vlmjax import cli, config as config_lib, interop
-from vlmjax.data.tokenizer import Tokenizer
+from vlmjax.data import tokenizer as tokenizer_lib
 from vlmjax.metrics import quiet_absl_logging
 from vlmjax.run import Bundle, RunDir
 from vlmjax.workdir import LOCK
@@ -240,32 +241,52 @@ def export_to(fmt: str, out: str, workdir: str | None = None, bundle: str | None
 
 def import_from(fmt: str, src: str, out: str, tokenizer: str | None = None, dtype: str = "float32",
                 bundle_format: str = "orbax", force: bool = False) -> str:
-  """A folder in another library's format -> a bundle. The tokenizer (default: a tokenizer.model in
-  `src`, as `export_to` leaves there) must be a vlmjax SentencePiece model with one piece per row
-  of the token embedding; without one the bundle holds no tokenizer (images only, or `c.init`)."""
+  """A folder in another library's format -> a bundle. The tokenizer: `tokenizer` (any file `tokenizer.load`
+  reads), else the source's own (hf_siglip: spiece.model under SigLIP's conventions; hf_clip, hf_llama:
+  tokenizer.json), else a tokenizer.model in `src` as `export_to` leaves there. It must have one id per row of the
+  token embedding; without one the bundle holds no tokenizer (images only, or `c.init`)."""
   sources = {"--src": src}
   check_out(out, "bundle", force, sources)
   if not os.path.isdir(src):
     raise FileNotFoundError(f"export: --src '{src}' does not exist or is not a folder")
+  if tokenizer is not None and not os.path.isfile(tokenizer):
+    raise FileNotFoundError(f"export: --tokenizer '{tokenizer}' does not exist")
   model, params, sizes = interop.read(fmt, src)
   embedding = params["text"]["token_embed"]["embedding"] if "text" in params else params["decoder"]["embedding"]
   vocab_size = int(embedding.shape[0])
-  if tokenizer is None and os.path.exists(os.path.join(src, interop.TOKENIZER_FILE)):
+  # The source's own file before tokenizer.model: a Hugging Face folder may hold both (Llama 2's SentencePiece
+  # tokenizer.model beside its tokenizer.json), while a vlmjax export writes tokenizer.model alone.
+  native = {"hf_siglip": "spiece.model", "hf_clip": "tokenizer.json", "hf_llama": "tokenizer.json"}.get(fmt)
+  if tokenizer is not None:
+    tok = tokenizer_lib.load(tokenizer)
+  elif native and os.path.isfile(os.path.join(src, native)):
+    tokenizer = os.path.join(src, native)
+    if fmt == "hf_siglip":
+      with open(tokenizer, "rb") as f:
+        tok = tokenizer_lib.SentencePieceTokenizer(f.read(), **tokenizer_lib.SIGLIP)
+    else:
+      with open(tokenizer, encoding="utf-8") as f:
+        tok = tokenizer_lib.BPETokenizer.from_tokenizer_json(f.read())
+  elif os.path.exists(os.path.join(src, interop.TOKENIZER_FILE)):
     tokenizer = os.path.join(src, interop.TOKENIZER_FILE)
-  if tokenizer is not None and not os.path.isfile(tokenizer):
-    raise FileNotFoundError(f"export: --tokenizer '{tokenizer}' does not exist")
-  if tokenizer is not None and Tokenizer.load(tokenizer).vocab_size != vocab_size:
-    raise ValueError(f"export: tokenizer '{tokenizer}' has {Tokenizer.load(tokenizer).vocab_size} pieces, the "
-                     f"model's token embedding {vocab_size} rows")
+    tok = tokenizer_lib.load(tokenizer)
+  else:
+    tok = None
+  if tok is not None:
+    tokenizer_lib.check_vocab(tok, vocab_size, f"export: tokenizer '{tokenizer}'")
   config = config_lib.base_config()
   config.model = model
   if "image_size" in sizes:
     config.input.image_size = sizes["image_size"]
   config.input.max_text_len = sizes["max_text_len"]
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.dtype(dtype)), params)
-  return write_bundle(out, config, params, tokenizer,
-                      {"step": 0, "dtype": dtype, "vocab_size": vocab_size, "source": f"{fmt}:{os.path.abspath(src)}"},
-                      bundle_format, force, sources)
+  meta = {"step": 0, "dtype": dtype, "vocab_size": vocab_size, "source": f"{fmt}:{os.path.abspath(src)}"}
+  with tempfile.TemporaryDirectory() as tmp:
+    tokenizer_path = None
+    if tok is not None:  # the one file every kind saves as, whatever it was read from
+      tokenizer_path = os.path.join(tmp, interop.TOKENIZER_FILE)
+      tok.save(tokenizer_path)
+    return write_bundle(out, config, params, tokenizer_path, meta, bundle_format, force, sources)
 
 
 def check_flags():

@@ -1,0 +1,82 @@
+"""`export --from hf_siglip` brings the folder's own spiece.model into the bundle under SigLIP's conventions; a
+tokenizer whose size is not the token embedding's is refused in one line. No torch."""
+import io
+import random
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import sentencepiece as spm
+
+from test_interop_siglip import IMAGE_SIZE, SIGLIP_MODEL, model
+from vlmjax import export as export_lib, interop
+from vlmjax.data import tokenizer as tokenizer_lib
+from vlmjax.run import Bundle
+
+WORDS = "a photo of the Red circle dog cat's they're naïve Café Über straße x-ray 3.5 hello World!".split()
+TEXTS = ["", "   ", "A photo of a DOG.", "they're   naïve,  café-über!", "x-ray 3.5 of Straße", "hello world " * 20]
+
+
+def texts(count: int, seed: int) -> list[str]:
+  rng = random.Random(seed)
+  return [" ".join(rng.choices(WORDS, k=rng.randint(1, 12))) for _ in range(count)]
+
+
+def spiece(vocab_size: int) -> bytes:
+  """A SentencePiece model with SigLIP's (c4_en's) ids: pad 0, eos 1, unk 2, no BOS."""
+  proto = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(texts(500, vocab_size)), model_writer=proto, vocab_size=vocab_size,
+      model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
+      character_coverage=1.0, num_threads=1, minloglevel=2)
+  return proto.getvalue()
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+  """An HF SigLIP folder whose token embedding has one row per id of its spiece.model."""
+  proto = spiece(80)
+  vocab_size = spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
+  params = model(vocab_size=vocab_size).init(jax.random.PRNGKey(0), images=jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3)),
+                                             texts=jnp.zeros((1, 12), jnp.int32))
+  params = jax.tree.map(np.asarray, nn.meta.unbox(params)["params"])
+  folder = tmp_path_factory.mktemp("hf") / "siglip"
+  interop.write("hf_siglip", str(folder), SIGLIP_MODEL, params)
+  (folder / "spiece.model").write_bytes(proto)
+  return folder
+
+
+def test_import_brings_the_siglip_tokenizer(hf_folder, tmp_path):
+  bundle = export_lib.import_from("hf_siglip", str(hf_folder), str(tmp_path / "bundle"))
+  tok = Bundle(bundle).tokenizer()
+  expected = tokenizer_lib.SentencePieceTokenizer((hf_folder / "spiece.model").read_bytes(), **tokenizer_lib.SIGLIP)
+  assert isinstance(tok, tokenizer_lib.SentencePieceTokenizer) and tok.options() == expected.options()
+  assert (tok.bos_id, tok.eos_id, tok.pad_id) == (-1, 1, 1)
+  for max_len in (4, 12):
+    np.testing.assert_array_equal(tok.encode(TEXTS, max_len), expected.encode(TEXTS, max_len))
+  transformers = pytest.importorskip("transformers")
+  hf = transformers.SiglipTokenizer(str(hf_folder / "spiece.model"))
+  ids = hf(TEXTS, padding="max_length", truncation=True, max_length=12)["input_ids"]
+  np.testing.assert_array_equal(tok.encode(TEXTS, 12), np.asarray(ids, np.int32))
+
+
+def test_a_tokenizer_of_another_size_is_refused_naming_both(hf_folder, tmp_path):
+  rows = spm.SentencePieceProcessor(model_file=str(hf_folder / "spiece.model")).get_piece_size()
+  small = tokenizer_lib.SentencePieceTokenizer(spiece(40), **tokenizer_lib.SIGLIP)
+  assert small.vocab_size != rows
+  # Given as --tokenizer (any file tokenizer.load reads) ...
+  small.save(str(tmp_path / "small.json"))
+  with pytest.raises(ValueError) as e:
+    export_lib.import_from("hf_siglip", str(hf_folder), str(tmp_path / "a"), tokenizer=str(tmp_path / "small.json"))
+  message = str(e.value)
+  assert "\n" not in message and f"{small.vocab_size} ids" in message and f"{rows} rows" in message
+  # ... or as the folder's own spiece.model.
+  other = tmp_path / "other"
+  shutil.copytree(hf_folder, other)
+  (other / "spiece.model").write_bytes(small.model_proto)
+  with pytest.raises(ValueError, match=f"spiece.model'.* {small.vocab_size} ids .* {rows} rows"):
+    export_lib.import_from("hf_siglip", str(other), str(tmp_path / "b"))
+  assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
