@@ -11,7 +11,8 @@ safetensors file (either restores on any device count), the run's config and its
 
 `--to` writes a folder open_clip, HF `CLIPModel`, HF `SiglipModel` or HF `LlamaForCausalLM`
 (`GemmaForCausalLM` for a decoder with `scale_token_embeddings`) load (see vlmjax/interop);
-`--from` reads one back into a bundle, which `c.init.workdir` also accepts (fine-tune from it).
+`--from` reads one back into a bundle, which `c.init.workdir` also accepts (fine-tune from it), with
+the source's own tokenizer (SigLIP's `spiece.model`, a `tokenizer.json`) unless --tokenizer names one.
 
 What --out may be: a new folder, an empty one, or, with --force, a previous output of the same kind
 (a bundle; with --to, an export of the same format) holding only that output's own files. Anything
@@ -345,5 +346,6 @@ if __name__ == "__main__":
   flags.DEFINE_enum("to", None, list(interop.FORMATS), "Write another library's format instead of a bundle.")
   flags.DEFINE_enum("from", None, list(interop.FORMATS), "Import a folder in this format (--src) into a bundle.")
   flags.DEFINE_string("src", None, "With --from: the folder to import.")
-  flags.DEFINE_string("tokenizer", None, "With --from: a vlmjax SentencePiece model for the bundle.")
+  flags.DEFINE_string("tokenizer", None, "With --from: a tokenizer file for the bundle (a vlmjax tokenizer.model "
+                      "or a tokenizer.json); default: the source folder's own.")
   app.run(main, flags_parser=cli.flags_parser("export"))
