@@ -80,3 +80,35 @@ def test_a_tokenizer_of_another_size_is_refused_naming_both(hf_folder, tmp_path)
   with pytest.raises(ValueError, match=f"spiece.model'.* {small.vocab_size} ids .* {rows} rows"):
     export_lib.import_from("hf_siglip", str(other), str(tmp_path / "b"))
   assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_raw_strings_and_image_files_give_transformers_embeddings(hf_folder, tmp_path):
+  """From files to embeddings: the imported bundle through `predict` (its tokenizer, its image reading)
+  against transformers' SiglipTokenizer and SiglipModel on the same strings and PNG files."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from PIL import Image
+  from vlmjax import predict
+  bundle = export_lib.import_from("hf_siglip", str(hf_folder), str(tmp_path / "bundle"))
+  rng = np.random.default_rng(0)
+  paths, pixels = [], []
+  for i in range(3):  # at the model's size: neither side resizes
+    array = rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    paths.append(str(tmp_path / f"{i}.png"))
+    Image.fromarray(array).save(paths[-1])
+    pixels.append((array.astype(np.float32) / 255 - 0.5) / 0.5)  # SiglipImageProcessor's rescale + normalize
+  strings = [t for t in TEXTS if t.strip()] + texts(20, 7)
+  predictor = predict.Predictor(bundle, devices=1, batch_size=4)
+  _, images = predictor.embed_images(paths)
+  text_embeds = predictor.embed_texts(strings)
+
+  hf_model = transformers.SiglipModel.from_pretrained(str(hf_folder)).eval()
+  ids = transformers.SiglipTokenizer(str(hf_folder / "spiece.model"))(
+      strings, padding="max_length", truncation=True, max_length=12, return_tensors="pt")["input_ids"]
+  with torch.no_grad():
+    want_images = hf_model.get_image_features(pixel_values=torch.from_numpy(np.stack(pixels).transpose(0, 3, 1, 2)))
+    want_texts = hf_model.get_text_features(input_ids=ids)
+  unit = lambda x: (x / np.linalg.norm(x, axis=-1, keepdims=True))
+  for got, want in ((images, want_images), (text_embeds, want_texts)):
+    want = unit(getattr(want, "pooler_output", want).numpy())
+    assert np.max(np.abs(got - want)) <= 1e-4, np.max(np.abs(got - want))
