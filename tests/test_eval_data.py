@@ -372,3 +372,17 @@ def test_training_runs_an_eval_entry_with_its_own_data(tiny_data_dir, shape_file
   assert results["files/count"] == len(shape_files.rows)
   saved = json.loads((tmp_path / "run" / "config.json").read_text())
   assert saved["evals"]["files"]["data"]["files"]["test"] == shape_files.csv
+
+
+def test_standard_suite_names_the_command_for_each_set_not_prepared(trained, tmp_path, monkeypatch, capsys):
+  """No set prepared: each is listed with its `tfds build` command (read without any builder code,
+  so a builder needing TensorFlow, as coco_captions', is no obstacle), and the suite fails."""
+  monkeypatch.setattr(Bundle, "load", lambda *a, **k: pytest.fail("loaded a model"))
+  with pytest.raises(FileNotFoundError, match="no set of suite 'standard' is prepared"):
+    evaluate.evaluate_suite(str(REPO / "configs" / "evals" / "standard.py"), bundle=trained.bundle,
+                            out=str(tmp_path / "out"), data_dir=str(tmp_path / "tfds"), show=lambda t: None)
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 7
+  assert any(f"tfds build coco_captions --data_dir {tmp_path / 'tfds'} --file_format array_record" in l for l in lines)
+  assert any("tfds build imagenet2012" in l and "--manual_dir" in l for l in lines)
+  assert not (tmp_path / "out").exists()

@@ -56,18 +56,20 @@ class TfdsSource:
   list of texts per image (COCO-style: `captions/text`)."""
 
   def __init__(self, name: str, split: str, data_dir: str, fields: dict):
-    import tensorflow_datasets as tfds
+    # The prepared files are read without the dataset's builder code (some builders import
+    # TensorFlow) and without ever downloading or preparing anything.
+    from tensorflow_datasets.core import read_only_builder, registered
     where = data_dir or "the default TFDS folder"
     try:
-      builder = tfds.builder(name, data_dir=data_dir or None)
-    except Exception as e:  # tfds raises several types; the user needs the name and folder
+      builder = read_only_builder.builder_from_files(name, data_dir=data_dir or None)
+    except registered.DatasetNotFoundError:
+      raise DatasetNotPrepared(f"data: TFDS dataset '{name}' is not prepared in {where}; prepare it with: "
+                               f"{prepare_command(name, data_dir)}") from None
+    except Exception as e:  # pylint: disable=broad-except  # tfds raises several types
       raise FileNotFoundError(f"data: cannot open TFDS dataset '{name}' in {where}: "
                               f"{str(e).splitlines()[0]}") from None
-    if not builder.is_prepared():
-      raise DatasetNotPrepared(f"data: TFDS dataset '{name}' is not prepared in {where}; prepare it with: "
-                               f"{prepare_command(name, data_dir)}")
     try:
-      self.source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+      self.source = builder.as_data_source(split=split)
     except Exception as e:  # pylint: disable=broad-except
       first = str(e).splitlines()[0]
       if isinstance(e, NotImplementedError):  # prepared as tfrecord: no random access
@@ -81,7 +83,7 @@ class TfdsSource:
         for key in self.fields["label"].split("/"):
           feature = feature[key]
       except (KeyError, TypeError):
-        raise KeyError(f"data: TFDS dataset '{name}' has no feature '{self.fields['label']}' (data.fields.label)") \
+        raise ValueError(f"data: TFDS dataset '{name}' has no feature '{self.fields['label']}' (data.fields.label)") \
             from None
       self.class_names = tuple(getattr(feature, "names", None) or ())
 
