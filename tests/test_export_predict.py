@@ -184,7 +184,8 @@ def test_formats_round_trip_through_bundles_and_init(run, predictors, tmp_path):
   from safetensors.numpy import save_file
   save_file(state, os.path.join(folder, "open_clip_model.safetensors"))
   pieces = Tokenizer.load(os.path.join(folder, "tokenizer.model")).vocab_size
-  with pytest.raises(ValueError, match=f"has {pieces} pieces, the model's token embedding 40 rows"):
+  with pytest.raises(ValueError, match=f"tokenizer.model.: the tokenizer has {pieces} ids but the token "
+                                       "embedding table has 40 rows"):
     export.import_from("open_clip", folder, str(tmp_path / "bad"))
 
 
