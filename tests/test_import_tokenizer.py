@@ -112,3 +112,39 @@ def test_raw_strings_and_image_files_give_transformers_embeddings(hf_folder, tmp
   for got, want in ((images, want_images), (text_embeds, want_texts)):
     want = unit(getattr(want, "pooler_output", want).numpy())
     assert np.max(np.abs(got - want)) <= 1e-4, np.max(np.abs(got - want))
+
+
+def test_clip_bpe_texts_give_transformers_text_embeddings(tmp_path):
+  """CLIP's BPE pads with its end token and spells "!" as id 0: the imported text tower must end each text at its
+  first end token, as CLIPTextModel pools. Raw strings through the bundle's tokenizer against transformers'
+  CLIPTokenizer and CLIPModel, texts cut at max_len included."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from test_tokenizers import clip_tokenizer, mixed_texts
+  from vlmjax import predict
+  hf_tok = clip_tokenizer()
+  eot = hf_tok.convert_tokens_to_ids("<|endoftext|>")
+  assert hf_tok.pad_token_id == eot and hf_tok.convert_ids_to_tokens(0) == "!"
+  config = transformers.CLIPConfig(
+      text_config=dict(vocab_size=len(hf_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, max_position_embeddings=16, eos_token_id=eot,
+                       bos_token_id=hf_tok.bos_token_id, pad_token_id=eot),
+      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         image_size=16, patch_size=8), projection_dim=24)
+  torch.manual_seed(0)
+  hf_model = transformers.CLIPModel(config).eval()
+  folder = tmp_path / "clip"
+  hf_model.save_pretrained(str(folder))
+  hf_tok.save_pretrained(str(folder))
+  bundle = export_lib.import_from("hf_clip", str(folder), str(tmp_path / "bundle"))
+  tok = Bundle(bundle).tokenizer()
+  assert (tok.pad_id, tok.eos_id) == (eot, eot)
+  strings = [t for t in mixed_texts(300, seed=5) if t.strip()] + ["hello world! !! a photo of a dog!"]
+  got = predict.Predictor(bundle, devices=1, batch_size=32).embed_texts(strings)
+  ids = hf_tok(strings, padding="max_length", truncation=True, max_length=16, return_tensors="pt")["input_ids"]
+  assert (ids == 0).any()  # "!" inside texts: not padding
+  with torch.no_grad():
+    want = hf_model.get_text_features(input_ids=ids)
+  want = getattr(want, "pooler_output", want).numpy()
+  want = want / np.linalg.norm(want, axis=-1, keepdims=True)
+  assert np.max(np.abs(got - want)) <= 1e-4, np.max(np.abs(got - want))

@@ -55,6 +55,10 @@ TEXTS = mixed_texts(3000)
 
 @pytest.fixture(scope="module")
 def clip_hf():
+  return clip_tokenizer()
+
+
+def clip_tokenizer():
   """Hugging Face's CLIPTokenizer over a byte-level BPE trained here with CLIP's normalizer and pre-tokenizer."""
   tok = tokenizers.Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix="</w>",
                                         unk_token="<|endoftext|>"))
@@ -70,7 +74,10 @@ def clip_hf():
                                 show_progress=False)
   tok.train_from_iterator(mixed_texts(2000, seed=1), trainer)
   model = json.loads(tok.to_str())["model"]
-  return transformers.CLIPTokenizer(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]])
+  # The specials last and "!" at id 0, as in OpenAI CLIP's vocabulary (the trainer puts specials first).
+  order = sorted(model["vocab"], key=lambda t: (t.startswith("<|"), model["vocab"][t]))
+  vocab = {token: i for i, token in enumerate(order)}
+  return transformers.CLIPTokenizer(vocab=vocab, merges=[tuple(m) for m in model["merges"]])
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +176,20 @@ def test_bad_files(clip_hf, tiny_tokenizer, tmp_path):
                                        "embedding table has 7 rows"):
     tokenizer_lib.check_vocab(tiny_tokenizer, 7, "init")
   tokenizer_lib.check_vocab(tiny_tokenizer, tiny_tokenizer.vocab_size, "init")
+
+
+def test_text_tower_must_end_texts_at_the_end_token_of_tokenizers_that_pad_with_it(clip_hf, siglip_model,
+                                                                                    tiny_tokenizer):
+  """A text tower that finds the text by its padding ('eos', 'mean' pooling) misreads CLIP's rows (padding = the end
+  token, "!" = id 0) unless model.text.eos_id is set: one line naming the key and the value to set."""
+  clip = BPETokenizer.from_tokenizer_json(clip_hf.backend_tokenizer.to_str())
+  siglip = SentencePieceTokenizer(open(siglip_model, "rb").read(), **tokenizer_lib.SIGLIP)
+  eot = clip.eos_id
+  assert tokenizer_lib.text_eos_id(tiny_tokenizer) == -1 and tokenizer_lib.text_eos_id(clip) == eot
+  tokenizer_lib.check_text_tower(tiny_tokenizer, {"pool": "eos"}, "config")
+  tokenizer_lib.check_text_tower(clip, {"pool": "eos", "eos_id": eot}, "config")
+  tokenizer_lib.check_text_tower(siglip, {"pool": "last"}, "config")  # reads position max_len - 1 only
+  for tok, pool in ((clip, "eos"), (clip, "mean"), (siglip, "eos")):
+    with pytest.raises(TokenizerError) as e:
+      tokenizer_lib.check_text_tower(tok, {"pool": pool}, "config")
+    assert "\n" not in str(e.value) and f"set model.text.eos_id={tok.eos_id}" in str(e.value)

@@ -18,7 +18,7 @@ from ml_collections import config_flags
 
 from vlmjax import checkpoint, cli, config as config_lib, distributed, evaluate, experiment as experiment_lib
 from vlmjax import registry, sharding, trainer, workdir as workdir_lib
-from vlmjax.data import pipeline, sources
+from vlmjax.data import pipeline, sources, tokenizer as tokenizer_lib
 from vlmjax.data.tokenizer import Tokenizer, TokenizerError
 from vlmjax.init_from import init_params_from
 from vlmjax.metrics import MetricWriter, Progress, quiet_absl_logging, throughput_metrics
@@ -124,6 +124,8 @@ def dry_run(config, workdir: str, overwrite: bool = False) -> dict:
   run = RunDir(workdir)
   path = run.tokenizer_file(config)
   tokenizer = Tokenizer.load(path) if config.tokenizer.path or os.path.exists(path) else None
+  if tokenizer:
+    tokenizer_lib.check_text_tower(tokenizer, config.model.get("text"), "config")
   vocab_size = tokenizer.vocab_size if tokenizer else config.tokenizer.vocab_size
   prompt_len = len(pipeline.prompt_ids(tokenizer, config.input)) if tokenizer else 0
   steps = total_steps(config, len(train_source))
@@ -152,6 +154,7 @@ def format_dry_run(report: dict) -> str:
 def _train(config, run: RunDir, train_source, stop_after_steps: int | None) -> dict:
   workdir = run.path
   tokenizer = get_tokenizer(config, run, train_source)
+  tokenizer_lib.check_text_tower(tokenizer, config.model.get("text"), "config")
   steps = total_steps(config, len(train_source))
   prompt = pipeline.prompt_ids(tokenizer, config.input)
   experiment = experiment_lib.build(config, tokenizer.vocab_size, total_steps=steps, prompt_len=len(prompt))

@@ -66,6 +66,29 @@ def check_vocab(tokenizer, vocab_size: int, where: str):
                      f"{vocab_size} rows")
 
 
+def text_eos_id(tokenizer) -> int:
+  """The `eos_id` a text tower (`models.text.TextTransformer`) needs to read `tokenizer`'s rows: -1 when padding is
+  id 0 and never a piece of text (vlmjax's own, Gemma's), so `tokens != 0` marks the text; else the end token's id,
+  where the text ends (CLIP's BPE pads with its end token and spells "!" as id 0; SigLIP pads with its EOS)."""
+  if tokenizer.pad_id == 0 and tokenizer.pad_is_apart():
+    return -1
+  if not tokenizer.add_eos or tokenizer.eos_id < 0:
+    raise TokenizerError(f"tokenizer: pads with id {tokenizer.pad_id}, which is not a token apart at id 0, and adds no "
+                     "end token: a text tower cannot tell the text from its padding")
+  return tokenizer.eos_id
+
+
+def check_text_tower(tokenizer, text_config, where: str):
+  """TokenizerError (one line naming `model.text.eos_id`) when a text tower that finds the end of the text by its
+  padding ('eos' or 'mean' pooling) would misread `tokenizer`'s rows."""
+  if not text_config or text_config.get("pool", "eos") == "last":
+    return
+  want, have = text_eos_id(tokenizer), int(text_config.get("eos_id", -1))
+  if want >= 0 and have != want:
+    raise TokenizerError(f"{where}: model.text.eos_id is {have} but the tokenizer pads with id {tokenizer.pad_id}: the "
+                     f"text tower must end the text at its end token (set model.text.eos_id={want})")
+
+
 class BaseTokenizer:
   """What every kind shares: specials and fixed-length rows around the kind's `pieces`."""
   kind = ""
@@ -79,6 +102,10 @@ class BaseTokenizer:
     raise NotImplementedError
 
   def options(self) -> dict:
+    raise NotImplementedError
+
+  def pad_is_apart(self) -> bool:
+    """Whether the padding id is never written for text (neither a piece nor BOS/EOS)."""
     raise NotImplementedError
 
   def model_json(self):
@@ -174,6 +201,10 @@ class SentencePieceTokenizer(BaseTokenizer):
   @property
   def vocab_size(self) -> int:
     return self.sp.get_piece_size()
+
+  def pad_is_apart(self) -> bool:
+    # Control pieces (pad, bos, eos) are never produced by encoding text.
+    return self.sp.is_control(self.pad_id) and self.pad_id not in (self.bos_id, self.eos_id)
 
   def clean(self, text: str) -> str:
     if self.lower == "unicode":
@@ -303,6 +334,11 @@ class BPETokenizer(BaseTokenizer):
   @property
   def vocab_size(self) -> int:
     return self.tok.get_vocab_size(with_added_tokens=True)
+
+  def pad_is_apart(self) -> bool:
+    # An added special token comes out of a caption only where the caption spells it out.
+    specials = {t["id"] for t in self.tokenizer_json.get("added_tokens") or [] if t.get("special")}
+    return self.pad_id in specials and self.pad_id not in (self.bos_id, self.eos_id)
 
   def pieces(self, texts) -> list[list[int]]:
     return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]

@@ -14,12 +14,18 @@ class TextTransformer(layers.Tower, kw_only=True):
   that position holds one; texts must then be max_len long). SigLIP's text tower is `causal=False`,
   `pool='last'`, and with `mask_padding=False` every position attends to every other, padding
   included, as big_vision's (which has no attention mask at all).
+
+  `eos_id`: for tokenizers whose padding is not a token apart at id 0 (CLIP's BPE pads with its
+  end-of-text token, and its id 0 is "!"), the text ends at the first `eos_id` of the row, as Hugging
+  Face's CLIPTextModel pools: the tokens up to it are the text (`token_mask`), the rest padding. A row
+  without one falls back to `tokens != 0`. -1: vlmjax's own tokenizers, padding is id 0.
   """
   vocab_size: int
   max_len: int = 64
   causal: bool = True
   pool: str = "eos"
   mask_padding: bool = True
+  eos_id: int = -1
 
   @nn.compact
   def __call__(self, tokens, train: bool = False):
@@ -31,6 +37,11 @@ class TextTransformer(layers.Tower, kw_only=True):
       raise ValueError(f"text pool 'last' reads position max_len - 1 = {self.max_len - 1}; texts are "
                        f"{tokens.shape[1]} long (pad them to max_len, input.max_text_len = model.text.max_len)")
     token_mask = tokens != 0
+    if self.eos_id >= 0:
+      is_eos = tokens == self.eos_id
+      end = jnp.argmax(is_eos, axis=1)
+      upto_eos = jnp.arange(tokens.shape[1])[None, :] <= end[:, None]
+      token_mask = jnp.where(is_eos.any(axis=1, keepdims=True), upto_eos, token_mask)
     embed = nn.Embed(self.vocab_size, self.width, name="token_embed",
                      embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                                  ("vocab", "embed")))
