@@ -86,3 +86,18 @@ def test_init_also_entry_must_be_workdir_and_params(tiny_data_dir, tmp_path):
   config = tiny_config(tiny_data_dir, **ALL_DEVICES, **{"init.also": {"image": dict(path="x", params="^image/")}})
   with pytest.raises(ConfigError, match=r"'init.also.image' must be dict\(workdir=str, params=str\)"):
     train(config, str(tmp_path / "a"))
+
+
+def test_starting_from_a_source_s_token_embeddings_takes_its_tokenizer(tiny_data_dir, tmp_path, source_run):
+  """The source's token embedding rows mean its tokenizer's ids: a run starting from them writes its texts with
+  that tokenizer (copied into the run), not one trained anew. Starting from the image tower alone does not."""
+  with open(os.path.join(source_run, "tokenizer.model"), "rb") as f:
+    source_tokenizer = f.read()
+  overrides = {"init.workdir": source_run, "tokenizer.vocab_size": 96}  # a retrained one would not fit the rows
+  train(tiny_config(tiny_data_dir, total_steps=1, **ALL_DEVICES, **overrides), str(tmp_path / "full"))
+  with open(tmp_path / "full" / "tokenizer.model", "rb") as f:
+    assert f.read() == source_tokenizer
+  train(tiny_config(tiny_data_dir, total_steps=1, **ALL_DEVICES, **overrides, **{"init.params": "^image/"}),
+        str(tmp_path / "image"))
+  with open(tmp_path / "image" / "tokenizer.model", "rb") as f:
+    assert f.read() != source_tokenizer

@@ -6,12 +6,31 @@ checkpoint of the run folder at `path`, or of the bundle there (imported open_cl
 A decoder laid out in other PyramidDrop stages is re-split into this model's stages, and a ViT
 position table learned at another image size or patch grid is resampled to this model's grid.
 """
+import os
 import re
 
 import jax
 
+from vlmjax.config import init_sources
 from vlmjax.models.decoder import restage
 from vlmjax.run import Bundle, RunDir, open_run, resample_posembs
+
+TOKEN_EMBEDDINGS = ("text/token_embed/embedding", "decoder/embedding")  # rows indexed by tokenizer ids
+
+
+def inherited_tokenizer(init) -> str | None:
+  """The tokenizer file of the first run or bundle in `init` (`config.init`) whose token embeddings the run
+  starts from, if it has one: those rows mean that tokenizer's ids, so the run must write its texts with it."""
+  for source_path, pattern in init_sources(init):
+    if not any(re.search(pattern, name) for name in TOKEN_EMBEDDINGS):
+      continue
+    source = open_run(source_path)
+    if isinstance(source, RunDir) and os.path.exists(source.file(RunDir.CONFIG)):
+      path = source.tokenizer_file(source.read_config())
+    else:
+      path = source.file(source.TOKENIZER)
+    return path if os.path.exists(path) else None
+  return None
 
 
 def select(tree, pattern: str, prefix: str = ""):

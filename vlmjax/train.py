@@ -20,7 +20,7 @@ from vlmjax import checkpoint, cli, config as config_lib, distributed, evaluate,
 from vlmjax import registry, sharding, trainer, workdir as workdir_lib
 from vlmjax.data import pipeline, sources, tokenizer as tokenizer_lib
 from vlmjax.data.tokenizer import Tokenizer, TokenizerError
-from vlmjax.init_from import init_params_from
+from vlmjax.init_from import inherited_tokenizer, init_params_from
 from vlmjax.metrics import MetricWriter, Progress, quiet_absl_logging, throughput_metrics
 from vlmjax.preemption import Preemption
 from vlmjax.run import RunDir, drop_metrics_after
@@ -37,10 +37,18 @@ flags.DEFINE_bool("overwrite", False, "Delete the workdir's previous run (checkp
 
 
 def get_tokenizer(config, run: RunDir, train_source) -> Tokenizer:
-  """The config's tokenizer; else the run's; else one trained on the training captions."""
+  """The config's tokenizer; else the run's; else that of the run or bundle `config.init` takes the token
+  embeddings from (copied into the run); else one trained on the training captions."""
   path = run.tokenizer_file(config)
   if config.tokenizer.path or os.path.exists(path):
     return Tokenizer.load(path)
+  inherited = inherited_tokenizer(config.init)
+  if inherited:
+    logging.info("Using the tokenizer of %s, whose token embeddings the run starts from", inherited)
+    tokenizer = Tokenizer.load(inherited)
+    if jax.process_index() == 0:
+      tokenizer.save(path)
+    return tokenizer
   count = min(config.tokenizer.train_examples, len(train_source))
   logging.info("Training a %d-piece SentencePiece tokenizer on %d captions", config.tokenizer.vocab_size, count)
   records = (train_source[i] for i in range(count))
@@ -123,6 +131,8 @@ def dry_run(config, workdir: str, overwrite: bool = False) -> dict:
       raise config_lib.ConfigError(f"config: init: '{source}' does not exist (a run, or a bundle, to start from)")
   run = RunDir(workdir)
   path = run.tokenizer_file(config)
+  if not config.tokenizer.path and not os.path.exists(path) and inherited_tokenizer(config.init):
+    path = inherited_tokenizer(config.init)
   tokenizer = Tokenizer.load(path) if config.tokenizer.path or os.path.exists(path) else None
   if tokenizer:
     tokenizer_lib.check_text_tower(tokenizer, config.model.get("text"), "config")
