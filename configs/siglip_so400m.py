@@ -9,8 +9,9 @@
 
 Model: So400m/14 image tower (width 1152, depth 27, MLP 4304, 16 heads; 224 px -> 256 patches,
 tanh-GELU) and a So400m text tower over 16 tokens of a 32k vocabulary, 1152-d embeddings: about
-0.9 B params. Pooling is the mean of patch tokens and the EOS token (big_vision's So400m uses an
-attention-pooling head, which this system does not have). SigLIP sigmoid loss in its ring form
+0.9 B params. Pooling is the mean of patch tokens and the EOS token, the sizing's baseline; the
+released checkpoints' architecture (attention-pooling MAP head, last-token text pooling) is
+`sizes.siglip("So400m/14", 224)`, which configs/siglip_finetune.py builds. SigLIP sigmoid loss in its ring form
 (t' = ln 10, b = −10; each chip keeps its 256 images and passes text shards round the ring).
 bf16 compute, fp32 params, remat 'full'; FSDP over all 128 chips. AdamW lr 1e-3, β2 0.95, wd 1e-4,
 as SigLIP trains; 40 B examples seen.
