@@ -13,6 +13,8 @@ safetensors file (either restores on any device count), the run's config and its
 (`GemmaForCausalLM` for a decoder with `scale_token_embeddings`) load (see vlmjax/interop);
 `--from` reads one back into a bundle, which `c.init.workdir` also accepts (fine-tune from it), with
 the source's own tokenizer (SigLIP's `spiece.model`, a `tokenizer.json`) unless --tokenizer names one.
+`--from big_vision` (import only) reads big_vision's SigLIP `.npz` (--src: the file, or the folder
+holding it) with the SentencePiece `*.model` beside it.
 
 What --out may be: a new folder, an empty one, or, with --force, a previous output of the same kind
 (a bundle; with --to, an export of the same format) holding only that output's own files. Anything
@@ -222,6 +224,8 @@ def export(workdir: str, out: str, step: int | None = None, dtype: str = "float3
 def export_to(fmt: str, out: str, workdir: str | None = None, bundle: str | None = None,
               step: int | None = None, force: bool = False) -> str:
   """A workdir's checkpoint or a bundle -> a folder in another library's format (vlmjax.interop)."""
+  if fmt in interop.IMPORT_ONLY:
+    raise ValueError(f"export: {fmt} is import only (--from {fmt}); vlmjax does not write its checkpoints")
   if bool(workdir) == bool(bundle):
     raise ValueError("export: give either --workdir or --bundle as the source")
   sources = {"--workdir": workdir} if workdir else {"--bundle": bundle}
@@ -243,12 +247,13 @@ def export_to(fmt: str, out: str, workdir: str | None = None, bundle: str | None
 def import_from(fmt: str, src: str, out: str, tokenizer: str | None = None, dtype: str = "float32",
                 bundle_format: str = "orbax", force: bool = False) -> str:
   """A folder in another library's format -> a bundle. The tokenizer: `tokenizer` (any file `tokenizer.load`
-  reads), else the source's own (hf_siglip: spiece.model under SigLIP's conventions; hf_clip, hf_llama:
-  tokenizer.json), else a tokenizer.model in `src` as `export_to` leaves there. It must have one id per row of the
-  token embedding; without one the bundle holds no tokenizer (images only, or `c.init`)."""
+  reads), else the source's own (hf_siglip: spiece.model under SigLIP's conventions; big_vision: the *.model
+  beside the .npz under big_vision's; hf_clip, hf_llama: tokenizer.json), else a tokenizer.model in `src` as
+  `export_to` leaves there. It must have one id per row of the token embedding; without one the bundle holds no
+  tokenizer (images only, or `c.init`)."""
   sources = {"--src": src}
   check_out(out, "bundle", force, sources)
-  if not os.path.isdir(src):
+  if not os.path.isdir(src) and not (fmt == "big_vision" and os.path.isfile(src)):  # big_vision: the .npz too
     raise FileNotFoundError(f"export: --src '{src}' does not exist or is not a folder")
   if tokenizer is not None and not os.path.isfile(tokenizer):
     raise FileNotFoundError(f"export: --tokenizer '{tokenizer}' does not exist")
@@ -260,6 +265,10 @@ def import_from(fmt: str, src: str, out: str, tokenizer: str | None = None, dtyp
   native = {"hf_siglip": "spiece.model", "hf_clip": "tokenizer.json", "hf_llama": "tokenizer.json"}.get(fmt)
   if tokenizer is not None:
     tok = tokenizer_lib.load(tokenizer)
+  elif fmt == "big_vision" and interop.big_vision.tokenizer_file(src):
+    tokenizer = interop.big_vision.tokenizer_file(src)
+    with open(tokenizer, "rb") as f:
+      tok = tokenizer_lib.SentencePieceTokenizer(f.read(), **tokenizer_lib.BIG_VISION_SIGLIP)
   elif native and os.path.isfile(os.path.join(src, native)):
     tokenizer = os.path.join(src, native)
     if fmt == "hf_siglip":
@@ -345,7 +354,7 @@ if __name__ == "__main__":
   flags.DEFINE_enum("format", "orbax", list(BUNDLE_FORMATS), "How the bundle stores its params.")
   flags.DEFINE_enum("to", None, list(interop.FORMATS), "Write another library's format instead of a bundle.")
   flags.DEFINE_enum("from", None, list(interop.FORMATS), "Import a folder in this format (--src) into a bundle.")
-  flags.DEFINE_string("src", None, "With --from: the folder to import.")
+  flags.DEFINE_string("src", None, "With --from: the folder to import (big_vision: or its .npz).")
   flags.DEFINE_string("tokenizer", None, "With --from: a tokenizer file for the bundle (a vlmjax tokenizer.model "
                       "or a tokenizer.json); default: the source folder's own.")
   app.run(main, flags_parser=cli.flags_parser("export"))

@@ -7,11 +7,14 @@
   hf_llama   a decoder LM (or a VLM's decoder) <-> `transformers.LlamaForCausalLM.from_pretrained(FOLDER)`,
              or `GemmaForCausalLM` for a decoder with `scale_token_embeddings` (read: by config.json's
              `model_type`, 'llama' or 'gemma')
+  big_vision a SigLIP dual encoder <- big_vision's `two_towers` `.npz` checkpoint (the released SigLIP
+             `webli_*.npz`), with the SentencePiece `*.model` beside it; import only
 
 Everything here is numpy and safetensors: neither torch nor open_clip nor transformers is needed to
 write or read these folders (a `.bin`/`.pth` state dict needs torch to be read). The name maps are in
-`open_clip.py`, `hf_clip.py`, `hf_siglip.py`, `hf_llama.py`; the layout arithmetic (transposes, head splits, q/k/v
-packing, pixel statistics) in `layout.py`; the CLIP tower mapping both CLIP formats share in `clip.py`.
+`open_clip.py`, `hf_clip.py`, `hf_siglip.py`, `hf_llama.py`, `big_vision.py`; the layout arithmetic
+(transposes, head splits, q/k/v packing, pixel statistics) in `layout.py`; the CLIP tower mapping both CLIP
+formats share in `clip.py`.
 """
 import glob
 import json
@@ -21,15 +24,18 @@ import shutil
 import numpy as np
 
 from vlmjax.data.tokenizer import BOS, EOS, PAD
-from vlmjax.interop import hf_clip, hf_llama, hf_siglip, open_clip
+from vlmjax.interop import big_vision, hf_clip, hf_llama, hf_siglip, open_clip
 
-FORMATS = ("open_clip", "hf_clip", "hf_siglip", "hf_llama")
+FORMATS = ("open_clip", "hf_clip", "hf_siglip", "hf_llama", "big_vision")
+IMPORT_ONLY = ("big_vision",)  # read by `read`, never written
 TOKENIZER_FILE = "tokenizer.model"  # the vlmjax tokenizer, written beside the weights
 
 
 def write(fmt: str, folder: str, model_config: dict, params: dict, tokenizer_path: str | None = None) -> str:
   """Writes `params` (a vlmjax param tree) of a model configured by `model_config` (config.model)
   into `folder` in format `fmt`, with the vlmjax tokenizer beside it when given. -> the folder."""
+  if fmt in IMPORT_ONLY:
+    raise ValueError(f"{fmt}: import only; vlmjax reads {fmt} checkpoints but does not write them")
   from safetensors.numpy import save_file
   params = _to_numpy(params)
   model_config = dict(model_config)
@@ -70,6 +76,8 @@ def read(fmt: str, folder: str, scan: bool = True) -> tuple[dict, dict, dict]:
   max_text_len=...)). Raises FileNotFoundError / ValueError naming the file or tensor at fault."""
   if fmt not in FORMATS:
     raise ValueError(f"unknown format '{fmt}'; known: {', '.join(FORMATS)}")
+  if fmt == "big_vision":  # one .npz (the folder's, or `folder` itself); the input sizes from its shapes
+    return big_vision.load(big_vision.checkpoint_file(folder), scan)
   config_file = {"open_clip": open_clip.CONFIG_FILE, "hf_clip": hf_clip.CONFIG_FILE,
                  "hf_siglip": hf_siglip.CONFIG_FILE, "hf_llama": hf_llama.CONFIG_FILE}[fmt]
   config = _read_json(os.path.join(folder, config_file))
