@@ -9,7 +9,10 @@ the params (`experiment.Experiment`), so they cannot disagree.
 
 The decoder layout lives here too: token ids with `IMAGE_TOKEN` placeholders and one attention kind
 per token (`PAD` never attended, `BIDIRECTIONAL` a block that attends to itself as a whole: the
-image tokens, `CAUSAL` the text), made by `caption_sequence`.
+image tokens, `CAUSAL` the text), made by `caption_sequence`. `input.prefix_attention`
+('causal' or 'bidirectional', `PREFIX_ATTENTIONS`) says whether BOS and the prompt join the image
+block: 'bidirectional' is PaliGemma's prefix-LM, where image, BOS and prompt attend to each other and
+only the caption is causal.
 """
 import dataclasses
 from typing import Callable
@@ -21,6 +24,7 @@ from vlmjax.data.tokenizer import BOS, EOS
 
 IMAGE_TOKEN = -1  # placeholder id at image positions; never a tokenizer piece
 PAD, BIDIRECTIONAL, CAUSAL = 0, 1, 2  # attention_mask kinds (PAD is also the padding token id)
+PREFIX_ATTENTIONS = ("causal", "bidirectional")  # input.prefix_attention: how BOS and the prompt attend
 
 # Why the input pipeline skipped a record; a train batch's `bad_records` counts them in this order.
 BAD_REASONS = ("corrupt_image", "empty_image", "empty_caption", "long_caption", "not_utf8")
@@ -82,26 +86,31 @@ BAD_RECORDS = Field("bad_records", lambda inp: (len(BAD_REASONS),), "int32",
 # --- Decoder examples ----------------------------------------------------------------------------
 
 
-def caption_sequence(text, num_image_tokens: int, prompt=()) -> dict:
+def caption_sequence(text, num_image_tokens: int, prompt=(), prefix_attention: str = "causal") -> dict:
   """A caption as a decoder example. text int [L] = [BOS pieces EOS pad...] (`Tokenizer.encode`),
   prompt: piece ids (no BOS/EOS) -> int32/float32 arrays of length n + len(prompt) + L:
 
   - `tokens`: [IMAGE_TOKEN × n] BOS prompt pieces EOS pad...
   - `targets`: the next token where it is supervised (a caption piece or the EOS), else 0;
   - `loss_weights`: 1.0 there, 0.0 at image, BOS/prompt and padding positions;
-  - `attention_mask`: BIDIRECTIONAL for image slots (one block), CAUSAL for text, PAD for padding.
+  - `attention_mask`: BIDIRECTIONAL for image slots (one block), CAUSAL for text, PAD for padding;
+    with `prefix_attention='bidirectional'` BOS and the prompt are in the image's block too.
   """
+  if prefix_attention not in PREFIX_ATTENTIONS:
+    raise ValueError(f"prefix_attention must be one of {', '.join(PREFIX_ATTENTIONS)}, got {prefix_attention!r}")
   text, prompt = np.asarray(text, np.int32), np.asarray(prompt, np.int32).reshape(-1)
   tokens = np.concatenate([np.full(num_image_tokens, IMAGE_TOKEN, np.int32), text[:1], prompt, text[1:]])
   start = num_image_tokens + 1 + len(prompt)  # the first caption piece
   is_caption = np.zeros(len(tokens), bool)
   is_caption[start:] = tokens[start:] != PAD
   supervised = np.append(is_caption[1:], False)
+  kinds = np.where(tokens == IMAGE_TOKEN, BIDIRECTIONAL, np.where(tokens != PAD, CAUSAL, PAD)).astype(np.int32)
+  if prefix_attention == "bidirectional":
+    kinds[:start] = BIDIRECTIONAL
   return {"tokens": tokens,
           "targets": np.where(supervised, np.roll(tokens, -1), PAD).astype(np.int32),
           "loss_weights": supervised.astype(np.float32),
-          "attention_mask": np.where(tokens == IMAGE_TOKEN, BIDIRECTIONAL,
-                                     np.where(tokens != PAD, CAUSAL, PAD)).astype(np.int32)}
+          "attention_mask": kinds}
 
 
 def caption_fields(num_image_tokens: int, prompt_len: int = 0) -> tuple:
@@ -113,7 +122,8 @@ def caption_fields(num_image_tokens: int, prompt_len: int = 0) -> tuple:
     del batch
     texts = random_texts(rng, (batch_size,), input_config.max_text_len, vocab_size)
     prompt = rng.integers(4, max(vocab_size, 5), size=prompt_len)
-    examples = [caption_sequence(text, num_image_tokens, prompt) for text in texts]
+    prefix_attention = input_config.get("prefix_attention", "causal")
+    examples = [caption_sequence(text, num_image_tokens, prompt, prefix_attention) for text in texts]
     return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
   return (Field("tokens", length, "int32", draw=draw), Field("attention_mask", length, "int32"),

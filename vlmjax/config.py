@@ -14,7 +14,7 @@ import re
 import ml_collections
 import jax.numpy as jnp
 
-from vlmjax import registry
+from vlmjax import batch_spec, registry
 from vlmjax.models.layers import REMAT_POLICIES
 from vlmjax.models.sizes import decode_variant
 
@@ -60,7 +60,10 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.input = dict(image_size=64, max_text_len=32, crop_min=1.0, brightness=0.0,
                  subcaptions=3,  # DreamLIP: sentences sampled from the long caption beside the caption
-                 prompt="")      # decoders: text between BOS and the caption, never supervised
+                 prompt="",      # decoders: text between BOS and the caption, never supervised
+                 # decoders: how BOS and the prompt attend: 'causal', or 'bidirectional' (one block with
+                 # the image, the caption causal after it: PaliGemma's prefix-LM)
+                 prefix_attention="causal")
   c.tokenizer = dict(path="", vocab_size=1000, train_examples=20000)
 
   c.model = dict(name="dual_encoder", image=dict(variant="S/16"), text=dict(variant="S"), embed_dim=384)
@@ -222,6 +225,9 @@ def _check_ranges(config):
   _check_lr_multipliers(_get(config, "optimizer.lr_multipliers") or ())
   if config.input.get("crop_min", 1.0) > 1:
     raise ConfigError(f"config: 'input.crop_min' {config.input.crop_min!r} must be at most 1 (a fraction of the side)")
+  if config.input.get("prefix_attention", "causal") not in batch_spec.PREFIX_ATTENTIONS:
+    raise ConfigError(f"config: 'input.prefix_attention' {config.input.prefix_attention!r} must be one of "
+                      f"{', '.join(batch_spec.PREFIX_ATTENTIONS)}")
 
 
 def _check_lr_multipliers(rules):

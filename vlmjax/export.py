@@ -1,7 +1,8 @@
 """Inference bundles, and weights in and out of other libraries' formats.
 
   python -m vlmjax.export --workdir DIR --out BUNDLE [--step N] [--ema] [--dtype bfloat16] [--format safetensors]
-  python -m vlmjax.export --workdir DIR --to open_clip --out FOLDER    # or --bundle B; hf_clip, hf_siglip, hf_llama
+  python -m vlmjax.export --workdir DIR --to open_clip --out FOLDER    # or --bundle B; hf_clip, hf_siglip, hf_llama,
+                                                                       # hf_paligemma
   python -m vlmjax.export --from open_clip --src FOLDER --out BUNDLE [--tokenizer tokenizer.model]
 
 A bundle (`vlmjax.run.Bundle`, which loads it) is a folder holding everything `vlmjax.predict`
@@ -9,10 +10,13 @@ needs and nothing of the training state: the params alone, as an orbax checkpoin
 safetensors file (either restores on any device count), the run's config and its tokenizer.
 `--ema` exports the run's moving average of its params (`optimizer.ema_decay`) instead.
 
-`--to` writes a folder open_clip, HF `CLIPModel`, HF `SiglipModel` or HF `LlamaForCausalLM`
-(`GemmaForCausalLM` for a decoder with `scale_token_embeddings`) load (see vlmjax/interop);
+`--to` writes a folder open_clip, HF `CLIPModel`, HF `SiglipModel`, HF `LlamaForCausalLM`
+(`GemmaForCausalLM` for a decoder with `scale_token_embeddings`) or HF `PaliGemmaForConditionalGeneration`
+(a VLM trained with `input.prefix_attention='bidirectional'`) load (see vlmjax/interop);
 `--from` reads one back into a bundle, which `c.init.workdir` also accepts (fine-tune from it), with
-the source's own tokenizer (SigLIP's `spiece.model`, a `tokenizer.json`) unless --tokenizer names one.
+the source's own tokenizer (SigLIP's `spiece.model`, a `tokenizer.json`, PaliGemma's Gemma
+`tokenizer.model`) unless --tokenizer names one; a PaliGemma import's bundle has PaliGemma's prefix-LM
+(`input.prefix_attention='bidirectional'`).
 `--from big_vision` (import only) reads big_vision's SigLIP `.npz` (--src: the file, or the folder
 holding it) with the SentencePiece `*.model` beside it.
 
@@ -45,13 +49,14 @@ BUNDLE_FORMATS = ("orbax", "safetensors")
 BUNDLE_FILES = (Bundle.PARAMS, Bundle.SAFETENSORS, Bundle.CONFIG, Bundle.TOKENIZER, Bundle.INFO)
 RUN_FILES = (*RunDir.OUTPUTS, LOCK)  # what a training workdir holds of its own
 # config.json's `model_type` of each HF format (open_clip's config has none).
-MODEL_TYPES = {"hf_clip": ("clip",), "hf_siglip": ("siglip",), "hf_llama": ("llama", "gemma")}
+MODEL_TYPES = {"hf_clip": ("clip",), "hf_siglip": ("siglip",), "hf_llama": ("llama", "gemma"),
+               "hf_paligemma": ("paligemma",)}
 
 
 def format_files(fmt: str) -> tuple[str, ...]:
   """The files `interop.write(fmt, ...)` writes: the weights, the config, then the others."""
   module = {"open_clip": interop.open_clip, "hf_clip": interop.hf_clip, "hf_siglip": interop.hf_siglip,
-            "hf_llama": interop.hf_llama}[fmt]
+            "hf_llama": interop.hf_llama, "hf_paligemma": interop.hf_paligemma}[fmt]
   extra = (module.PREPROCESSOR_FILE,) if hasattr(module, "PREPROCESSOR_FILE") else ()
   return (module.WEIGHTS_FILE, module.CONFIG_FILE, *extra, interop.TOKENIZER_FILE)
 
@@ -234,6 +239,10 @@ def export_to(fmt: str, out: str, workdir: str | None = None, bundle: str | None
     check_workdir(workdir)
   source = RunDir(workdir) if workdir else Bundle(bundle)
   loaded = source.load(step)
+  prefix_attention = loaded.config.input.get("prefix_attention", "causal")
+  if fmt == "hf_paligemma" and prefix_attention != "bidirectional":
+    raise ValueError(f"export: hf_paligemma: the run's input.prefix_attention is '{prefix_attention}', but PaliGemma's "
+                     "image, BOS and prompt attend as one bidirectional block (train with 'bidirectional')")
   if workdir:
     tokenizer_path = source.tokenizer_file(loaded.config)
   else:
@@ -248,9 +257,10 @@ def import_from(fmt: str, src: str, out: str, tokenizer: str | None = None, dtyp
                 bundle_format: str = "orbax", force: bool = False) -> str:
   """A folder in another library's format -> a bundle. The tokenizer: `tokenizer` (any file `tokenizer.load`
   reads), else the source's own (hf_siglip: spiece.model under SigLIP's conventions; big_vision: the *.model
-  beside the .npz under big_vision's; hf_clip, hf_llama: tokenizer.json), else a tokenizer.model in `src` as
-  `export_to` leaves there. It must have one id per row of the token embedding; without one the bundle holds no
-  tokenizer (images only, or `c.init`)."""
+  beside the .npz under big_vision's; hf_clip, hf_llama: tokenizer.json; hf_paligemma: tokenizer.model under
+  Gemma's conventions, `tokenizer.GEMMA`), else a tokenizer.model in `src` as `export_to` leaves there. It must
+  have one id per row of the token embedding (hf_paligemma: the rows past its ids are dropped,
+  `hf_paligemma.fit_vocab`); without one the bundle holds no tokenizer (images only, or `c.init`)."""
   sources = {"--src": src}
   check_out(out, "bundle", force, sources)
   if not os.path.isdir(src) and not (fmt == "big_vision" and os.path.isfile(src)):  # big_vision: the .npz too
@@ -262,7 +272,8 @@ def import_from(fmt: str, src: str, out: str, tokenizer: str | None = None, dtyp
   vocab_size = int(embedding.shape[0])
   # The source's own file before tokenizer.model: a Hugging Face folder may hold both (Llama 2's SentencePiece
   # tokenizer.model beside its tokenizer.json), while a vlmjax export writes tokenizer.model alone.
-  native = {"hf_siglip": "spiece.model", "hf_clip": "tokenizer.json", "hf_llama": "tokenizer.json"}.get(fmt)
+  native = {"hf_siglip": "spiece.model", "hf_clip": "tokenizer.json", "hf_llama": "tokenizer.json",
+            "hf_paligemma": interop.TOKENIZER_FILE}.get(fmt)
   if tokenizer is not None:
     tok = tokenizer_lib.load(tokenizer)
   elif fmt == "big_vision" and interop.big_vision.tokenizer_file(src):
@@ -274,6 +285,8 @@ def import_from(fmt: str, src: str, out: str, tokenizer: str | None = None, dtyp
     if fmt == "hf_siglip":
       with open(tokenizer, "rb") as f:
         tok = tokenizer_lib.SentencePieceTokenizer(f.read(), **tokenizer_lib.SIGLIP)
+    elif fmt == "hf_paligemma":  # Gemma's SentencePiece model, or the vlmjax tokenizer an export left there
+      tok = interop.hf_paligemma.read_tokenizer(tokenizer)
     else:
       with open(tokenizer, encoding="utf-8") as f:
         tok = tokenizer_lib.BPETokenizer.from_tokenizer_json(f.read())
@@ -282,13 +295,21 @@ def import_from(fmt: str, src: str, out: str, tokenizer: str | None = None, dtyp
     tok = tokenizer_lib.load(tokenizer)
   else:
     tok = None
+  if tok is not None and fmt == "hf_paligemma":  # its table's rows past the tokenizer's ids: <image>, padding
+    params = interop.hf_paligemma.fit_vocab(params, tok.vocab_size)
+    vocab_size = int(params["decoder"]["embedding"].shape[0])
   if tok is not None:
     tokenizer_lib.check_vocab(tok, vocab_size, f"export: tokenizer '{tokenizer}'")
+    text = model.get("text")
+    if text and text.get("pool", "eos") != "last":  # where the tower reads the end of the text
+      text["eos_id"] = tokenizer_lib.text_eos_id(tok)
   config = config_lib.base_config()
   config.model = model
   if "image_size" in sizes:
     config.input.image_size = sizes["image_size"]
   config.input.max_text_len = sizes["max_text_len"]
+  if "prefix_attention" in sizes:
+    config.input.prefix_attention = sizes["prefix_attention"]
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.dtype(dtype)), params)
   meta = {"step": 0, "dtype": dtype, "vocab_size": vocab_size, "source": f"{fmt}:{os.path.abspath(src)}"}
   with tempfile.TemporaryDirectory() as tmp:

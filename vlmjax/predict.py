@@ -339,11 +339,14 @@ def caption(predictor: Predictor, paths, max_new_tokens: int = 32, temperature: 
   if top_k > predictor.tokenizer.vocab_size:
     raise PredictError(f"predict: --top_k {top_k} is more than the tokenizer's {predictor.tokenizer.vocab_size} "
                        "pieces")
-  prefix = generation_prefix(model.num_image_tokens(config.input.image_size),
-                             pipeline.prompt_ids(predictor.tokenizer, config.input))
-  generate = make_generate(model, max_new_tokens, temperature, top_k)
+  tok = predictor.tokenizer
+  prefix, kinds = generation_prefix(model.num_image_tokens(config.input.image_size),
+                                    pipeline.prompt_ids(tok, config.input), tok.bos_id,
+                                    pipeline.prefix_attention(config.input))
+  generate = make_generate(model, max_new_tokens, temperature, top_k, tok.eos_id)
   size = predictor.batch_size
   prefixes = sharding.global_batch(np.tile(prefix, (size, 1)), predictor.mesh)
+  prefix_kinds = sharding.global_batch(np.tile(kinds, (size, 1)), predictor.mesh)
   rng, results = jax.random.PRNGKey(seed), []
   with predictor._bar(len(paths), "image") as bar:  # pylint: disable=protected-access
     for i, start in enumerate(range(0, len(paths), size)):
@@ -354,7 +357,7 @@ def caption(predictor: Predictor, paths, max_new_tokens: int = 32, temperature: 
         images = np.concatenate([images, np.zeros((size - len(images),) + images.shape[1:], np.float32)])
         with predictor.embedder.use():
           tokens = generate(predictor.params, prefixes, jax.random.fold_in(rng, i),
-                            sharding.global_batch(images, predictor.mesh))
+                            sharding.global_batch(images, predictor.mesh), prefix_kinds)
         texts = predictor.tokenizer.decode(np.asarray(jax.device_get(tokens))[:len(pixels)])
         results += [{"image": p, "caption": t} for (p, _), t in zip(pixels, texts)]
       bar.update(min(size, len(paths) - start))

@@ -273,18 +273,20 @@ def eval_batches(source, preprocess: Preprocess, batch_size: int, indices=None, 
 @dataclasses.dataclass
 class CaptionPreprocess(grain.transforms.RandomMap):
   """A record -> a decoder example: `base` (a `Preprocess`) decodes, augments and tokenizes it, then
-  its 'text' becomes `caption_sequence(text, num_image_tokens, prompt)`. Without `with_image` (a
-  text-only LM) the image is dropped. What `base` rejects (a BadRecord) is passed on unchanged."""
+  its 'text' becomes `caption_sequence(text, num_image_tokens, prompt, prefix_attention)`. Without
+  `with_image` (a text-only LM) the image is dropped. What `base` rejects (a BadRecord) is passed on
+  unchanged."""
   base: Preprocess
   num_image_tokens: int
   prompt: tuple = ()
   with_image: bool = True
+  prefix_attention: str = "causal"
 
   def random_map(self, record, rng: np.random.Generator):
     example = self.base.random_map(record, rng)
     if not isinstance(example, dict):
       return example
-    example.update(caption_sequence(example.pop("text"), self.num_image_tokens, self.prompt))
+    example.update(caption_sequence(example.pop("text"), self.num_image_tokens, self.prompt, self.prefix_attention))
     if not self.with_image:
       example.pop("image")
     return example
@@ -299,6 +301,11 @@ def prompt_ids(tokenizer: Tokenizer, input_config) -> tuple:
   return tuple(tokenizer.pieces([prompt])[0]) if prompt else ()
 
 
+def prefix_attention(input_config) -> str:
+  """`input_config.prefix_attention` ('causal' for configs saved before it existed)."""
+  return input_config.get("prefix_attention", "causal")
+
+
 @registry.register("preprocess", "vlm")
 @registry.register("preprocess", "lm")
 def caption_preprocess(base: Preprocess, config, tokenizer: Tokenizer, model):
@@ -306,7 +313,7 @@ def caption_preprocess(base: Preprocess, config, tokenizer: Tokenizer, model):
   between BOS and the caption, never supervised)."""
   num_image_tokens = model.num_image_tokens(config.input.image_size)
   return CaptionPreprocess(base, num_image_tokens, prompt_ids(tokenizer, config.input),
-                           with_image=num_image_tokens > 0)
+                           with_image=num_image_tokens > 0, prefix_attention=prefix_attention(config.input))
 
 
 @registry.register("preprocess", "dual_encoder")

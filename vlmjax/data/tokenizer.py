@@ -2,7 +2,7 @@
 
   sentencepiece  `SentencePieceTokenizer`: a SentencePiece model under a source model's conventions: special ids
                  read from the model (pad may be overridden), BOS and/or EOS added, optional lower-casing and
-                 punctuation removal. `SIGLIP` holds the options of Hugging Face's SiglipTokenizer.
+                 punctuation removal. `SIGLIP` holds the options of Hugging Face's SiglipTokenizer, `GEMMA` Gemma's.
   bpe            `BPETokenizer`: byte-level BPE from a Hugging Face tokenizer.json (the `tokenizers` library), such
                  as OpenAI CLIP's or Llama 3's; which specials it adds is read from the file's post-processor.
 
@@ -49,6 +49,10 @@ FORMAT = "vlmjax.tokenizer"
 SIGLIP = dict(add_bos=False, add_eos=True, pad_id="eos", lower="unicode", strip_punctuation=True,
               empty_as_padding=False)
 BIG_VISION_SIGLIP = dict(SIGLIP, lower="ascii", strip_punctuation=False)
+# Gemma's SentencePiece model (PaliGemma's tokenizer.model: pad 0, eos 1, bos 2, unk 3) as a decoder's captions need
+# it: BOS and EOS added, padding the model's; text as written (its normalizer is the identity, "\n" a piece of its
+# own), an empty text [BOS, EOS] as Hugging Face's tokenizer writes it with both specials on.
+GEMMA = dict(add_bos=True, add_eos=True, pad_id=None, lower="none", strip_punctuation=False, empty_as_padding=False)
 _VLMJAX_OPTIONS = dict(add_bos=True, add_eos=True, pad_id=None, lower="none", strip_punctuation=False,
                        empty_as_padding=True)
 _PUNCTUATION = str.maketrans("", "", string.punctuation)

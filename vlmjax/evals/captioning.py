@@ -20,7 +20,7 @@ from pycocoevalcap.cider.cider import Cider
 
 from vlmjax import batch_spec, registry, sharding, trainer
 from vlmjax.data import pipeline
-from vlmjax.data.tokenizer import BOS, EOS
+from vlmjax.data.tokenizer import BOS
 from vlmjax.models.generate import make_generate
 from vlmjax.objectives.ntp import token_cross_entropy
 
@@ -42,10 +42,12 @@ def caption_metrics(references: list[list[str]], predictions: list[str]) -> dict
   return {"CIDEr": float(cider), **{f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)}}
 
 
-def generation_prefix(num_image_tokens: int, prompt=()) -> np.ndarray:
-  """The tokens a caption is generated after: the training layout up to the first caption piece."""
-  tokens = batch_spec.caption_sequence(np.array([BOS, EOS]), num_image_tokens, prompt)["tokens"]
-  return tokens[:num_image_tokens + 1 + len(prompt)]
+def generation_prefix(num_image_tokens: int, prompt=(), bos_id: int = BOS,
+                      prefix_attention: str = "causal") -> tuple[np.ndarray, np.ndarray]:
+  """(tokens, attention kinds) a caption is generated after: the training layout up to the first
+  caption piece, starting with the tokenizer's `bos_id`."""
+  example = batch_spec.caption_sequence(np.array([bos_id]), num_image_tokens, prompt, prefix_attention)
+  return example["tokens"], example["attention_mask"]
 
 
 def _padded(x, size: int):
@@ -69,17 +71,19 @@ class Captioning:
     source = ctx.source(self.split)
     count = min(self.num_examples, len(source)) if self.num_examples > 0 else len(source)
     reference_fn = getattr(source, "reference_captions", lambda i: [source[i]["caption"]])
-    prefix = generation_prefix(model.num_image_tokens(ctx.input_config.image_size),
-                               pipeline.prompt_ids(ctx.tokenizer, ctx.input_config))
-    generate = make_generate(model, self.max_new_tokens, self.temperature, self.top_k)
+    prefix, kinds = generation_prefix(model.num_image_tokens(ctx.input_config.image_size),
+                                      pipeline.prompt_ids(ctx.tokenizer, ctx.input_config), ctx.tokenizer.bos_id,
+                                      pipeline.prefix_attention(ctx.input_config))
+    generate = make_generate(model, self.max_new_tokens, self.temperature, self.top_k, ctx.tokenizer.eos_id)
     rng = jax.random.PRNGKey(self.seed)
     prefixes = sharding.global_batch(np.tile(prefix, (batch_size, 1)), mesh)
+    prefix_kinds = sharding.global_batch(np.tile(kinds, (batch_size, 1)), mesh)
     predictions = []
     _, batches = ctx.batches(self.split, limit=count)
     for i, batch in enumerate(batches):
       images = sharding.global_batch(_padded(np.asarray(batch["image"], np.float32), batch_size), mesh)
       with embedder.use():
-        tokens = generate(embedder.params, prefixes, jax.random.fold_in(rng, i), images)
+        tokens = generate(embedder.params, prefixes, jax.random.fold_in(rng, i), images, prefix_kinds)
       predictions += ctx.tokenizer.decode(np.asarray(jax.device_get(tokens))[:len(batch["image"])])
     if len(predictions) != count:
       raise ValueError(f"evals.{self.name}: only {len(predictions)} of the first {count} records of "
@@ -105,7 +109,8 @@ class TokenNll:
     num_image_tokens = model.num_image_tokens(ctx.input_config.image_size)
     preprocess = pipeline.CaptionPreprocess(base, num_image_tokens,
                                             pipeline.prompt_ids(ctx.tokenizer, ctx.input_config),
-                                            with_image=num_image_tokens > 0)
+                                            with_image=num_image_tokens > 0,
+                                            prefix_attention=pipeline.prefix_attention(ctx.input_config))
 
     @jax.jit
     def sums(params, batch):

@@ -7,12 +7,15 @@
   hf_llama   a decoder LM (or a VLM's decoder) <-> `transformers.LlamaForCausalLM.from_pretrained(FOLDER)`,
              or `GemmaForCausalLM` for a decoder with `scale_token_embeddings` (read: by config.json's
              `model_type`, 'llama' or 'gemma')
+  hf_paligemma  a VLM of PaliGemma's architecture (SigLIP ViT, linear projector, Gemma decoder, prefix-LM)
+             <-> `transformers.PaliGemmaForConditionalGeneration.from_pretrained(FOLDER)`, with Gemma's
+             SentencePiece tokenizer.model
   big_vision a SigLIP dual encoder <- big_vision's `two_towers` `.npz` checkpoint (the released SigLIP
              `webli_*.npz`), with the SentencePiece `*.model` beside it; import only
 
 Everything here is numpy and safetensors: neither torch nor open_clip nor transformers is needed to
 write or read these folders (a `.bin`/`.pth` state dict needs torch to be read). The name maps are in
-`open_clip.py`, `hf_clip.py`, `hf_siglip.py`, `hf_llama.py`, `big_vision.py`; the layout arithmetic
+`open_clip.py`, `hf_clip.py`, `hf_siglip.py`, `hf_llama.py`, `hf_paligemma.py`, `big_vision.py`; the layout arithmetic
 (transposes, head splits, q/k/v packing, pixel statistics) in `layout.py`; the CLIP tower mapping both CLIP
 formats share in `clip.py`.
 """
@@ -23,10 +26,10 @@ import shutil
 
 import numpy as np
 
-from vlmjax.data.tokenizer import BOS, EOS, PAD
-from vlmjax.interop import big_vision, hf_clip, hf_llama, hf_siglip, open_clip
+from vlmjax.data import tokenizer as tokenizer_lib
+from vlmjax.interop import big_vision, hf_clip, hf_llama, hf_paligemma, hf_siglip, open_clip
 
-FORMATS = ("open_clip", "hf_clip", "hf_siglip", "hf_llama", "big_vision")
+FORMATS = ("open_clip", "hf_clip", "hf_siglip", "hf_llama", "hf_paligemma", "big_vision")
 IMPORT_ONLY = ("big_vision",)  # read by `read`, never written
 TOKENIZER_FILE = "tokenizer.model"  # the vlmjax tokenizer, written beside the weights
 
@@ -39,24 +42,32 @@ def write(fmt: str, folder: str, model_config: dict, params: dict, tokenizer_pat
   from safetensors.numpy import save_file
   params = _to_numpy(params)
   model_config = dict(model_config)
+  # The special ids the target's config names: the tokenizer's when it travels along, else vlmjax's own.
+  tok = tokenizer_lib.load(tokenizer_path) if tokenizer_path else None
+  bos_id, eos_id, pad_id = ((tok.bos_id, tok.eos_id, tok.pad_id) if tok else
+                            (tokenizer_lib.BOS, tokenizer_lib.EOS, tokenizer_lib.PAD))
   if fmt == "open_clip":
-    state, config = open_clip.export(model_config, params, eos_id=EOS)
+    state, config = open_clip.export(model_config, params, eos_id=eos_id)
     files = {open_clip.CONFIG_FILE: config}
     weights = open_clip.WEIGHTS_FILE
   elif fmt == "hf_clip":
-    state, config, preprocessor = hf_clip.export(model_config, params, eos_id=EOS, bos_id=BOS, pad_id=PAD)
+    state, config, preprocessor = hf_clip.export(model_config, params, eos_id=eos_id, bos_id=bos_id, pad_id=pad_id)
     files = {hf_clip.CONFIG_FILE: config, hf_clip.PREPROCESSOR_FILE: preprocessor}
     weights = hf_clip.WEIGHTS_FILE
   elif fmt == "hf_siglip":
-    state, config, preprocessor = hf_siglip.export(model_config, params, eos_id=EOS, bos_id=BOS, pad_id=PAD)
+    state, config, preprocessor = hf_siglip.export(model_config, params, eos_id=eos_id, bos_id=bos_id, pad_id=pad_id)
     files = {hf_siglip.CONFIG_FILE: config, hf_siglip.PREPROCESSOR_FILE: preprocessor}
     weights = hf_siglip.WEIGHTS_FILE
   elif fmt == "hf_llama":
     if "decoder" not in model_config or "decoder" not in params:
       raise ValueError(f"hf_llama: model '{model_config.get('name')}' has no decoder to export")
-    state, config = hf_llama.export(dict(model_config["decoder"]), params["decoder"], BOS, EOS, PAD)
+    state, config = hf_llama.export(dict(model_config["decoder"]), params["decoder"], bos_id, eos_id, pad_id)
     files = {hf_llama.CONFIG_FILE: config}
     weights = hf_llama.WEIGHTS_FILE
+  elif fmt == "hf_paligemma":
+    state, config, preprocessor = hf_paligemma.export(model_config, params, bos_id, eos_id, pad_id)
+    files = {hf_paligemma.CONFIG_FILE: config, hf_paligemma.PREPROCESSOR_FILE: preprocessor}
+    weights = hf_paligemma.WEIGHTS_FILE
   else:
     raise ValueError(f"unknown format '{fmt}'; known: {', '.join(FORMATS)}")
   os.makedirs(folder, exist_ok=True)
@@ -66,20 +77,27 @@ def write(fmt: str, folder: str, model_config: dict, params: dict, tokenizer_pat
   for name, content in files.items():
     with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
       json.dump(content, f, indent=1)
-  if tokenizer_path:
+  # Gemma's SentencePiece model goes into a PaliGemma folder as it is, where transformers reads it.
+  native = hf_paligemma.native_tokenizer(tok) if fmt == "hf_paligemma" else None
+  if native:
+    with open(os.path.join(folder, TOKENIZER_FILE), "wb") as f:
+      f.write(native)
+  elif tokenizer_path:
     shutil.copyfile(tokenizer_path, os.path.join(folder, TOKENIZER_FILE))
   return folder
 
 
 def read(fmt: str, folder: str, scan: bool = True) -> tuple[dict, dict, dict]:
   """A folder in format `fmt` -> (config.model entry, params as numpy, input sizes dict(image_size=...,
-  max_text_len=...)). Raises FileNotFoundError / ValueError naming the file or tensor at fault."""
+  max_text_len=...), with hf_paligemma's prefix_attention). Raises FileNotFoundError / ValueError naming
+  the file or tensor at fault."""
   if fmt not in FORMATS:
     raise ValueError(f"unknown format '{fmt}'; known: {', '.join(FORMATS)}")
   if fmt == "big_vision":  # one .npz (the folder's, or `folder` itself); the input sizes from its shapes
     return big_vision.load(big_vision.checkpoint_file(folder), scan)
   config_file = {"open_clip": open_clip.CONFIG_FILE, "hf_clip": hf_clip.CONFIG_FILE,
-                 "hf_siglip": hf_siglip.CONFIG_FILE, "hf_llama": hf_llama.CONFIG_FILE}[fmt]
+                 "hf_siglip": hf_siglip.CONFIG_FILE, "hf_llama": hf_llama.CONFIG_FILE,
+                 "hf_paligemma": hf_paligemma.CONFIG_FILE}[fmt]
   config = _read_json(os.path.join(folder, config_file))
   state = read_state_dict(folder)
   if fmt == "open_clip":
@@ -92,6 +110,10 @@ def read(fmt: str, folder: str, scan: bool = True) -> tuple[dict, dict, dict]:
     preprocessor_path = os.path.join(folder, hf_siglip.PREPROCESSOR_FILE)
     preprocessor = _read_json(preprocessor_path) if os.path.exists(preprocessor_path) else None
     return hf_siglip.load(state, config, preprocessor, scan)
+  elif fmt == "hf_paligemma":  # the input sizes from config.json, and PaliGemma's prefix-LM
+    preprocessor_path = os.path.join(folder, hf_paligemma.PREPROCESSOR_FILE)
+    preprocessor = _read_json(preprocessor_path) if os.path.exists(preprocessor_path) else None
+    return hf_paligemma.load(state, config, preprocessor, scan)
   else:
     decoder, decoder_params = hf_llama.load(state, config, scan)
     model, params = dict(name="lm", decoder=decoder), {"decoder": decoder_params}

@@ -197,8 +197,7 @@ def check_config(config: dict) -> tuple[str, str]:
 def load(state: dict, config: dict, scan: bool = True) -> tuple[dict, dict]:
   """HF Llama- or Gemma-style state dict (numpy or torch) + config.json -> (config.model.decoder
   entry, params under 'decoder/'). Raises ValueError naming an option or tensor that does not fit."""
-  state = {k: (a.detach().float().cpu().numpy() if hasattr(a, "detach") else np.asarray(a))
-           for k, a in state.items()}
+  state = layout.to_numpy_state(state)
   name, act = check_config(config)
   flavour = FLAVOURS[name]
   if "model.embed_tokens.weight" not in state:

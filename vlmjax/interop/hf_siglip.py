@@ -21,6 +21,10 @@ with bias (`text_head='proj_bias'`, HF's `text_model.head`); `logit_scale`, `log
   text/encoder/<block i>, final_norm   text_model.encoder.layers.i.*, text_model.final_layer_norm
   text_proj/{kernel,bias}              text_model.head.{weight,bias}
 
+The vision tower's mapping (`vision_*` below: config entries, tensors, pixel statistics) is shared
+with `hf_paligemma`, whose image tower is this ViT without the MAP head (`vision_use_head` False: a
+ViT with `pool='gap'`, whose tokens are all the VLM reads).
+
 HF runs the text tower without an attention mask when given none, as vlmjax's SigLIP tower does; its
 texts must be `max_position_embeddings` long (pooling reads the last position). Pixels: both take
 `(x01 - 0.5) / 0.5`, vlmjax's [-1, 1]; a checkpoint trained with other statistics (its
@@ -28,8 +32,6 @@ preprocessor_config.json) has them folded into the patch embedding on import.
 """
 import math
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -63,9 +65,134 @@ def _require(ok: bool, what: str):
     raise ValueError(f"hf_siglip: this model's {what}; SigLIP's architecture (HF SiglipModel) cannot express that")
 
 
-def _refuse(ok: bool, key: str, value, why: str):
+def _refuse(ok: bool, key: str, value, why: str, fmt: str = "hf_siglip"):
   if not ok:
-    raise ValueError(f"hf_siglip: config.json {key}={value!r}: {why}")
+    raise ValueError(f"{fmt}: config.json {key}={value!r}: {why}")
+
+
+# --- the vision tower (shared with hf_paligemma) -----------------------------------------------------
+
+def check_vision_tower(image: dict, fmt: str):
+  """ValueError (one line, `fmt` first) unless the ViT (`clip.tower_kwargs` filled in) is HF's SigLIP
+  vision transformer: learned position embeddings, a plain patch convolution, no LayerNorm before the
+  transformer, an activation HF names. Its pooling is the caller's to check."""
+  for ok, what in ((image["posemb"] == "learn", f"ViT posemb is '{image['posemb']}' (SigLIP: 'learn')"),
+                   (image["stem"] == "patch", f"ViT stem is '{image['stem']}' (SigLIP: 'patch')"),
+                   (not image["pre_norm"], "ViT has pre_norm (SigLIP: none)"),
+                   (image["activation"] in HF_ACTIVATIONS,
+                    f"image activation is '{image['activation']}' (HF SigLIP: {', '.join(HF_ACTIVATIONS)})")):
+    if not ok:
+      raise ValueError(f"{fmt}: this model's {what}; HF's SigLIP vision transformer cannot express that")
+
+
+def vision_config(image: dict, image_size: int) -> dict:
+  """A ViT (`clip.tower_kwargs` filled in) at `image_size` -> its SiglipVisionConfig entries; a MAP head
+  (`pool='map'`) is `vision_use_head`."""
+  return {
+      "hidden_size": image["width"], "intermediate_size": image["mlp_dim"], "num_hidden_layers": image["depth"],
+      "num_attention_heads": image["num_heads"], "image_size": int(image_size), "patch_size": image["patch_size"],
+      "num_channels": 3, "hidden_act": HF_ACTIVATIONS[image["activation"]], "layer_norm_eps": float(image["norm_eps"]),
+      "attention_dropout": 0.0, "vision_use_head": image["pool"] == "map"}
+
+
+def vision_from_hf(vision: dict, scan: bool = True, fmt: str = "hf_siglip") -> tuple[dict, int]:
+  """SiglipVisionConfig entries (its defaults filled in) -> (config.model.image, image_size): `pool='map'`
+  with the MAP head (`vision_use_head`), else 'gap' (no params of its own). A key vlmjax cannot represent
+  raises a one-line ValueError naming it as `vision_config.KEY`."""
+  vision = dict(vision)
+  act = vision["hidden_act"]
+  _refuse(act in FROM_HF_ACTIVATIONS, "vision_config.hidden_act", act,
+          f"vlmjax takes {', '.join(FROM_HF_ACTIVATIONS)}", fmt)
+  _refuse(not vision["attention_dropout"], "vision_config.attention_dropout", vision["attention_dropout"],
+          "vlmjax's attention has no dropout", fmt)
+  _refuse(vision["hidden_size"] % vision["num_attention_heads"] == 0, "vision_config.num_attention_heads",
+          vision["num_attention_heads"], f"does not divide hidden_size {vision['hidden_size']}", fmt)
+  for key in ("image_size", "patch_size"):
+    value = vision[key]
+    if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1]:
+      value = vision[key] = value[0]
+    _refuse(isinstance(value, int), f"vision_config.{key}", vision[key], "vlmjax takes one int (square)", fmt)
+  _refuse(vision["num_channels"] == 3, "vision_config.num_channels", vision["num_channels"],
+          "vlmjax takes RGB (3)", fmt)
+  image = dict(width=vision["hidden_size"], depth=vision["num_hidden_layers"], mlp_dim=vision["intermediate_size"],
+               num_heads=vision["num_attention_heads"], patch_size=vision["patch_size"],
+               pool="map" if vision["vision_use_head"] else "gap", posemb="learn", pre_norm=False, stem="patch",
+               activation=FROM_HF_ACTIVATIONS[act], norm_eps=float(vision["layer_norm_eps"]), scan=scan)
+  return image, vision["image_size"]
+
+
+def vision_to_state(image: dict, p: dict, prefix: str) -> dict:
+  """A ViT's params (`image`: its `clip.tower_kwargs`) -> SiglipVisionTransformer's tensors (numpy, torch
+  layout) named under `prefix` ('vision_model.' in a SiglipModel); the MAP head's when it has one."""
+  state = {
+      "embeddings.patch_embedding.weight": layout.flax_to_conv(p["patch_embed"]["kernel"]),
+      "embeddings.patch_embedding.bias": np.asarray(p["patch_embed"]["bias"]),
+      "embeddings.position_embedding.weight": np.asarray(p["pos_embedding"])[0],
+      **_norm(p["encoder"]["final_norm"], "post_layernorm"),
+  }
+  for i, block in enumerate(layout.unstack_layers(p["encoder"], image["depth"])):
+    state.update({f"encoder.layers.{i}.{k}": v for k, v in clip.block_to_torch(block).items()})
+  if "map_head" in p:
+    head = p["map_head"]
+    attn = head["attn"]
+    state.update({
+        "head.probe": np.asarray(head["probe"]),
+        "head.attention.in_proj_weight": layout.merge_qkv(
+            *(layout.heads_in_to_linear(attn[n]["kernel"]) for n in ("query", "key", "value"))),
+        "head.attention.in_proj_bias": layout.merge_qkv(
+            *(layout.heads_to_bias(attn[n]["bias"]) for n in ("query", "key", "value"))),
+        "head.attention.out_proj.weight": layout.heads_out_to_linear(attn["out"]["kernel"]),
+        "head.attention.out_proj.bias": np.asarray(attn["out"]["bias"]),
+        **_norm(head["norm"], "head.layernorm"),
+        **_dense(head["mlp"]["fc1"], "head.mlp.fc1"),
+        **_dense(head["mlp"]["fc2"], "head.mlp.fc2"),
+    })
+  return {prefix + k: v for k, v in state.items()}
+
+
+def vision_from_state(state: dict, image: dict, prefix: str, scan: bool = True) -> dict:
+  """SiglipVisionTransformer's tensors named under `prefix` -> the params of the ViT `image` (as
+  `vision_from_hf` gives it; the MAP head read for `pool='map'`). KeyError for a missing tensor."""
+  t = lambda name: np.asarray(state[prefix + name])
+  norm = lambda name: {"scale": t(f"{name}.weight"), "bias": t(f"{name}.bias")}
+  dense = lambda name: {"kernel": layout.linear_to_dense(t(f"{name}.weight")), "bias": t(f"{name}.bias")}
+  heads = image["num_heads"]
+  params = {
+      "patch_embed": {"kernel": layout.conv_to_flax(t("embeddings.patch_embedding.weight")),
+                      "bias": t("embeddings.patch_embedding.bias")},
+      "pos_embedding": t("embeddings.position_embedding.weight")[None],
+      "encoder": {**layout.stack_layers([clip.block_from_torch(_prefixed(state, f"{prefix}encoder.layers.{i}."), heads)
+                                         for i in range(image["depth"])], scan),
+                  "final_norm": norm("post_layernorm")},
+  }
+  if image["pool"] == "map":
+    q, k, v = layout.split_qkv(t("head.attention.in_proj_weight"))
+    qb, kb, vb = layout.split_qkv(t("head.attention.in_proj_bias"))
+    attn = {name: {"kernel": layout.linear_to_heads_in(w, heads), "bias": layout.bias_to_heads(b, heads)}
+            for name, w, b in (("query", q, qb), ("key", k, kb), ("value", v, vb))}
+    attn["out"] = {"kernel": layout.linear_to_heads_out(t("head.attention.out_proj.weight"), heads),
+                   "bias": t("head.attention.out_proj.bias")}
+    params["map_head"] = {"probe": t("head.probe"), "attn": attn, "norm": norm("head.layernorm"),
+                          "mlp": {"fc1": dense("head.mlp.fc1"), "fc2": dense("head.mlp.fc2")}}
+  return params
+
+
+def vision_preprocessor(image_size: int) -> dict:
+  """The SiglipImageProcessor settings that read images as vlmjax does at `image_size`."""
+  return {
+      "image_processor_type": "SiglipImageProcessor", "do_resize": True,
+      "size": {"height": image_size, "width": image_size}, "resample": 2,  # PIL bilinear, vlmjax's 'squash'
+      "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(HALF),
+      "image_std": list(HALF), "do_convert_rgb": True}
+
+
+def fold_pixel_statistics(image_params: dict, preprocessor: dict | None):
+  """A preprocessor_config.json's `image_mean` / `image_std` other than SigLIP's 0.5 folded into the ViT's
+  patch embedding (in place), so it takes vlmjax's [-1, 1] pixels."""
+  mean, std = tuple((preprocessor or {}).get("image_mean", HALF)), tuple((preprocessor or {}).get("image_std", HALF))
+  if (mean, std) != (HALF, HALF):
+    patch = image_params["patch_embed"]
+    patch["kernel"], patch["bias"] = layout.fold_pixel_normalization(patch["kernel"], patch["bias"], mean, std)
 
 
 # --- config.json <-> config.model ------------------------------------------------------------------
@@ -80,15 +207,12 @@ def to_hf_config(model_config: dict, image_size: int, vocab_size: int, eos_id: i
   image = clip.tower_kwargs(ViT, model_config.get("image"), "S/16")
   text = clip.tower_kwargs(TextTransformer, model_config.get("text"), "S")
   _require(image["pool"] == "map", f"ViT pools by '{image['pool']}' (SigLIP: pool='map')")
-  _require(image["posemb"] == "learn", f"ViT posemb is '{image['posemb']}' (SigLIP: 'learn')")
-  _require(image["stem"] == "patch", f"ViT stem is '{image['stem']}' (SigLIP: 'patch')")
-  _require(not image["pre_norm"], "ViT has pre_norm (SigLIP: none)")
+  check_vision_tower(image, "hf_siglip")
   _require(text["pool"] == "last", f"text tower pools by '{text['pool']}' (SigLIP: 'last')")
   _require(not text["causal"], "text tower is causal (SigLIP: causal=False)")
   _require(not text["mask_padding"], "text tower masks padding (SigLIP: mask_padding=False)")
-  for tower, kw in (("image", image), ("text", text)):
-    _require(kw["activation"] in HF_ACTIVATIONS, f"{tower} activation is '{kw['activation']}' (HF SigLIP: "
-             f"{', '.join(HF_ACTIVATIONS)})")
+  _require(text["activation"] in HF_ACTIVATIONS, f"text activation is '{text['activation']}' (HF SigLIP: "
+           f"{', '.join(HF_ACTIVATIONS)})")
   _require(model_config.get("image_head", "proj") == "none",
            f"image_head is '{model_config.get('image_head', 'proj')}' (SigLIP: 'none')")
   _require(model_config.get("text_head", "proj") == "proj_bias",
@@ -105,11 +229,7 @@ def to_hf_config(model_config: dict, image_size: int, vocab_size: int, eos_id: i
           "max_position_embeddings": text["max_len"], "hidden_act": HF_ACTIVATIONS[text["activation"]],
           "layer_norm_eps": float(text["norm_eps"]), "projection_size": embed_dim, "attention_dropout": 0.0,
           "eos_token_id": int(eos_id), "bos_token_id": int(bos_id), "pad_token_id": int(pad_id)},
-      "vision_config": {
-          "hidden_size": image["width"], "intermediate_size": image["mlp_dim"], "num_hidden_layers": image["depth"],
-          "num_attention_heads": image["num_heads"], "image_size": int(image_size),
-          "patch_size": image["patch_size"], "num_channels": 3, "hidden_act": HF_ACTIVATIONS[image["activation"]],
-          "layer_norm_eps": float(image["norm_eps"]), "attention_dropout": 0.0, "vision_use_head": True},
+      "vision_config": vision_config(image, image_size),
   }
 
 
@@ -120,19 +240,13 @@ def from_hf_config(config: dict, scan: bool = True) -> tuple[dict, dict]:
   _refuse(model_type == MODEL_TYPE, "model_type", model_type, f"hf_siglip reads '{MODEL_TYPE}' (SiglipModel)")
   text = {**TEXT_DEFAULTS, **(config.get("text_config") or {})}
   vision = {**VISION_DEFAULTS, **(config.get("vision_config") or {})}
-  for name, section in (("text_config", text), ("vision_config", vision)):
-    act = section["hidden_act"]
-    _refuse(act in FROM_HF_ACTIVATIONS, f"{name}.hidden_act", act, f"vlmjax takes {', '.join(FROM_HF_ACTIVATIONS)}")
-    _refuse(not section["attention_dropout"], f"{name}.attention_dropout", section["attention_dropout"],
-            "vlmjax's attention has no dropout")
-    _refuse(section["hidden_size"] % section["num_attention_heads"] == 0, f"{name}.num_attention_heads",
-            section["num_attention_heads"], f"does not divide hidden_size {section['hidden_size']}")
-  for key in ("image_size", "patch_size"):
-    value = vision[key]
-    if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1]:
-      value = vision[key] = value[0]
-    _refuse(isinstance(value, int), f"vision_config.{key}", vision[key], "vlmjax takes one int (square)")
-  _refuse(vision["num_channels"] == 3, "vision_config.num_channels", vision["num_channels"], "vlmjax takes RGB (3)")
+  act = text["hidden_act"]
+  _refuse(act in FROM_HF_ACTIVATIONS, "text_config.hidden_act", act, f"vlmjax takes {', '.join(FROM_HF_ACTIVATIONS)}")
+  _refuse(not text["attention_dropout"], "text_config.attention_dropout", text["attention_dropout"],
+          "vlmjax's attention has no dropout")
+  _refuse(text["hidden_size"] % text["num_attention_heads"] == 0, "text_config.num_attention_heads",
+          text["num_attention_heads"], f"does not divide hidden_size {text['hidden_size']}")
+  image, image_size = vision_from_hf(vision, scan)
   _refuse(vision["vision_use_head"], "vision_config.vision_use_head", vision["vision_use_head"],
           "vlmjax's SigLIP image embedding is the MAP head's output")
   embed_dim = text["projection_size"] if text["projection_size"] is not None else text["hidden_size"]
@@ -141,15 +255,12 @@ def from_hf_config(config: dict, scan: bool = True) -> tuple[dict, dict]:
   model = dict(
       name="dual_encoder", embed_dim=int(embed_dim), image_head="none", text_head="proj_bias",
       logit_scale_init=math.log(10.0), logit_bias_init=-10.0,
-      image=dict(width=vision["hidden_size"], depth=vision["num_hidden_layers"], mlp_dim=vision["intermediate_size"],
-                 num_heads=vision["num_attention_heads"], patch_size=vision["patch_size"], pool="map",
-                 posemb="learn", pre_norm=False, stem="patch", activation=FROM_HF_ACTIVATIONS[vision["hidden_act"]],
-                 norm_eps=float(vision["layer_norm_eps"]), scan=scan),
+      image=image,
       text=dict(width=text["hidden_size"], depth=text["num_hidden_layers"], mlp_dim=text["intermediate_size"],
                 num_heads=text["num_attention_heads"], max_len=text["max_position_embeddings"], pool="last",
                 causal=False, mask_padding=False, activation=FROM_HF_ACTIVATIONS[text["hidden_act"]],
                 norm_eps=float(text["layer_norm_eps"]), scan=scan))
-  sizes = dict(image_size=vision["image_size"], max_text_len=text["max_position_embeddings"],
+  sizes = dict(image_size=image_size, max_text_len=text["max_position_embeddings"],
                vocab_size=text["vocab_size"])
   return model, sizes
 
@@ -168,27 +279,7 @@ def to_state(model_config: dict, params: dict) -> dict:
   """vlmjax SigLIP params -> the SiglipModel state dict (numpy, torch layout)."""
   image = clip.tower_kwargs(ViT, model_config.get("image"), "S/16")
   text = clip.tower_kwargs(TextTransformer, model_config.get("text"), "S")
-  p = params["image"]
-  head = p["map_head"]
-  attn = head["attn"]
-  state = {
-      "vision_model.embeddings.patch_embedding.weight": layout.flax_to_conv(p["patch_embed"]["kernel"]),
-      "vision_model.embeddings.patch_embedding.bias": np.asarray(p["patch_embed"]["bias"]),
-      "vision_model.embeddings.position_embedding.weight": np.asarray(p["pos_embedding"])[0],
-      **_norm(p["encoder"]["final_norm"], "vision_model.post_layernorm"),
-      "vision_model.head.probe": np.asarray(head["probe"]),
-      "vision_model.head.attention.in_proj_weight": layout.merge_qkv(
-          *(layout.heads_in_to_linear(attn[n]["kernel"]) for n in ("query", "key", "value"))),
-      "vision_model.head.attention.in_proj_bias": layout.merge_qkv(
-          *(layout.heads_to_bias(attn[n]["bias"]) for n in ("query", "key", "value"))),
-      "vision_model.head.attention.out_proj.weight": layout.heads_out_to_linear(attn["out"]["kernel"]),
-      "vision_model.head.attention.out_proj.bias": np.asarray(attn["out"]["bias"]),
-      **_norm(head["norm"], "vision_model.head.layernorm"),
-      **_dense(head["mlp"]["fc1"], "vision_model.head.mlp.fc1"),
-      **_dense(head["mlp"]["fc2"], "vision_model.head.mlp.fc2"),
-  }
-  for i, block in enumerate(layout.unstack_layers(p["encoder"], image["depth"])):
-    state.update({f"vision_model.encoder.layers.{i}.{k}": v for k, v in clip.block_to_torch(block).items()})
+  state = vision_to_state(image, params["image"], "vision_model.")
   p = params["text"]
   state.update({
       "text_model.embeddings.token_embedding.weight": np.asarray(p["token_embed"]["embedding"]),
@@ -206,34 +297,18 @@ def to_state(model_config: dict, params: dict) -> dict:
 def from_state(state: dict, model_config: dict, scan: bool = True) -> dict:
   """The SiglipModel state dict (numpy) -> vlmjax params for `model_config` (as `from_hf_config`
   gives it). KeyError for a missing tensor."""
-  image, text = model_config["image"], model_config["text"]
+  text = model_config["text"]
   t = lambda name: np.asarray(state[name])
   norm = lambda prefix: {"scale": t(f"{prefix}.weight"), "bias": t(f"{prefix}.bias")}
   dense = lambda prefix: {"kernel": layout.linear_to_dense(t(f"{prefix}.weight")), "bias": t(f"{prefix}.bias")}
-  blocks = lambda prefix, depth, heads: layout.stack_layers(
-      [clip.block_from_torch(_prefixed(state, f"{prefix}.encoder.layers.{i}."), heads) for i in range(depth)],
-      scan)
-  heads = image["num_heads"]
-  q, k, v = layout.split_qkv(t("vision_model.head.attention.in_proj_weight"))
-  qb, kb, vb = layout.split_qkv(t("vision_model.head.attention.in_proj_bias"))
-  attn = {name: {"kernel": layout.linear_to_heads_in(w, heads), "bias": layout.bias_to_heads(b, heads)}
-          for name, w, b in (("query", q, qb), ("key", k, kb), ("value", v, vb))}
-  attn["out"] = {"kernel": layout.linear_to_heads_out(t("vision_model.head.attention.out_proj.weight"), heads),
-                 "bias": t("vision_model.head.attention.out_proj.bias")}
   params = {
-      "image": {
-          "patch_embed": {"kernel": layout.conv_to_flax(t("vision_model.embeddings.patch_embedding.weight")),
-                          "bias": t("vision_model.embeddings.patch_embedding.bias")},
-          "pos_embedding": t("vision_model.embeddings.position_embedding.weight")[None],
-          "encoder": {**blocks("vision_model", image["depth"], heads),
-                      "final_norm": norm("vision_model.post_layernorm")},
-          "map_head": {"probe": t("vision_model.head.probe"), "attn": attn, "norm": norm("vision_model.head.layernorm"),
-                       "mlp": {"fc1": dense("vision_model.head.mlp.fc1"), "fc2": dense("vision_model.head.mlp.fc2")}},
-      },
+      "image": vision_from_state(state, model_config["image"], "vision_model.", scan),
       "text": {
           "token_embed": {"embedding": t("text_model.embeddings.token_embedding.weight")},
           "pos_embedding": t("text_model.embeddings.position_embedding.weight")[None],
-          "encoder": {**blocks("text_model", text["depth"], text["num_heads"]),
+          "encoder": {**layout.stack_layers([clip.block_from_torch(_prefixed(state, f"text_model.encoder.layers.{i}."),
+                                                                   text["num_heads"]) for i in range(text["depth"])],
+                                            scan),
                       "final_norm": norm("text_model.final_layer_norm")},
       },
       "text_proj": dense("text_model.head"),
@@ -253,12 +328,7 @@ def export(model_config: dict, params: dict, eos_id: int, bos_id: int, pad_id: i
   image_size = grid * image["patch_size"]
   vocab_size = np.asarray(params["text"]["token_embed"]["embedding"]).shape[0]
   config = to_hf_config(model_config, image_size, vocab_size, eos_id, bos_id, pad_id)
-  preprocessor = {
-      "image_processor_type": "SiglipImageProcessor", "do_resize": True,
-      "size": {"height": image_size, "width": image_size}, "resample": 2,  # PIL bilinear, vlmjax's 'squash'
-      "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(HALF),
-      "image_std": list(HALF), "do_convert_rgb": True}
-  return to_state(model_config, params), config, preprocessor
+  return to_state(model_config, params), config, vision_preprocessor(image_size)
 
 
 def load(state: dict, config: dict, preprocessor: dict | None = None, scan: bool = True) -> tuple[dict, dict, dict]:
@@ -266,35 +336,18 @@ def load(state: dict, config: dict, preprocessor: dict | None = None, scan: bool
   (vlmjax model config, params, dict(image_size, max_text_len)). ValueError naming a config key
   vlmjax cannot represent, or a missing tensor, or one whose shape is not the config's."""
   model, sizes = from_hf_config(config, scan)
-  state = {k: (a.detach().float().cpu().numpy() if hasattr(a, "detach") else np.asarray(a))
-           for k, a in state.items()}
+  state = layout.to_numpy_state(state)
   try:
     params = from_state(state, model, scan)
   except KeyError as e:
     raise ValueError(f"hf_siglip: the state dict has no tensor {e} (is it a SiglipModel?)") from None
-  _check_shapes(model, sizes, params)
-  mean, std = tuple((preprocessor or {}).get("image_mean", HALF)), tuple((preprocessor or {}).get("image_std", HALF))
-  if (mean, std) != (HALF, HALF):
-    patch = params["image"]["patch_embed"]
-    patch["kernel"], patch["bias"] = layout.fold_pixel_normalization(patch["kernel"], patch["bias"], mean, std)
-  return model, params, dict(image_size=sizes["image_size"], max_text_len=sizes["max_text_len"])
+  size = sizes["image_size"]
+  layout.check_shapes("hf_siglip", DualEncoder(**{k: v for k, v in model.items() if k != "name"},
+                                               vocab_size=sizes["vocab_size"]), params,
+                      images=jnp.zeros((1, size, size, 3)), texts=jnp.zeros((1, sizes["max_text_len"]), jnp.int32))
+  fold_pixel_statistics(params["image"], preprocessor)
+  return model, params, dict(image_size=size, max_text_len=sizes["max_text_len"])
 
 
 def _prefixed(tensors: dict, prefix: str) -> dict:
   return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-def _check_shapes(model: dict, sizes: dict, params: dict):
-  """Every param's shape against the model the config describes (abstract init: nothing computed)."""
-  module = DualEncoder(**{k: v for k, v in model.items() if k != "name"}, vocab_size=sizes["vocab_size"])
-  shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0),
-                          images=jnp.zeros((1, sizes["image_size"], sizes["image_size"], 3)),
-                          texts=jnp.zeros((1, sizes["max_text_len"]), jnp.int32))
-  want = {jax.tree_util.keystr(k, simple=True, separator="/"): tuple(v.shape)
-          for k, v in jax.tree_util.tree_leaves_with_path(nn.meta.unbox(shapes)["params"])}
-  got = {jax.tree_util.keystr(k, simple=True, separator="/"): tuple(np.shape(v))
-         for k, v in jax.tree_util.tree_leaves_with_path(params)}
-  for name in sorted(want):
-    if got.get(name) != want[name]:
-      raise ValueError(f"hf_siglip: param {name} is {got.get(name)} from the state dict; config.json makes it "
-                       f"{want[name]}")

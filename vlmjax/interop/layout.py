@@ -9,8 +9,32 @@ inverse, so the name maps in `open_clip.py`, `hf_clip.py` and `hf_llama.py` stay
   torch out_proj weight       [D, H·Dh]            <-> flax DenseGeneral kernel     [H, Dh, D]
   torch MultiheadAttention in_proj_weight [3·D, D]  = q, k, v weights stacked on axis 0
   torch nn.Conv2d weight      [out, in, kh, kw]    <-> flax Conv kernel             [kh, kw, in, out]
+
+`to_numpy_state` reads a state dict of either kind; `check_shapes` compares imported params with the
+shapes the module makes.
 """
+import flax.linen as nn
+import jax
 import numpy as np
+
+
+def to_numpy_state(state: dict) -> dict:
+  """A state dict of torch tensors (float32 on the CPU) or arrays -> numpy arrays."""
+  return {k: (a.detach().float().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)) for k, a in state.items()}
+
+
+def check_shapes(fmt: str, module, params: dict, **inputs):
+  """Every param's shape against what `module` makes when initialised on `inputs` (abstractly: nothing
+  computed). ValueError naming the first param whose shape differs, or which is missing."""
+  shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), **inputs)
+  want = {jax.tree_util.keystr(k, simple=True, separator="/"): tuple(v.shape)
+          for k, v in jax.tree_util.tree_leaves_with_path(nn.meta.unbox(shapes)["params"])}
+  got = {jax.tree_util.keystr(k, simple=True, separator="/"): tuple(np.shape(v))
+         for k, v in jax.tree_util.tree_leaves_with_path(params)}
+  for name in sorted(want):
+    if got.get(name) != want[name]:
+      raise ValueError(f"{fmt}: param {name} is {got.get(name)} from the state dict; config.json makes it "
+                       f"{want[name]}")
 
 
 def linear_to_dense(weight):

@@ -3,7 +3,9 @@
 `generate(model, params, prefix_tokens, ...)` runs one prefill call over the prefix (the image
 placeholders and the prompt; a VLM also takes `images`), then one call per new token, each
 attending over the cache. Prompts of different lengths are left-padded (the last column is every
-row's last prompt token). After a row's EOS it gets padding; the loop stops when every row is done.
+row's last prompt token). The prefill attends as the prefix's kinds say (`prefix_mask`: a
+bidirectional prefix, PaliGemma's, attends to itself as a whole), each new token causally. After a
+row's EOS (`eos_id`: the tokenizer's) it gets padding; the loop stops when every row is done.
 """
 import functools
 
@@ -73,8 +75,9 @@ def generate(model, params, prefix_tokens, rng, max_new_tokens: int, temperature
   return jax.lax.while_loop(cond, body, carry)[3]
 
 
-def make_generate(model, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0):
-  """-> jitted fn(params, prefix_tokens, rng, images=None) -> int32 [B, max_new_tokens]."""
+def make_generate(model, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, eos_id: int = EOS):
+  """-> jitted fn(params, prefix_tokens, rng, images=None, prefix_mask=None) -> int32 [B, max_new_tokens]."""
   fn = functools.partial(generate, model, max_new_tokens=max_new_tokens, temperature=temperature,
-                         top_k=top_k)
-  return jax.jit(lambda params, prefix_tokens, rng, images=None: fn(params, prefix_tokens, rng, images=images))
+                         top_k=top_k, eos_id=eos_id)
+  return jax.jit(lambda params, prefix_tokens, rng, images=None, prefix_mask=None: fn(
+      params, prefix_tokens, rng, images=images, prefix_mask=prefix_mask))

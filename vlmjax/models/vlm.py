@@ -2,9 +2,11 @@
 
 The token sequence holds `IMAGE_TOKEN` placeholders; the projected image tokens fill them in order
 (`vlmjax.batch_spec.caption_sequence` builds `[image × N] BOS prompt caption EOS pad`). The image
-block attends bidirectionally, text causally (`attention_mask` kinds). Configs pick the pieces:
-`projector.kind` linear (LiMBeR / VLAP), mlp (LLaVA), hreducer (DocOwl) or tome (SimVLG's token
-merging connector); `decoder.pdrop_layers` for PyramidDrop; `optimizer.frozen` to freeze towers.
+block attends bidirectionally, text causally (`attention_mask` kinds); with
+`input.prefix_attention='bidirectional'` BOS and the prompt join the image's block (PaliGemma's
+prefix-LM). Configs pick the pieces: `projector.kind` linear (LiMBeR / VLAP), mlp (LLaVA),
+hreducer (DocOwl) or tome (SimVLG's token merging connector); `decoder.pdrop_layers` for
+PyramidDrop; `optimizer.frozen` to freeze towers.
 """
 import flax.linen as nn
 import jax
