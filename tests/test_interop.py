@@ -330,6 +330,16 @@ def test_gemma_import_matches_a_numpy_reference_of_the_hf_forward(tmp_path):
   assert np.max(np.abs(unscaled - want)) > 1e-2
 
 
+def test_a_gemma_config_json_leaving_out_keys_means_gemmaconfig_s_defaults(tmp_path):
+  """GemmaConfig's defaults, not Llama's: hidden_act tanh-GELU and head_dim 256 (not width / heads)."""
+  config = {**GEMMA_CONFIG, "head_dim": 256}
+  state = gemma_state(config)
+  for key in ("hidden_act", "head_dim"):
+    del config[key]
+  model_config, _, _ = interop.read("hf_llama", write_hf_folder(tmp_path, state, config))
+  assert (model_config["decoder"]["activation"], model_config["decoder"]["head_dim"]) == ("gelu_tanh", 256)
+
+
 def test_gemma_round_trips_through_its_own_layout(tmp_path):
   untied = {**GEMMA_CONFIG, "tie_word_embeddings": False, "hidden_act": "gelu"}  # legacy 'gelu' = tanh
   state = gemma_state(untied, seed=1)

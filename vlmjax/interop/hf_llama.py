@@ -41,12 +41,14 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh"}
 # model_type -> how the layout differs from Llama's. norm_offset: HF's RMSNorm multiplies by
-# (norm_offset + w); legacy_activations: hidden_act values the HF config rewrites on load.
+# (norm_offset + w); legacy_activations: hidden_act values the HF config rewrites on load; defaults: what
+# LlamaConfig / GemmaConfig take for a key config.json leaves out.
 FLAVOURS = {
     "llama": dict(architecture="LlamaForCausalLM", norm_offset=0.0, scale_token_embeddings=False,
-                  legacy_activations={}),
+                  legacy_activations={}, defaults=dict(hidden_act="silu")),
     "gemma": dict(architecture="GemmaForCausalLM", norm_offset=1.0, scale_token_embeddings=True,
-                  legacy_activations={"gelu": "gelu_pytorch_tanh"}),
+                  legacy_activations={"gelu": "gelu_pytorch_tanh"},
+                  defaults=dict(hidden_act="gelu_pytorch_tanh", head_dim=256)),
 }
 # Gemma 2/3 options (and a bidirectional Gemma's) vlmjax's decoder has no counterpart for; absent,
 # None or False means off.
@@ -194,10 +196,17 @@ def check_config(config: dict) -> tuple[str, str]:
   return name, act
 
 
+def with_defaults(config: dict) -> dict:
+  """config.json with the flavour's defaults for the keys it leaves out."""
+  name = config.get("model_type") or "llama"
+  return {**FLAVOURS.get(name, FLAVOURS["llama"])["defaults"], **config}
+
+
 def load(state: dict, config: dict, scan: bool = True) -> tuple[dict, dict]:
   """HF Llama- or Gemma-style state dict (numpy or torch) + config.json -> (config.model.decoder
   entry, params under 'decoder/'). Raises ValueError naming an option or tensor that does not fit."""
   state = layout.to_numpy_state(state)
+  config = with_defaults(config)
   name, act = check_config(config)
   flavour = FLAVOURS[name]
   if "model.embed_tokens.weight" not in state:
