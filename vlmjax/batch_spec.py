@@ -81,6 +81,10 @@ TEXT = Field("text", lambda inp: (inp.max_text_len,), "int32", draw=draw_texts)
 # passed over to fill each example's slot, by reason.
 BAD_RECORDS = Field("bad_records", lambda inp: (len(BAD_REASONS),), "int32",
                     draw=lambda rng, batch_size, inp, vocab, batch: np.zeros((batch_size, len(BAD_REASONS)), np.int32))
+# In the train batches of a mixture of datasets (`vlmjax.data.mixture`): the index of the part each
+# example comes from.
+SOURCE = Field("source", lambda inp: (), "int32",
+               draw=lambda rng, batch_size, inp, vocab, batch: np.zeros((batch_size,), np.int32))
 
 
 # --- Decoder examples ----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from vlmjax.models.layers import REMAT_POLICIES
 from vlmjax.models.sizes import decode_variant
 
 # Sections whose keys are free-form: they are checked against the constructor they configure.
-OPEN_SECTIONS = ("model", "objectives", "evals", "data.fields", "data.files", "init.also")
+OPEN_SECTIONS = ("model", "objectives", "evals", "data.fields", "data.files", "data.mixture", "init.also")
 
 
 # An eval entry's keys that choose its data and resolution (vlmjax.evals.common); the others are its evaluator's.
@@ -64,6 +64,12 @@ def base_config() -> ml_collections.ConfigDict:
                  # decoders: how BOS and the prompt attend: 'causal', or 'bidirectional' (one block with
                  # the image, the caption causal after it: PaliGemma's prefix-LM)
                  prefix_attention="causal")
+      # Train on a weighted mixture of datasets instead (vlmjax.data.mixture): {name: dict(weight=
+      # number > 0, data=a data section, its unset keys the defaults above)}, e.g. dict(shapes=dict(
+      # weight=0.7, data=dict(name='vlmjax_shapes')), pairs=dict(weight=0.3, data=dict(name='csv',
+      # files=dict(train='/data/pairs.csv')))). Each part is shuffled with its own seed; batches carry
+      # 'source' (the part's index, parts in name order); `data/share/<name>` is logged. {} = off.
+      mixture={},
   c.tokenizer = dict(path="", vocab_size=1000, train_examples=20000)
 
   c.model = dict(name="dual_encoder", image=dict(variant="S/16"), text=dict(variant="S"), embed_dim=384)
@@ -136,13 +142,57 @@ def _check_against_base(config):
       close = difflib.get_close_matches(path, list(base), n=3, cutoff=0.6)
       hint = f" (did you mean one of: {', '.join(close[:6])})" if close else ""
       raise ConfigError(f"config: unknown key '{path}'{hint}")
-    expected = base[path]
-    if expected is not None and value is not None:
-      ok = isinstance(value, type(expected)) or (isinstance(expected, float) and isinstance(value, int)) \
-          or (isinstance(expected, (tuple, list)) and isinstance(value, (tuple, list)))
-      if not ok or (isinstance(expected, int) and isinstance(value, bool) != isinstance(expected, bool)):
-        raise ConfigError(f"config: '{path}' must be {type(expected).__name__}, got "
-                          f"{type(value).__name__} {value!r}")
+    _check_type(path, base[path], value)
+
+
+def _check_type(path: str, expected, value):
+  """`value` at `path` of the type of the base config's `expected` (an int for a float; None: any)."""
+  if expected is not None and value is not None:
+    ok = isinstance(value, type(expected)) or (isinstance(expected, float) and isinstance(value, int)) \
+        or (isinstance(expected, (tuple, list)) and isinstance(value, (tuple, list))) \
+        or all(isinstance(v, (dict, ml_collections.ConfigDict)) for v in (expected, value))
+    if not ok or (isinstance(expected, int) and isinstance(value, bool) != isinstance(expected, bool)):
+      raise ConfigError(f"config: '{path}' must be {type(expected).__name__}, got "
+                        f"{type(value).__name__} {value!r}")
+
+
+MIXTURE_ENTRY_KEYS = ("weight", "data")
+MIXTURE_RUN_KEYS = ("num_threads", "max_bad_fraction", "max_caption_chars")  # the base data section's, for all parts
+
+
+def check_mixture(data_config):
+  """ConfigError, one line naming `data.mixture.<name>...`, for a mixture entry that is not
+  dict(weight=finite number > 0, data=a data section of the base keys, types and a registered name)."""
+  base = base_config().data
+  mixture = data_config.get("mixture") or {}
+  for name in sorted(mixture):
+    entry, key = mixture[name], f"data.mixture.{name}"
+    if not isinstance(entry, (dict, ml_collections.ConfigDict)):
+      raise ConfigError(f"config: '{key}' must be dict(weight=number > 0, data=dict(name=..., ...)), got {entry!r}")
+    for entry_key in entry:
+      if entry_key not in MIXTURE_ENTRY_KEYS:
+        raise ConfigError(f"config: unknown key '{key}.{entry_key}' (a mixture entry's keys: "
+                          f"{', '.join(MIXTURE_ENTRY_KEYS)})")
+    weight = entry.get("weight")
+    if isinstance(weight, bool) or not _finite(weight) or weight <= 0:
+      raise ConfigError(f"config: '{key}.weight' {weight!r} must be a finite number > 0")
+    data = entry.get("data")
+    if not isinstance(data, (dict, ml_collections.ConfigDict)) or not data:
+      raise ConfigError(f"config: '{key}.data' must be a data section, e.g. dict(name='csv', "
+                        f"files=dict(train='/data/train.csv')), got {data!r}")
+    for data_key in data:
+      if data_key == "mixture":
+        raise ConfigError(f"config: '{key}.data.mixture': a mixture entry's data cannot itself be a mixture")
+      if data_key in MIXTURE_RUN_KEYS:
+        raise ConfigError(f"config: '{key}.data.{data_key}': it applies to the whole mixture; set data.{data_key}")
+      if data_key not in base:
+        raise ConfigError(f"config: unknown key '{key}.data.{data_key}' (a data section's keys: "
+                          f"{', '.join(k for k in base if k not in ('mixture',) + MIXTURE_RUN_KEYS)})")
+      _check_type(f"{key}.data.{data_key}", base[data_key], data[data_key])
+    try:
+      registry.get("dataset", data.get("name", base.name))
+    except registry.RegistryError as e:
+      raise ConfigError(f"config: '{key}.data.name': {e}") from None
 
 
 def _check_kwargs(what: str, target, kwargs: dict, provided=()):
@@ -319,6 +369,7 @@ def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
   if config.total_steps <= 0 and config.total_epochs <= 0:
     raise ConfigError("config: 'total_steps' (or 'total_epochs') must be positive")
   if config.batch_size <= 0:
+  check_mixture(config.data)
     raise ConfigError(f"config: 'batch_size' {config.batch_size} must be positive")
   if config.batch_size % batch_ways:
     raise ConfigError(f"config: 'batch_size' {config.batch_size} is not divisible by the mesh's "

@@ -68,9 +68,16 @@ class Experiment:
   def model_fields(self) -> dict:
     return {k: self.fields[k] for k in self.model_field_names}
 
+  @property
+  def num_sources(self) -> int:
+    """The parts of `data.mixture` (0: one dataset, no mixture)."""
+    return len(self.config.data.get("mixture") or {})
+
   def train_fields(self) -> dict:
-    """The fields of a train batch: the experiment's and the pipeline's bad-record counts."""
-    return {**self.fields, batch_spec.BAD_RECORDS.name: batch_spec.BAD_RECORDS}
+    """The fields of a train batch: the experiment's, the pipeline's bad-record counts and, for a
+    mixture of datasets, each example's part."""
+    mixture = {batch_spec.SOURCE.name: batch_spec.SOURCE} if self.num_sources else {}
+    return {**self.fields, batch_spec.BAD_RECORDS.name: batch_spec.BAD_RECORDS, **mixture}
 
   def synthetic_batch(self, vocab_size: int | None = None, seed: int = 0) -> dict:
     """A numpy global batch of random examples shaped as the input pipeline's train batches."""
@@ -86,12 +93,12 @@ class Experiment:
     """-> (train state, its shardings), initialised in place on the mesh."""
     seed = self.config.seed if seed is None else seed
     return trainer.create_train_state(self.model, self.tx, self.sample_batch(), seed, self.mesh, self.rules,
-                                      ema=self.ema_decay > 0)
+                                      ema=self.ema_decay > 0, num_sources=self.num_sources)
 
   def abstract_state(self):
     """-> (ShapeDtypeStructs with shardings, shardings): the restore target of a checkpoint."""
     return trainer.abstract_train_state(self.model, self.tx, self.sample_batch(), self.mesh, self.rules,
-                                        ema=self.ema_decay > 0)
+                                        ema=self.ema_decay > 0, num_sources=self.num_sources)
 
   def abstract_params(self):
     return self.abstract_state()[0]["params"]

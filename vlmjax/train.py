@@ -18,7 +18,7 @@ from ml_collections import config_flags
 
 from vlmjax import checkpoint, cli, config as config_lib, distributed, evaluate, experiment as experiment_lib
 from vlmjax import registry, sharding, trainer, workdir as workdir_lib
-from vlmjax.data import pipeline, sources, tokenizer as tokenizer_lib
+from vlmjax.data import mixture, pipeline, sources, tokenizer as tokenizer_lib
 from vlmjax.data.tokenizer import Tokenizer, TokenizerError
 from vlmjax.init_from import inherited_tokenizer, init_params_from
 from vlmjax.metrics import MetricWriter, Progress, quiet_absl_logging, throughput_metrics
@@ -103,7 +103,7 @@ def train(config, workdir: str, stop_after_steps: int | None = None, overwrite: 
   config = sources.with_absolute_paths(config)  # config.json says where the data is, from any folder
   experiment_lib.check(config)
   with workdir_lib.lock(workdir, "train"):
-    train_source = sources.make_source(config.data, config.data.train_split)
+    train_source = mixture.train_source(config.data, config.seed)  # every part of a mixture
     check_evals(config)
     workdir_lib.prepare(config, workdir, overwrite)  # refuses another run's workdir; writes config.json
     return _train(config, RunDir(workdir), train_source, stop_after_steps)
@@ -123,7 +123,7 @@ def dry_run(config, workdir: str, overwrite: bool = False) -> dict:
   -> what would run: {'params', 'global_batch', 'per_device_batch', 'mesh', 'steps', ...}."""
   config = sources.with_absolute_paths(config)
   mesh = experiment_lib.check(config)
-  train_source = sources.make_source(config.data, config.data.train_split)
+  train_source = mixture.train_source(config.data, config.seed)  # every part of a mixture
   check_evals(config)
   workdir_lib.check(config, workdir, overwrite)
   for source, _ in config_lib.init_sources(config.init):
@@ -213,6 +213,8 @@ def _train(config, run: RunDir, train_source, stop_after_steps: int | None) -> d
       streak, done = metrics["nonfinite_streak"], step + 1
       if done % config.log_every_steps == 0 or done == steps:
         metrics = jax.device_get(metrics)
+        if "source_examples" in metrics:  # a mixture: each part's share of the examples seen
+          metrics.update(mixture.share_metrics(train_source.names, metrics.pop("source_examples")))
         examples_per_sec = progress.update(done, float(metrics["loss"]))
         writer.write(done, {**metrics, "examples_per_sec": examples_per_sec,
                             **throughput_metrics(config, batch, examples_per_sec)})  # model FLOP/s, MFU

@@ -176,11 +176,15 @@ def model_inputs(model, batch, train: bool):
   return {arg: batch[key] for arg, key in model.batch_keys.items() if key in batch} | {"train": train}
 
 
-def init_extras() -> dict:
+def init_extras(num_sources: int = 0) -> dict:
   """Counters in the train state, so they are checkpointed and a resumed run continues them:
-  skipped non-finite steps (in all, and in a row now) and bad data records by reason."""
-  return {"nonfinite_steps": jnp.zeros((), jnp.int32), "nonfinite_streak": jnp.zeros((), jnp.int32),
-          "bad_records": jnp.zeros((len(BAD_REASONS),), jnp.int32)}
+  skipped non-finite steps (in all, and in a row now), bad data records by reason and, with
+  `num_sources` > 0 (a mixture of datasets), the examples seen from each part."""
+  extras = {"nonfinite_steps": jnp.zeros((), jnp.int32), "nonfinite_streak": jnp.zeros((), jnp.int32),
+            "bad_records": jnp.zeros((len(BAD_REASONS),), jnp.int32)}
+  if num_sources:
+    extras["source_examples"] = jnp.zeros((num_sources,), jnp.int32)
+  return extras
 
 
 def _with_ema(state: dict, ema: bool) -> dict:
@@ -193,15 +197,16 @@ def reset_ema(state: dict) -> dict:
   return _with_ema(state, True) if "ema" in state else state
 
 
-def create_train_state(model, tx, sample_batch, seed: int, mesh, rules, ema: bool = False):
+def create_train_state(model, tx, sample_batch, seed: int, mesh, rules, ema: bool = False, num_sources: int = 0):
   """-> (state, state_shardings). `sample_batch` holds arrays (or shapes) with batch dimension 1.
-  `ema`: the state holds `ema`, the params' moving average, starting at the params."""
+  `ema`: the state holds `ema`, the params' moving average, starting at the params. `num_sources`:
+  the parts of a data mixture, whose examples the extras count."""
 
   def init(rng):
     init_rng, train_rng = jax.random.split(rng)
     params = model.init({"params": init_rng}, **model_inputs(model, sample_batch, False))["params"]
     return _with_ema({"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-                      "rng": train_rng, "extras": init_extras()}, ema)
+                      "rng": train_rng, "extras": init_extras(num_sources)}, ema)
 
   rng = jax.random.PRNGKey(seed)
   abstract = jax.eval_shape(init, rng)
@@ -211,12 +216,12 @@ def create_train_state(model, tx, sample_batch, seed: int, mesh, rules, ema: boo
   return state, shardings
 
 
-def abstract_train_state(model, tx, sample_batch, mesh, rules, ema: bool = False):
+def abstract_train_state(model, tx, sample_batch, mesh, rules, ema: bool = False, num_sources: int = 0):
   """ShapeDtypeStructs with shardings, the restore target for a checkpoint on this mesh."""
   def init(rng):
     params = model.init({"params": rng}, **model_inputs(model, sample_batch, False))["params"]
     return _with_ema({"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-                      "rng": rng, "extras": init_extras()}, ema)
+                      "rng": rng, "extras": init_extras(num_sources)}, ema)
 
   abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
   shardings = sharding.logical_shardings(abstract, mesh, rules)
@@ -272,6 +277,8 @@ def make_train_step(model, objectives, tx, schedule, mesh, state_shardings, micr
                    nonfinite_steps=extras["nonfinite_steps"], nonfinite_streak=extras["nonfinite_streak"],
                    bad_records=jnp.sum(extras["bad_records"]),
                    **{f"bad_records/{r}": n for r, n in zip(BAD_REASONS, extras["bad_records"])})
+    if "source_examples" in extras:  # a vector: the trainer logs it as each part's share
+      metrics["source_examples"] = extras["source_examples"]
     new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"],
                  "extras": extras}
     if ema_decay:
@@ -286,11 +293,17 @@ def make_train_step(model, objectives, tx, schedule, mesh, state_shardings, micr
 
 def count_extras(extras, finite, batch) -> dict:
   """`extras` after a step: `finite` [] bool says whether it was applied; the batch's 'bad_records'
-  [B, len(BAD_REASONS)] (if any) are the bad records the pipeline skipped to fill it."""
+  [B, len(BAD_REASONS)] (if any) are the bad records the pipeline skipped to fill it; its 'source'
+  [B] (a mixture's) the part of each example, counted whether or not the step was applied."""
   bad = jnp.sum(batch["bad_records"], axis=0) if "bad_records" in batch else 0
-  return {**extras, "nonfinite_steps": extras["nonfinite_steps"] + jnp.logical_not(finite),
-          "nonfinite_streak": jnp.where(finite, 0, extras["nonfinite_streak"] + 1),
-          "bad_records": extras["bad_records"] + bad}
+  out = {**extras, "nonfinite_steps": extras["nonfinite_steps"] + jnp.logical_not(finite),
+         "nonfinite_streak": jnp.where(finite, 0, extras["nonfinite_streak"] + 1),
+         "bad_records": extras["bad_records"] + bad}
+  if "source_examples" in extras and "source" in batch:
+    parts = extras["source_examples"].shape[0]
+    out["source_examples"] = extras["source_examples"] + jnp.sum(
+        jax.nn.one_hot(batch["source"], parts, dtype=jnp.int32), axis=0)
+  return out
 
 
 def split_microbatches(tree, n: int):

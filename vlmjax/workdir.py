@@ -117,7 +117,7 @@ def _resumable(key: str) -> bool:
 # these values (each one's "off"), so it resumes under a config that leaves them off.
 ADDED_DEFAULTS = {"optimizer.layer_decay": 1.0, "optimizer.lr_multipliers": [], "optimizer.ema_decay": 0.0,
                   "data.label_key": "", "data.class_names": None, "data.class_names_file": "",
-                  "input.prefix_attention": "causal"}
+                  "input.prefix_attention": "causal", "data.mixture": {}}
 
 
 def config_differences(saved: dict, new: dict) -> list[str]:

@@ -12,6 +12,7 @@ slot with the same slot of a later epoch, counting what it passed over in the ex
 checkpointed and logged), and `check_bad_records` turns a flood of them into one clear error.
 """
 import dataclasses
+import functools
 import io
 import re
 
@@ -234,18 +235,41 @@ def check_bad_records(counts, good_records: int, max_fraction: float):
                        f"over data.max_bad_fraction = {max_fraction:g}; fix the data or raise the threshold")
 
 
+def train_examples(source, preprocess: Preprocess, seed: int) -> grain.MapDataset:
+  """The endless stream of preprocessed training examples, element i a function of i alone.
+
+  A source: shuffled with `seed` (a new order each epoch), augmented with the RNG of `seed + 1`
+  and the position, its bad records replaced by `SkipBadRecords`. A mixture (`vlmjax.data.mixture.
+  Mixture`: `parts`, `weights`, `seeds`): each part such a stream with its own seed, its examples
+  tagged with the part's index as 'source' (int32), interleaved by `grain.MapDataset.mix` in the
+  proportions of the weights. The skipping is per part, so a bad record's replacement comes from
+  its own part (the same slot of a later epoch of that part) and the mixture's proportions hold.
+  """
+  parts = getattr(source, "parts", None)
+  if parts is None:
+    ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+    ds = ds.random_map(preprocess, seed=seed + 1)
+    return SkipBadRecords(ds, stride=len(source))
+  streams = [train_examples(part, preprocess, part_seed).map(functools.partial(_tag_source, index=index))
+             for index, (part, part_seed) in enumerate(zip(parts, source.seeds))]
+  return grain.MapDataset.mix(streams, list(source.weights))
+
+
+def _tag_source(example: dict, index: int) -> dict:
+  return {**example, "source": np.int32(index)}
+
+
 def train_dataset(source, preprocess: Preprocess, batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1, num_threads: int = 2):
-  """An endless, shuffled, per-process batched grain IterDataset. `batch_size` is per process.
+  """An endless, shuffled, per-process batched grain IterDataset of `train_examples(source, ...)`
+  (`source` one source or a mixture). `batch_size` is per process.
 
   Process p's k-th batch is the p-th slice of the k-th global batch of `process_count × batch_size`
   examples, augmented with the RNG of each example's global position (the map is lazy: a process
   decodes only its own slice). So the global batch, and the iterator's state (its next batch index
   = the step), are the same for any number of processes: a run can resume on another process count.
   """
-  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
-  ds = ds.random_map(preprocess, seed=seed + 1)
-  ds = SkipBadRecords(ds, stride=len(source))
+  ds = train_examples(source, preprocess, seed)
   ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds[process_index::process_count]
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4 * batch_size))

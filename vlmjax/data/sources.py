@@ -312,7 +312,9 @@ def with_absolute_paths(config):
   if data.name == "vlmjax_shapes" and not data.data_dir:
     data.data_dir = DEFAULT_SHAPES_DIR
   absolute = lambda path: os.path.abspath(os.path.expanduser(path)) if path else path
-  for data in [data] + [cfg.data for cfg in config.get("evals", {}).values() if cfg.get("data")]:
+  parts = [entry.data for entry in (data.get("mixture") or {}).values()  # before validation: any shape
+           if hasattr(entry, "get") and hasattr(entry.get("data"), "get")]
+  for data in [data] + [cfg.data for cfg in config.get("evals", {}).values() if cfg.get("data")] + parts:
     for key in ("data_dir", "image_root", "class_names_file"):  # only those set: a locked config
       if data.get(key):                                          # takes no new keys
         data[key] = absolute(data[key])
