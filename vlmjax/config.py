@@ -44,11 +44,16 @@ def base_config() -> ml_collections.ConfigDict:
       builder_config="default",   # vlmjax_shapes size: default or tiny
       tfds_name="",               # for name='tfds'
       fields={},                  # record key -> dataset feature path, for name='tfds'
+                                  # (name='webdataset': record key -> key path in each sample's .json)
       files=dict(train="", validation="", test="", test_unseen=""),  # split -> CSV/JSONL path, for
                                   # name='csv'/'jsonl' ('' = none; other split names may be added)
       image_root="",
       image_key="image_path",
       caption_key="caption",      # '' = the file has no captions (a classification set)
+                                  # name='webdataset': 'caption'/'txt' = the .txt member, else a .json key
+      index_dir="",               # name='webdataset' (files: '/data/{00000..00099}.tar', '::' joins
+                                  # patterns): where shard indices go when not beside the shards
+                                  # ('' = ~/.cache/vlmjax/webdataset)
       label_key="",               # a column of class labels (an integer or a class name); '' = none
       class_names=None,           # what the labels name: a list, or a shipped set ('imagenet', 'cifar10')
       class_names_file="",        # ... or a file of one class name per line
@@ -59,17 +64,17 @@ def base_config() -> ml_collections.ConfigDict:
       max_caption_chars=1000,     # a longer caption is a bad record (0: no limit)
   )
   c.input = dict(image_size=64, max_text_len=32, crop_min=1.0, brightness=0.0,
-                 subcaptions=3,  # DreamLIP: sentences sampled from the long caption beside the caption
-                 prompt="",      # decoders: text between BOS and the caption, never supervised
-                 # decoders: how BOS and the prompt attend: 'causal', or 'bidirectional' (one block with
-                 # the image, the caption causal after it: PaliGemma's prefix-LM)
-                 prefix_attention="causal")
       # Train on a weighted mixture of datasets instead (vlmjax.data.mixture): {name: dict(weight=
       # number > 0, data=a data section, its unset keys the defaults above)}, e.g. dict(shapes=dict(
       # weight=0.7, data=dict(name='vlmjax_shapes')), pairs=dict(weight=0.3, data=dict(name='csv',
       # files=dict(train='/data/pairs.csv')))). Each part is shuffled with its own seed; batches carry
       # 'source' (the part's index, parts in name order); `data/share/<name>` is logged. {} = off.
       mixture={},
+                 subcaptions=3,  # DreamLIP: sentences sampled from the long caption beside the caption
+                 prompt="",      # decoders: text between BOS and the caption, never supervised
+                 # decoders: how BOS and the prompt attend: 'causal', or 'bidirectional' (one block with
+                 # the image, the caption causal after it: PaliGemma's prefix-LM)
+                 prefix_attention="causal")
   c.tokenizer = dict(path="", vocab_size=1000, train_examples=20000)
 
   c.model = dict(name="dual_encoder", image=dict(variant="S/16"), text=dict(variant="S"), embed_dim=384)
@@ -364,12 +369,12 @@ def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
     raise ConfigError(f"config: {e}") from None
   if not config.objectives:
     raise ConfigError("config: 'objectives' is empty; name at least one (e.g. clip=dict(weight=1.0))")
+  check_mixture(config.data)
   _check_ranges(config)
   _check_input_sizes(config, model_cls)
   if config.total_steps <= 0 and config.total_epochs <= 0:
     raise ConfigError("config: 'total_steps' (or 'total_epochs') must be positive")
   if config.batch_size <= 0:
-  check_mixture(config.data)
     raise ConfigError(f"config: 'batch_size' {config.batch_size} must be positive")
   if config.batch_size % batch_ways:
     raise ConfigError(f"config: 'batch_size' {config.batch_size} is not divisible by the mesh's "

@@ -24,6 +24,7 @@ import numpy as np
 
 from vlmjax import registry
 from vlmjax.data.pipeline import BadRecord
+from vlmjax.data import webdataset  # noqa: F401  # registers the 'webdataset' dataset
 
 
 def _get_path(record, path: str):
@@ -319,7 +320,8 @@ def with_absolute_paths(config):
       if data.get(key):                                          # takes no new keys
         data[key] = absolute(data[key])
     for split in list(data.get("files", {}).keys()):
-      data.files[split] = absolute(data.files[split])
+      # Several files joined with '::' (parquet, array_record): each made absolute.
+      data.files[split] = "::".join(absolute(path) for path in data.files[split].split("::"))
   return config
 
 
