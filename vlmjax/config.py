@@ -62,14 +62,14 @@ def base_config() -> ml_collections.ConfigDict:
       max_bad_fraction=0.1,       # bad records (corrupt image, empty caption, ...) are skipped; more
                                   # than this fraction of those read stops the run
       max_caption_chars=1000,     # a longer caption is a bad record (0: no limit)
-  )
-  c.input = dict(image_size=64, max_text_len=32, crop_min=1.0, brightness=0.0,
       # Train on a weighted mixture of datasets instead (vlmjax.data.mixture): {name: dict(weight=
       # number > 0, data=a data section, its unset keys the defaults above)}, e.g. dict(shapes=dict(
       # weight=0.7, data=dict(name='vlmjax_shapes')), pairs=dict(weight=0.3, data=dict(name='csv',
       # files=dict(train='/data/pairs.csv')))). Each part is shuffled with its own seed; batches carry
       # 'source' (the part's index, parts in name order); `data/share/<name>` is logged. {} = off.
       mixture={},
+  )
+  c.input = dict(image_size=64, max_text_len=32, crop_min=1.0, brightness=0.0,
                  subcaptions=3,  # DreamLIP: sentences sampled from the long caption beside the caption
                  prompt="",      # decoders: text between BOS and the caption, never supervised
                  # decoders: how BOS and the prompt attend: 'causal', or 'bidirectional' (one block with
