@@ -39,16 +39,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.total_epochs = 0.0            # if > 0, overrides total_steps: epochs of the train split
 
   c.data = dict(
-      name="vlmjax_shapes",       # a registered dataset: vlmjax_shapes, tfds, csv, jsonl
+      name="vlmjax_shapes",       # a registered dataset: vlmjax_shapes, tfds, csv, jsonl, parquet, array_record
       data_dir="",                # TFDS folder ('' = ./data/tfds for vlmjax_shapes)
       builder_config="default",   # vlmjax_shapes size: default or tiny
       tfds_name="",               # for name='tfds'
       fields={},                  # record key -> dataset feature path, for name='tfds'
                                   # (name='webdataset': record key -> key path in each sample's .json)
+                                  # (parquet/array_record: more record keys, record key -> column)
       files=dict(train="", validation="", test="", test_unseen=""),  # split -> CSV/JSONL path, for
-                                  # name='csv'/'jsonl' ('' = none; other split names may be added)
+                                  # name='csv'/'jsonl' ('' = none; other split names may be added);
+                                  # parquet/array_record: a file, a glob or several joined with '::'
       image_root="",
-      image_key="image_path",
+      image_key="image_path",     # parquet/array_record: the image bytes column ('image_path' = 'image')
       caption_key="caption",      # '' = the file has no captions (a classification set)
                                   # name='webdataset': 'caption'/'txt' = the .txt member, else a .json key
       index_dir="",               # name='webdataset' (files: '/data/{00000..00099}.tar', '::' joins
