@@ -369,9 +369,9 @@ def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
     registry.get("dataset", config.data.name)
   except registry.RegistryError as e:
     raise ConfigError(f"config: {e}") from None
+  check_mixture(config.data)
   if not config.objectives:
     raise ConfigError("config: 'objectives' is empty; name at least one (e.g. clip=dict(weight=1.0))")
-  check_mixture(config.data)
   _check_ranges(config)
   _check_input_sizes(config, model_cls)
   if config.total_steps <= 0 and config.total_epochs <= 0:
