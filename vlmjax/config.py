@@ -39,7 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.total_epochs = 0.0            # if > 0, overrides total_steps: epochs of the train split
 
   c.data = dict(
-      name="vlmjax_shapes",       # a registered dataset: vlmjax_shapes, tfds, csv, jsonl, parquet, array_record
+      name="vlmjax_shapes",       # a registered dataset: vlmjax_shapes, tfds, csv, jsonl, webdataset, parquet, array_record
       data_dir="",                # TFDS folder ('' = ./data/tfds for vlmjax_shapes)
       builder_config="default",   # vlmjax_shapes size: default or tiny
       tfds_name="",               # for name='tfds'
