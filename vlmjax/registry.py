@@ -9,7 +9,7 @@ import importlib
 KINDS = ("model", "objective", "dataset", "evaluator", "preprocess")
 _ENTRIES = {kind: {} for kind in KINDS}
 _PACKAGES = ("vlmjax.models", "vlmjax.objectives", "vlmjax.data.sources", "vlmjax.data.columnar",
-             "vlmjax.data.pipeline", "vlmjax.evals")
+             "vlmjax.data.webdataset", "vlmjax.data.pipeline", "vlmjax.evals")
 _loaded = False
 
 

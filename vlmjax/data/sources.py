@@ -24,7 +24,6 @@ import numpy as np
 
 from vlmjax import registry
 from vlmjax.data.pipeline import BadRecord
-from vlmjax.data import webdataset  # noqa: F401  # registers the 'webdataset' dataset
 
 
 def _get_path(record, path: str):
