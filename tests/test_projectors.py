@@ -63,7 +63,7 @@ def test_tome_merges_identical_tokens_first():
 def test_projector_token_counts(projector, expected):
   model = Projector(out_dim=24, **projector)
   tokens = jnp.ones((2, 64, 20))
-  out = model.apply(model.init(jax.random.PRNGKey(0), tokens), tokens)
+  out = jax.jit(lambda x: model.apply(model.init(jax.random.PRNGKey(0), x), x))(tokens)  # one compile, not per op
   assert out.shape == (2, expected, 24) and model.num_output_tokens(64) == expected
 
 
