@@ -105,3 +105,14 @@ def no_compilation_cache():
   jax.config.update("jax_enable_compilation_cache", False)
   yield
   jax.config.update("jax_enable_compilation_cache", True)
+
+
+# The files whose module fixtures run for a minute or more, first: `make test` hands whole files to its
+# two workers in collection order, so a long file collected last would leave one worker idle at the end.
+LONG_FILES = ("test_reliability.py", "test_multihost.py", "test_checkpoint_damage.py", "test_vlm.py",
+              "test_export_predict.py", "test_sharding.py", "test_resume.py", "test_mixture.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONG_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: the rest keep their order

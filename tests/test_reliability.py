@@ -472,7 +472,7 @@ def chain(tiny_data_dir, tiny_source, tmp_path_factory):
   out["run_a"] = cli.run(main, out["a"])
   out["sigterm"] = cli.run(main, out["b"], hook=("sigterm_after_step", SIGTERM_AT))
   out["after_sigterm"] = dict(steps=_saved_steps(str(out["b"])), losses=_losses(str(out["b"])))
-  for devices in (4, 1):  # C: copies of B's workdir at step SIGTERM_AT, resumed on fewer devices
+  for devices in (1,):  # C: a copy of B's workdir at step SIGTERM_AT, resumed on one device
     out[f"c{devices}"] = folder / f"c{devices}"
     shutil.copytree(out["b"], out[f"c{devices}"])
     out[f"run_c{devices}"] = cli.run(main, out[f"c{devices}"], devices=devices)
@@ -539,7 +539,7 @@ def test_preempted_and_killed_run_equals_uninterrupted_exactly(chain):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("devices", [4, 1])
+@pytest.mark.parametrize("devices", [1])
 def test_resume_on_fewer_devices_continues_the_run(chain, devices):
   result = _ok(chain[f"run_c{devices}"])
   assert f"Resuming from step {SIGTERM_AT}" in result.stdout
