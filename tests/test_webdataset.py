@@ -200,3 +200,20 @@ def test_training_on_shards_resumes_exactly(written, tmp_path):
   assert sorted(losses(a)) == list(range(1, 5)) and losses(b) == losses(a)
   last = [m for m in read_metrics(a) if "bad_records" in m][-1]
   assert last["bad_records"] > 0, "the damaged samples met in 4 steps are counted"
+
+
+def test_processes_read_the_slices_of_the_single_process_batches(written, tiny_tokenizer):
+  """2 processes × 4 devices read the global batches 1 × 8 reads: process p's batch k is slice p of global batch
+  k, decoded and augmented alike (the data side of a multi-host run, without starting processes)."""
+  source = webdataset.WebDatasetSource(f"{written[0]}/{{00000..00004}}.tar")
+  preprocess = pipeline.Preprocess(tiny_tokenizer, 16, 16, train=True, crop_min=0.7, brightness=0.1)
+
+  def batches(process_index, process_count, n=3):
+    it = iter(pipeline.train_dataset(source, preprocess, 16 // process_count, seed=5, process_index=process_index,
+                                     process_count=process_count, num_threads=1))
+    return [next(it) for _ in range(n)]
+
+  single, halves = batches(0, 1), [batches(p, 2) for p in range(2)]
+  for k, expected in enumerate(single):
+    for key in ("image", "text"):
+      np.testing.assert_array_equal(np.concatenate([h[k][key] for h in halves]), expected[key])
