@@ -15,9 +15,10 @@ The mixed stream is index based, like a single source's (`pipeline.train_example
 shuffled and repeated with its own seed, then `grain.MapDataset.mix` interleaves the parts in a
 fixed pattern of the weights' proportions (rounded by grain to integers, the smallest to 100), so
 element i of the mixture is a function of i. The iterator's state is still one position: shuffling,
-per-process slicing, bad-record skipping and exact resume work as they do for one source. The keys of the base data section that are about the
-run rather than a dataset (`num_threads`, `max_bad_fraction`, `max_caption_chars`) apply to the
-whole mixture; a part reads its own `train_split`.
+per-process slicing, bad-record skipping and exact resume work as they do for one source. The keys
+of the base data section that are about the run rather than a dataset (`num_threads`,
+`max_bad_fraction`, `max_caption_chars`) apply to the whole mixture; a part reads its own
+`train_split`.
 """
 import grain
 import ml_collections
