@@ -3,6 +3,7 @@ sources (CSV / JSONL of image paths + captions)."""
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -224,8 +225,9 @@ def test_file_list_source_image_root(tmp_path, image_files):
       f'{rel.split("/")[1]},"{c}"\n' for rel, c in zip(image_files, ["x", "y", "z"])))
   source = sources.FileListSource(str(path), image_root=str(tmp_path / "imgs"))
   assert [source[i]["caption"] for i in range(3)] == ["x", "y", "z"]
-  with pytest.raises(FileNotFoundError, match="im0.png"):
-    sources.FileListSource(str(path))  # lists/im0.png does not exist
+  missing = sources.FileListSource(str(path))[0]  # lists/im0.png does not exist: a bad record
+  assert isinstance(missing, pipeline.BadRecord) and missing.reason == "corrupt_image"
+  assert re.search(r"lists/im0\.png' on line 2 of .*pairs\.csv", missing.detail)
 
 
 def test_file_list_source_errors(tmp_path, image_files):
@@ -239,8 +241,9 @@ def test_file_list_source_errors(tmp_path, image_files):
   missing_image = tmp_path / "gap.jsonl"
   missing_image.write_text(json.dumps({"image_path": "imgs/im0.png", "caption": "x"}) + "\n" +
                            json.dumps({"image_path": "imgs/none.png", "caption": "y"}) + "\n")
-  with pytest.raises(FileNotFoundError, match=r"none\.png.*line 2.*gap\.jsonl"):
-    sources.FileListSource(str(missing_image))
+  source = sources.FileListSource(str(missing_image))  # images are looked for only when read
+  assert "image" in source[0]
+  assert source[1].reason == "corrupt_image" and re.search(r"none\.png.*line 2.*gap\.jsonl", source[1].detail)
 
 
 def test_csv_dataset_through_registry_and_preprocess(tmp_path, image_files, tiny_tokenizer):

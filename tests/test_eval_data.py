@@ -106,7 +106,7 @@ def test_labels_by_name_or_index_read_the_same(shape_files):
                                             label_key="label", class_names_file=shape_files.classes), "test")
   by_index = sources.make_source(data_config(name="jsonl", files=dict(test=shape_files.jsonl), caption_key="",
                                              label_key="label", class_names_file=shape_files.classes), "test")
-  assert by_name.labels == by_index.labels == [k for _, _, k, _ in shape_files.rows]
+  assert by_name.labels.tolist() == by_index.labels.tolist() == [k for _, _, k, _ in shape_files.rows]
   assert by_name.class_names == tuple(shapes.CLASS_NAMES)
   assert set(by_name[0]) == {"image", "label"}  # no caption column: no caption
   # Class names from the labels themselves: the sorted names.

@@ -7,6 +7,7 @@ values that used to fail late (or train to NaN) are refused before anything is t
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -168,17 +169,32 @@ def test_a_corrected_data_path_is_a_resumable_change():
 
 @pytest.mark.parametrize("name,content,message", [
     ("header_only.csv", "image_path,caption\n", "has no rows"),
-    ("short_row.csv", "caption,image_path\nok,a.png\njust a caption\n", "line 3 of .* has no image path"),
-    ("no_path.csv", "image_path,caption\n,caption without an image\n", "has no image path"),
-    ("bad.jsonl", '{"image_path": "a.png", "caption": "ok"}\n{not json\n', "line 2 of"),
-    ("number.jsonl", '{"image_path": 7, "caption": "ok"}\n', r"has no image path in 'image_path' \(got 7\)"),
+    ("blank.csv", "\n\r\n", "has no rows"),
+    ("no_column.csv", "path,caption\na.png,x\n", r"has no column 'image_path' \(data.image_key; columns: path, caption\)"),
+    ("bad_first.jsonl", '{not json\n{"image_path": "a.png", "caption": "ok"}\n', "line 1 of .* is not valid JSON"),
 ])
 def test_file_list_errors_are_one_line(tmp_path, name, content, message):
-  from PIL import Image
-  Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
   (tmp_path / name).write_text(content)
   with pytest.raises((sources.DataFileError, KeyError), match=message):
     sources.FileListSource(str(tmp_path / name))
+
+
+@pytest.mark.parametrize("name,content,reason,message", [
+    ("short_row.csv", "caption,image_path\nok,a.png\njust a caption\n", "empty_image", "line 3 of .* has no image path"),
+    ("no_path.csv", "image_path,caption\na.png,ok\n,caption without an image\n", "empty_image", "has no image path"),
+    ("bad.jsonl", '{"image_path": "a.png", "caption": "ok"}\n{not json\n', "corrupt_image", "line 2 of .* not valid JSON"),
+    ("number.jsonl", '{"image_path": "a.png", "caption": "ok"}\n{"image_path": 7, "caption": "ok"}\n', "empty_image",
+     r"has no image path in 'image_path' \(got 7\)"),
+])
+def test_a_file_list_row_that_cannot_be_used_is_a_bad_record(tmp_path, name, content, reason, message):
+  """Rows are parsed when read: a bad one is a one-line bad record the pipeline skips, not an error."""
+  from PIL import Image
+  Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+  (tmp_path / name).write_text(content)
+  source = sources.FileListSource(str(tmp_path / name))
+  assert len(source) == 2 and "image" in source[0]
+  bad = source[1]
+  assert bad.reason == reason and re.search(message, bad.detail) and "\n" not in bad.detail
 
 
 def test_a_caption_over_the_csv_field_limit_is_read(tmp_path):

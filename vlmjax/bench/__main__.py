@@ -13,6 +13,11 @@
       On a CPU the 8 devices are faked: this command sets XLA_FLAGS
       (--xla_force_host_platform_device_count=8) and JAX_PLATFORMS=cpu before jax starts (a
       JAX_PLATFORMS already set is kept).
+
+  python -m vlmjax.bench --data_startup --rows 1000000 --out benchmarks
+      The time and memory a CSV file list takes to open: `make_source` on a generated file of --rows
+      rows (image paths that need not exist), then the first 100 records read.
+      -> OUT/data_startup.{json,md}  (data_startup.py)
 """
 import os
 import sys
@@ -26,10 +31,11 @@ if __name__ == "__main__" and "--losses" in sys.argv[1:]:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from absl import app, flags  # noqa: E402
+import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from vlmjax import cli, metrics  # noqa: E402
-from vlmjax.bench import command, losses, report, train_step  # noqa: E402
+from vlmjax.bench import command, data_startup, losses, report, train_step  # noqa: E402
 
 PROGRAM = "bench"
 FLAGS = flags.FLAGS
@@ -50,6 +56,8 @@ def define_flags():
   flags.DEFINE_bool("losses", False, "Benchmark the contrastive losses' memory instead of a train step.")
   flags.DEFINE_list("loss_batch_sizes", ["1024", "2048", "4096"], "Global batch sizes, each double the last.")
   flags.DEFINE_integer("loss_embed_dim", 256, "Embedding width for the loss benchmark.")
+  flags.DEFINE_bool("data_startup", False, "Benchmark opening a large CSV file list instead of a train step.")
+  flags.DEFINE_integer("rows", 1_000_000, "Rows of the generated CSV for --data_startup.")
 
 
 def main(argv):
@@ -58,10 +66,16 @@ def main(argv):
   metrics.quiet_absl_logging()
   if not FLAGS.out:
     cli.fail(PROGRAM, "--out is required")
-  if FLAGS.losses == (FLAGS.config is not None):
-    cli.fail(PROGRAM, "give either --config (train-step benchmark) or --losses (loss memory benchmark)")
+  if [FLAGS.losses, FLAGS.data_startup, FLAGS.config is not None].count(True) != 1:
+    cli.fail(PROGRAM, "give one of --config (train-step benchmark), --losses (loss memory benchmark) or "
+                      "--data_startup (file-list startup benchmark)")
   try:
-    if FLAGS.losses:
+    if FLAGS.data_startup:
+      load_start = os.getloadavg()
+      result = data_startup.bench_data_startup(FLAGS.rows)
+      result["environment"] = report.environment(jax.devices(), load_start)
+      report.publish(FLAGS.out, FLAGS.name or "data_startup", result, report.data_startup_markdown(result))
+    elif FLAGS.losses:
       result = losses.bench_losses([int(b) for b in FLAGS.loss_batch_sizes], FLAGS.loss_embed_dim)
       report.publish(FLAGS.out, FLAGS.name or "losses", result, report.losses_markdown(result))
     else:

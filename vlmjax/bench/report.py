@@ -129,6 +129,32 @@ def train_step_markdown(name: str, r: dict) -> str:
   return "\n".join(lines)
 
 
+def data_startup_markdown(r: dict) -> str:
+  """The file-list startup benchmark (`data_startup.bench_data_startup`)."""
+  env, t = r["environment"], r["targets"]
+  ok = lambda good: "yes" if good else "**no**"
+  return "\n".join([
+      f"# Data startup: a {r['rows']:,}-row CSV file list", "",
+      f"{env['date']}, {env['cpu']}, {env['cpu_count']} CPU cores, load average "
+      f"{env['load_average_start'][0]:.2f} at the start, {env['load_average_end'][0]:.2f} at the end.", "",
+      f"`sources.make_source` (`data.name = 'csv'`) on a generated file of {r['rows']:,} rows "
+      f"({r['file_bytes'] / 2**20:,.1f} MiB, {r['multi_line_rows']:,} of them quoted captions with a "
+      f"comma, quotes and a newline), image paths that do not exist; then the first {r['first_reads']} "
+      f"`__getitem__` (each a bad record: the image is missing). Memory: this process's resident set "
+      f"({r['memory_from']}), the peak sampled every 5 ms; glibc malloc keeps freed memory "
+      f"(`vlmjax.bench.cpu_memory`): {'yes, so the memory after construction still holds its freed temporaries' if env.get('malloc_retains_freed_memory') else 'no'}.", "",
+      "| metric | value | target | met |", "|---|---|---|---|",
+      f"| construction (row index) | {r['construct_s']:.2f} s | < {t['construct_s']:g} s | "
+      f"{ok(r['construct_s'] < t['construct_s'])} |",
+      f"| first {r['first_reads']} reads | {r['first_reads_s'] * 1e3:.1f} ms | | |",
+      f"| extra resident memory after construction | {_mib(r['extra_after_bytes'])} MiB | < {_mib(t['extra_bytes'])} MiB | "
+      f"{ok(r['extra_after_bytes'] < t['extra_bytes'])} |",
+      f"| extra resident memory, peak during construction | {_mib(r['extra_peak_bytes'])} MiB | < "
+      f"{_mib(t['extra_bytes'])} MiB | {ok(r['extra_peak_bytes'] < t['extra_bytes'])} |",
+      f"| the row index (int64 offsets) | {_mib(r['index_bytes'])} MiB | | |",
+      f"| writing the file (not part of startup) | {r['write_s']:.1f} s | | |", ""])
+
+
 def losses_markdown(r: dict) -> str:
   """The loss-memory benchmark (`losses.bench_losses`)."""
   env, sizes = r["environment"], r["batch_sizes"]

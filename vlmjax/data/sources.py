@@ -4,11 +4,16 @@
 - `tfds`: any TFDS dataset prepared in `data_dir` (array_record), with `fields` mapping our record
   keys to its feature paths, e.g. `{'image': 'image', 'caption': 'captions/text'}`.
 - `csv` / `jsonl`: a file of `image_path,caption` rows (open_clip's convention), paths relative to
-  `image_root` (default: the file's folder). Every listed image must exist; a missing one is reported
-  with its row before anything is compiled. With `label_key`, a column of class labels (an integer
-  or a class name) is read too, against `class_names` (a list, or `class_names_file`: one per line);
-  with `caption_key=''` the file has no captions (a classification set). Several rows may name one
-  image (several captions per image: `caption_groups` gives the retrieval evaluator each image's).
+  `image_root` (default: the file's folder), opened lazily: one binary pass keeps each row's byte
+  offset (8 bytes a row; a CSV row is a line unless the line has an odd number of '"', when the csv
+  module says how many lines its quoted fields span), and a row is parsed, and its image read, only
+  when it is read. A missing header column is an error naming the file; a row that does not parse,
+  has no image path or names a missing image is a `BadRecord` naming the line (counted and skipped
+  like a corrupt image). With `label_key`, a column of class labels (an integer or a class name) is
+  read in the same construction, against `class_names` (a list, or `class_names_file`: one per
+  line), and kept as an int array; with `caption_key=''` the file has no captions (a
+  classification set). Several rows may name one image (several captions per image:
+  `caption_groups` reads every row to give the retrieval evaluator each image's).
 
 A source has `__len__` and `__getitem__(i) -> {'image': uint8 [H, W, 3] array or encoded bytes,
 'caption': str, 'label': int, ...}`; grain reads it by index. It may have `class_names` (what its
@@ -17,6 +22,7 @@ TFDS cannot decode comes back as a `pipeline.BadRecord`, so bad records reach th
 skips and counts them (`vlmjax.data.pipeline`), rather than stopping the run here.
 """
 import csv
+import io
 import json
 import os
 
@@ -125,47 +131,211 @@ class DataFileError(ValueError):
   """A CSV/JSONL data file that cannot be read as one: the one-line message names the file and line."""
 
 
+INDEX_BLOCK_BYTES = 1 << 24  # the index pass reads the file in blocks of this size (cut at a newline)
+READ_BLOCK_ROWS = 4096  # passes over every row (labels, caption groups) read this many rows at once
+_NEWLINE, _QUOTE = 10, 34
+
+
+def _scan_lines(path: str, quotes: bool):
+  """One binary pass over `path` -> (line starts [L + 1] int64, the file size last; lines with an odd
+  number of '"' [L] bool (all False unless `quotes`); blank lines [L] bool). A line ends after '\\n'
+  (or at the end of the file). Blank: nothing but '\\r'/'\\n' (a CSV), or only whitespace (JSONL)."""
+  starts, odd, blank = [], [], []
+  base, carry = 0, b""
+  with open(path, "rb") as f:
+    while True:
+      data = f.read(INDEX_BLOCK_BYTES)
+      block = carry + data if carry else data
+      if data:  # whole lines only: the tail after the last newline waits for the next block
+        cut = block.rfind(b"\n") + 1
+        if cut == 0:
+          carry = block
+          continue
+        block, carry = block[:cut], block[cut:]
+      elif not block:
+        break
+      arr = np.frombuffer(block, np.uint8)
+      ends = np.flatnonzero(arr == _NEWLINE) + 1
+      if not ends.size or ends[-1] != len(block):
+        ends = np.append(ends, len(block))
+      begins = np.concatenate([[0], ends[:-1]])
+      starts.append(begins + base)
+      if quotes:
+        at = np.flatnonzero(arr == _QUOTE)
+        odd.append(np.diff(np.searchsorted(at, np.concatenate([[0], ends]))) % 2 == 1)
+      else:
+        odd.append(np.zeros(len(ends), bool))
+      empty = np.zeros(len(ends), bool)
+      # Only short lines can be blank; they are checked one by one (few in any real file).
+      for k in np.flatnonzero(ends - begins <= 8):
+        line = block[begins[k]:ends[k]]
+        empty[k] = not (line.rstrip(b"\r\n") if quotes else line.strip())
+      blank.append(empty)
+      base += len(block)
+      if not data:
+        break
+  if not starts:
+    return np.zeros(1, np.int64), np.zeros(0, bool), np.zeros(0, bool)
+  return (np.append(np.concatenate(starts), base).astype(np.int64), np.concatenate(odd), np.concatenate(blank))
+
+
+def _csv_row_lines(f, line_starts, first: int) -> int:
+  """How many lines, from line `first` of binary file `f`, the csv module reads as one row."""
+  f.seek(int(line_starts[first]))
+  used = 0
+
+  def lines():
+    nonlocal used
+    for _ in range(first, len(line_starts) - 1):
+      used += 1
+      yield f.readline().decode("utf-8", errors="surrogateescape")
+
+  try:
+    next(csv.reader(lines()), None)
+  except csv.Error:
+    return 1  # unparseable: the line alone is the row, a bad record when read
+  return max(used, 1)
+
+
 class FileListSource:
-  """Rows of (image path, caption[, label]) from a CSV (with header) or JSONL file.
+  """Rows of (image path, caption[, label]) from a CSV (with header) or JSONL file, read lazily.
+
+  Construction reads the file once in binary and keeps the byte offset of every row (int64 [N + 1])
+  and, with `label_key`, the labels (int [N]); a row is parsed, and its image read, in `__getitem__`.
+  Row boundaries: a JSONL row is a line. A CSV row is a line, unless the line has an odd number of
+  '"' bytes: then it may open a quoted field with newlines in it, and the csv module decides how many
+  lines the row takes (RFC 4180 quoting: a field with '"', ',' or newlines is quoted and its quotes
+  doubled, so a row's lines hold an even number of quotes in all). Blank lines are skipped.
 
   `label_key`: the column of labels ('' = none), each an integer index into `class_names` or one of
   its names; `class_names` empty: integer labels stand alone, named ones define the classes (sorted).
-  `caption_key` '': the file has no captions. Every error names the file and the line."""
+  `caption_key` '': the file has no captions. A missing or empty header column, or a bad label, is an
+  error here; a row that does not parse, has no image path or names a missing image is a
+  `BadRecord` when read (the pipeline skips and counts it). Every message names the file and line."""
 
   def __init__(self, path: str, image_root: str = "", image_key: str = "image_path",
                caption_key: str = "caption", label_key: str = "", class_names: tuple = ()):
     if not os.path.exists(path):
       raise FileNotFoundError(f"data: file '{path}' does not exist")
+    csv.field_size_limit(2**31 - 1)  # an over-long caption is a bad record (data.max_caption_chars)
     self.path = path
     self.root = image_root or os.path.dirname(os.path.abspath(path))
-    rows = self._read_rows(path)
-    if not rows:
+    self.image_key, self.caption_key = image_key, caption_key
+    self.is_jsonl = path.endswith(".jsonl")
+    line_starts, odd, blank = _scan_lines(path, quotes=not self.is_jsonl)
+    continued = np.zeros(len(blank), bool)
+    if not self.is_jsonl and odd.any():
+      with open(path, "rb") as f:
+        end = -1
+        for k in np.flatnonzero(odd):
+          if k <= end:
+            continue  # inside the row of an earlier line
+          used = _csv_row_lines(f, line_starts, int(k))
+          continued[k + 1:k + used] = True
+          end = k + used - 1
+    row_lines = np.flatnonzero(~continued & ~blank)
+    header = None
+    if not self.is_jsonl and row_lines.size:
+      header, row_lines = row_lines[0], row_lines[1:]
+    if not row_lines.size:
       raise DataFileError(f"data: '{path}' has no rows")
+    self.offsets = np.append(line_starts[row_lines], line_starts[-1]).astype(np.int64)
+    # Line numbers, for messages: row i is on line i + 1 + shift, the shift stepping up only after
+    # a header, blank lines or multi-line rows; kept as its steps, not per row.
+    shift = row_lines - np.arange(len(row_lines))
+    self._shift_rows = np.concatenate([[0], np.flatnonzero(np.diff(shift)) + 1]).astype(np.int64)
+    self._shift = shift[self._shift_rows].astype(np.int64)
+    if header is not None:
+      text = self._read_bytes(int(line_starts[header]), int(self.offsets[0])).decode("utf-8", "surrogateescape")
+      try:
+        self.columns = next(csv.reader(io.StringIO(text, newline="")), [])
+      except csv.Error as e:
+        raise DataFileError(f"data: line {int(header) + 1} of '{path}' (the header): {e}") from None
+    else:
+      first = self._parse(0)
+      if isinstance(first, BadRecord):
+        raise DataFileError(f"data: {first.detail}")
+      self.columns = list(first)
     for key, what in ((image_key, "image_key"), (caption_key, "caption_key"), (label_key, "label_key")):
-      if key and key not in rows[0][1]:
+      if key and key not in self.columns:
         raise DataFileError(f"data: '{path}' has no column '{key}' (data.{what}; columns: "
-                            f"{', '.join(map(str, rows[0][1]))})")
-    self.rows = []
-    for line, row in rows:
-      image = row.get(image_key)
-      if not isinstance(image, str) or not image:
-        raise DataFileError(f"data: line {line} of '{path}' has no image path in '{image_key}' (got {image!r})")
-      caption = row.get(caption_key) if caption_key else None
-      self.rows.append((os.path.join(self.root, image), "" if caption is None else str(caption)))
+                            f"{', '.join(map(str, self.columns))})")
     self.has_captions = bool(caption_key)
     self.labels, self.class_names = None, tuple(class_names)
     if label_key:
-      self.labels, self.class_names = read_labels(path, [(line, row.get(label_key)) for line, row in rows],
-                                                  self.class_names)
-    for line, (image_path, _) in zip((line for line, _ in rows), self.rows):
-      if not os.path.isfile(image_path):
-        raise FileNotFoundError(f"data: image '{image_path}' on line {line} of '{path}' does not exist")
+      # Rows that do not parse get -1: they are bad records when read, never trained on.
+      parsed, values = np.ones(len(self), bool), []
+      for i, row in self._rows():
+        if isinstance(row, BadRecord):
+          parsed[i] = False
+        else:
+          values.append(row.get(label_key))
+      lines = self.line(np.flatnonzero(parsed)).tolist()
+      labels, self.class_names = read_labels(path, list(zip(lines, values)), self.class_names)
+      self.labels = np.full(len(self), -1, np.int64)
+      self.labels[parsed] = labels
+
+  def line(self, index):
+    """The line of the file row `index` starts on (1-based); an array of indices -> an array of lines."""
+    step = np.searchsorted(self._shift_rows, index, side="right") - 1
+    lines = np.asarray(index) + 1 + self._shift[step]
+    return lines if np.ndim(index) else int(lines)
+
+  def _read_bytes(self, start: int, end: int) -> bytes:
+    with open(self.path, "rb") as f:  # opened per read: safe across grain's threads and processes
+      f.seek(start)
+      return f.read(end - start)
+
+  def _parse(self, index: int, text: bytes | None = None):
+    """Row `index` (its bytes `text`, else read) -> {column: value}, or a BadRecord naming the line."""
+    if text is None:
+      text = self._read_bytes(int(self.offsets[index]), int(self.offsets[index + 1]))
+    text = text.decode("utf-8", errors="surrogateescape")  # bad text is a bad record later (not_utf8)
+    where = f"line {self.line(index)} of '{self.path}'"
+    if self.is_jsonl:
+      try:
+        row = json.loads(text)
+      except ValueError as e:
+        return BadRecord("corrupt_image", f"{where} is not valid JSON ({e})")
+      return row if isinstance(row, dict) else BadRecord("corrupt_image", f"{where} is not a JSON object")
+    try:
+      records = [r for r in csv.reader(io.StringIO(text, newline="")) if r]
+    except csv.Error as e:
+      return BadRecord("corrupt_image", f"{where}: {e}")
+    if len(records) != 1:
+      return BadRecord("corrupt_image", f"{where} is not one CSV row ({len(records)} rows)")
+    values = records[0]
+    # As csv.DictReader: missing fields are None, extra ones are left out.
+    return {key: values[k] if k < len(values) else None for k, key in enumerate(self.columns)}
+
+  def _rows(self, start: int = 0):
+    """Yields (index, {column: value} or BadRecord) of every row from `start`, reading blocks of rows."""
+    for a in range(start, len(self), READ_BLOCK_ROWS):
+      b = min(a + READ_BLOCK_ROWS, len(self))
+      base = int(self.offsets[a])
+      data = self._read_bytes(base, int(self.offsets[b]))
+      for i in range(a, b):
+        yield i, self._parse(i, data[int(self.offsets[i]) - base:int(self.offsets[i + 1]) - base])
+
+  def _image_and_caption(self, index: int, row):
+    """-> (the image's full path, caption) of a parsed row, or a BadRecord for a row without a path."""
+    image = row.get(self.image_key)
+    if not isinstance(image, str) or not image:
+      return BadRecord("empty_image", f"line {self.line(index)} of '{self.path}' has no image path in "
+                                      f"'{self.image_key}' (got {image!r})")
+    caption = row.get(self.caption_key) if self.caption_key else None
+    return os.path.join(self.root, image), "" if caption is None else str(caption)
 
   def caption_groups(self, limit: int = 0):
     """-> (indices of each image's first row [N], [captions of that image]): rows naming one image
-    are one image with several captions, in first-seen order; `limit` > 0: the first `limit` images."""
+    are one image with several captions, in first-seen order; `limit` > 0: the first `limit` images.
+    Reads every row (a row that is a bad record is in no group)."""
     first, groups = {}, []
-    for index, (image_path, caption) in enumerate(self.rows):
+    for index, row in self._rows():
+      pair = row if isinstance(row, BadRecord) else self._image_and_caption(index, row)
+      if isinstance(pair, BadRecord):
+        continue
+      image_path, caption = pair
       if image_path not in first:
         if 0 < limit <= len(first):
           continue
@@ -174,43 +344,27 @@ class FileListSource:
       groups[first[image_path]][1].append(caption)
     return [index for index, _ in groups], [captions for _, captions in groups]
 
-  @staticmethod
-  def _read_rows(path: str) -> list:
-    """-> [(line number, {column: value})]. Captions of any length are read (an over-long one is a
-    bad record the pipeline skips, by `data.max_caption_chars`, not an unreadable file)."""
-    csv.field_size_limit(2**31 - 1)
-    out = []
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:  # bad text is skipped later
-      if path.endswith(".jsonl"):
-        for line, text in enumerate(f, start=1):
-          if not text.strip():
-            continue
-          try:
-            row = json.loads(text)
-          except ValueError as e:
-            raise DataFileError(f"data: line {line} of '{path}' is not valid JSON ({e})") from None
-          if not isinstance(row, dict):
-            raise DataFileError(f"data: line {line} of '{path}' is not a JSON object")
-          out.append((line, row))
-      else:
-        reader = csv.DictReader(f)
-        try:
-          out = [(reader.line_num, row) for row in reader]
-        except csv.Error as e:
-          raise DataFileError(f"data: line {reader.line_num} of '{path}': {e}") from None
-    return out
-
   def __len__(self):
-    return len(self.rows)
+    return len(self.offsets) - 1
 
   def __getitem__(self, index):
-    image_path, caption = self.rows[int(index)]
-    with open(image_path, "rb") as f:
-      record = {"image": f.read()}
+    index = int(index)
+    row = self._parse(index)
+    pair = row if isinstance(row, BadRecord) else self._image_and_caption(index, row)
+    if isinstance(pair, BadRecord):
+      return pair
+    image_path, caption = pair
+    try:
+      with open(image_path, "rb") as f:
+        record = {"image": f.read()}
+    except OSError as e:
+      # No reason of its own: a new one would change the train state's bad-record counts.
+      return BadRecord("corrupt_image", f"image '{image_path}' on line {self.line(index)} of '{self.path}' "
+                                        f"cannot be read ({e.strerror or e})")
     if self.has_captions:
       record["caption"] = caption
     if self.labels is not None:
-      record["label"] = self.labels[int(index)]
+      record["label"] = int(self.labels[index])
     return record
 
 
