@@ -106,7 +106,7 @@ def test_refused_invocations_change_nothing(trained, tiny_data_dir, tmp_path):
   from PIL import Image
   Image.new("RGB", (32, 32), "red").save(files / "a.png")
   (files / "train.csv").write_text("image_path,caption\n" + "a.png,a red square\n" * 8)
-  (files / "test.csv").write_text("image_path,caption\na.png,a red square\nmissing.png,gone\n")
+  (files / "test.csv").write_text("image,caption\na.png,a red square\n")  # not the image_key column
   with_evals = write_config(files, BODY + 'c.evals = dict(retrieval=dict(type="retrieval", split="test"))\n',
                             name="with_evals.py")
   fresh = str(tmp_path / "fresh")  # a workdir a refused command must not create anything in
@@ -131,9 +131,9 @@ def test_refused_invocations_change_nothing(trained, tiny_data_dir, tmp_path):
       (str(hf), ["--overwrite"], "is not a vlmjax run's config"),
       (no_config, [], "holds checkpoints (step 4) but no config.json"),
       (fresh, [f"--config.tokenizer.path={files}/tokenizer.model"], f"{files}/tokenizer.model"),
-      # A missing test image is found before the first step, not after training.
+      # A test split that cannot be read is found before the first step, not after training.
       (fresh, ["--config", with_evals, "--config.data.name=csv", f"--config.data.files.train={files}/train.csv",
-               f"--config.data.files.test={files}/test.csv"], "missing.png' on line 3"),
+               f"--config.data.files.test={files}/test.csv"], "test.csv' has no column 'image_path'"),
   ]
   data = [f"--config.data.data_dir={tiny_data_dir}", "--config.data.builder_config=tiny"]
 

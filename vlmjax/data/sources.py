@@ -431,13 +431,19 @@ def tfds_source(data_config, split: str):
                     dict(data_config.get("fields") or {"image": "image", "caption": "caption"}))
 
 
+def split_files(data_config, split: str, what: str, example: str) -> str:
+  """`data.files[split]`; a KeyError naming the key, `what` it holds and an `example` value when unset."""
+  path = data_config.get("files", {}).get(split) if "files" in data_config else None
+  if not path:
+    raise KeyError(f"config: 'data.files.{split}' is not set ({what} per split, e.g. "
+                   f"--config.data.files.{split}={example})")
+  return path
+
+
 @registry.register("dataset", "csv")
 @registry.register("dataset", "jsonl")
 def file_list_source(data_config, split: str):
-  path = data_config.get("files", {}).get(split) if "files" in data_config else None
-  if not path:
-    raise KeyError(f"config: 'data.files.{split}' is not set (a CSV/JSONL path per split, e.g. "
-                   f"--config.data.files.{split}=/data/{split}.csv)")
+  path = split_files(data_config, split, "a CSV/JSONL path", f"/data/{split}.csv")
   return FileListSource(path, data_config.get("image_root", ""), data_config.get("image_key", "image_path"),
                         data_config.get("caption_key", "caption"), data_config.get("label_key", ""),
                         class_names_of(data_config))

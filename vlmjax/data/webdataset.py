@@ -357,10 +357,7 @@ class WebDatasetSource:
 
 @registry.register("dataset", "webdataset")
 def webdataset_source(data_config, split: str):
-  from vlmjax.data.sources import class_names_of
-  pattern = data_config.get("files", {}).get(split) if "files" in data_config else None
-  if not pattern:
-    raise KeyError(f"config: 'data.files.{split}' is not set (webdataset shards per split, e.g. "
-                   f"--config.data.files.{split}='/data/{{00000..00099}}.tar')")
+  from vlmjax.data.sources import class_names_of, split_files
+  pattern = split_files(data_config, split, "webdataset shards", "'/data/{00000..00099}.tar'")
   return WebDatasetSource(pattern, data_config.get("caption_key", "caption"), dict(data_config.get("fields") or {}),
                           data_config.get("index_dir", ""), class_names_of(data_config))
