@@ -1,12 +1,10 @@
 """Parquet and ArrayRecord sources (`vlmjax.data.columnar`): what was written comes back by index
-across files, training runs on each, a stopped and resumed run equals the uninterrupted one, bad rows
-are skipped and counted, and bad files and columns are one-line errors naming them."""
+across files, training runs on each, bad rows are skipped and counted, and bad files and columns are
+one-line errors naming them."""
 import io
 import json
-import os
 import pickle
 
-import jax
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,11 +12,9 @@ import pytest
 from PIL import Image
 
 from conftest import tiny_config
-from vlmjax import experiment, sharding, trainer
 from vlmjax.data import columnar, sources
 from vlmjax.data.pipeline import BadRecord
-from vlmjax.data.tokenizer import Tokenizer
-from vlmjax.run import RunDir, read_metrics
+from vlmjax.run import read_metrics
 from vlmjax.train import train
 
 ROWS = 192  # of the tiny train split, over several files
@@ -198,7 +194,7 @@ def test_absolute_paths_of_joined_files(files, monkeypatch):
 
 # --- Training --------------------------------------------------------------------------------------
 
-TOTAL, STOP = 4, 2
+TOTAL = 4
 
 
 def _train_config(tiny_data_dir, name, path, **keys):
@@ -212,28 +208,15 @@ def _losses(workdir):
   return {m["step"]: m["loss"] for m in read_metrics(workdir) if "loss" in m}
 
 
-def test_stopped_and_resumed_parquet_run_equals_the_uninterrupted_one(tiny_data_dir, files, bad_files, tmp_path):
-  # With bad rows among the good, so the skipping is part of what must resume exactly.
+def test_parquet_training_skips_and_counts_bad_rows(tiny_data_dir, files, bad_files, tmp_path):
+  # Bad rows among the good. Resuming exactly is the index-based pipeline's, whatever the source
+  # (tests/test_webdataset.py, tests/test_mixture.py, tests/test_resume.py check it).
   config = _train_config(tiny_data_dir, "parquet", bad_files["plain"] + "::" + files["plain"])
-  a, b = str(tmp_path / "a"), str(tmp_path / "b")
-  assert train(config, a) == {}
-  assert train(config, b, stop_after_steps=STOP) == {}
-  assert sorted(_losses(b)) == list(range(1, STOP + 1))
-  train(config, b)
-  la, lb = _losses(a), _losses(b)
-  assert sorted(lb) == list(range(1, TOTAL + 1)) and len(set(la.values())) == TOTAL
-  assert lb == la
-  last = [[m for m in read_metrics(workdir) if "loss" in m][-1] for workdir in (a, b)]
-  assert last[0]["bad_records"] == last[1]["bad_records"] > 0, last
-  tokenizer = Tokenizer.load(os.path.join(a, "tokenizer.model"))
-  abstract, _ = experiment.build(config, tokenizer.vocab_size, mesh=sharding.make_mesh(config.mesh)).abstract_state()
-  params = []
-  for workdir in (a, b):
-    checkpointer = RunDir(workdir).checkpointer(0, 3)
-    params.append(jax.device_get(checkpointer.restore_params(abstract["params"], TOTAL)))
-    checkpointer.close()
-  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(params[0]), jax.tree.leaves(params[1])):
-    np.testing.assert_array_equal(y, x, err_msg=trainer.path_str(path))
+  assert train(config, str(tmp_path)) == {}
+  losses = _losses(str(tmp_path))
+  assert sorted(losses) == list(range(1, TOTAL + 1)) and all(np.isfinite(v) for v in losses.values())
+  last = [m for m in read_metrics(str(tmp_path)) if "loss" in m][-1]
+  assert last["bad_records"] > 0, last
 
 
 def test_array_record_training_skips_and_counts_bad_rows(tiny_data_dir, bad_files, tmp_path):

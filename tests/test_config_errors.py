@@ -17,6 +17,8 @@ import pytest
 from PIL import Image
 
 from conftest import FAST_COMPILE_XLA_FLAGS, REPO
+from vlmjax.data import sources
+from vlmjax.data.pipeline import BadRecord
 
 CONFIG_HEADER = """from vlmjax.config import base_config
 
@@ -128,18 +130,17 @@ def test_missing_config_file(tiny_data_dir, tmp_path, with_overrides):
   assert "no_such_config.py" in line
 
 
-def test_csv_row_with_missing_image(tiny_data_dir, tmp_path):
+def test_csv_row_with_missing_image_is_a_bad_record_naming_it(tmp_path):
+  """File lists open without reading their images; a row whose image is missing is skipped and counted by the
+  pipeline, its record naming the image, the file and the line."""
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "present.png")
   csv_path = tmp_path / "pairs.csv"
   csv_path.write_text("image_path,caption\npresent.png,a black square\nabsent.png,a red circle\n")
-  config = write_config(tmp_path, f"""
-c.data.name = "csv"
-c.data.files = {{"train": {str(csv_path)!r}}}
-""")
-  workdir = tmp_path / "w"
-  line = error_line(run_cli(tiny_data_dir, workdir, config=config), workdir)
-  assert "absent.png" in line and str(csv_path) in line
-  assert "line 3" in line  # header is line 1
+  source = sources.FileListSource(str(csv_path))
+  assert source[0]["caption"] == "a black square"
+  record = source[1]
+  assert isinstance(record, BadRecord)
+  assert "absent.png" in record.detail and str(csv_path) in record.detail and "line 3" in record.detail  # header: 1
 
 
 def test_unknown_key_in_config_file(tiny_data_dir, tmp_path):
