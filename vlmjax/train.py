@@ -36,18 +36,24 @@ flags.DEFINE_bool("overwrite", False, "Delete the workdir's previous run (checkp
                   "config) and start over, instead of refusing a workdir whose run has another config.")
 
 
-def get_tokenizer(config, run: RunDir, train_source) -> Tokenizer:
-  """The config's tokenizer; else the run's; else that of the run or bundle `config.init` takes the token
-  embeddings from (copied into the run); else one trained on the training captions."""
+def existing_tokenizer(config, run: RunDir) -> str | None:
+  """The tokenizer file a run uses when it needs not train one: the config's; else the run's; else that of
+  the run or bundle `config.init` takes the token embeddings from."""
   path = run.tokenizer_file(config)
   if config.tokenizer.path or os.path.exists(path):
-    return Tokenizer.load(path)
-  inherited = inherited_tokenizer(config.init)
-  if inherited:
-    logging.info("Using the tokenizer of %s, whose token embeddings the run starts from", inherited)
-    tokenizer = Tokenizer.load(inherited)
-    if jax.process_index() == 0:
-      tokenizer.save(path)
+    return path
+  return inherited_tokenizer(config.init)
+
+
+def get_tokenizer(config, run: RunDir, train_source) -> Tokenizer:
+  """`existing_tokenizer` (an init source's copied into the run); else one trained on the training captions."""
+  path, found = run.tokenizer_file(config), existing_tokenizer(config, run)
+  if found:
+    tokenizer = Tokenizer.load(found)
+    if found != path:
+      logging.info("Using the tokenizer of %s, whose token embeddings the run starts from", found)
+      if jax.process_index() == 0:
+        tokenizer.save(path)
     return tokenizer
   count = min(config.tokenizer.train_examples, len(train_source))
   logging.info("Training a %d-piece SentencePiece tokenizer on %d captions", config.tokenizer.vocab_size, count)
@@ -130,10 +136,8 @@ def dry_run(config, workdir: str, overwrite: bool = False) -> dict:
     if not os.path.isdir(source):
       raise config_lib.ConfigError(f"config: init: '{source}' does not exist (a run, or a bundle, to start from)")
   run = RunDir(workdir)
-  path = run.tokenizer_file(config)
-  if not config.tokenizer.path and not os.path.exists(path) and inherited_tokenizer(config.init):
-    path = inherited_tokenizer(config.init)
-  tokenizer = Tokenizer.load(path) if config.tokenizer.path or os.path.exists(path) else None
+  path = existing_tokenizer(config, run)
+  tokenizer = Tokenizer.load(path) if path else None
   if tokenizer:
     tokenizer_lib.check_text_tower(tokenizer, config.model.get("text"), "config")
   vocab_size = tokenizer.vocab_size if tokenizer else config.tokenizer.vocab_size
