@@ -57,6 +57,7 @@ _VLMJAX_OPTIONS = dict(add_bos=True, add_eos=True, pad_id=None, lower="none", st
                        empty_as_padding=True)
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+_BATCH_ENCODE_MIN = 64  # texts per call from which one batched (multi-threaded) sentencepiece call pays
 
 
 class TokenizerError(ValueError):
@@ -220,7 +221,10 @@ class SentencePieceTokenizer(BaseTokenizer):
     return text
 
   def pieces(self, texts) -> list[list[int]]:
-    return self.sp.encode([self.clean(t) for t in texts])
+    texts = [self.clean(t) for t in texts]
+    if len(texts) < _BATCH_ENCODE_MIN:  # a list call starts sentencepiece's thread pool: ~30x slower for one text
+      return [self.sp.encode(t) for t in texts]
+    return self.sp.encode(texts)
 
   def _decode_pieces(self, ids: list[int]) -> str:
     return self.sp.decode(ids)
