@@ -1,17 +1,17 @@
-"""vlmjax.bench.cpu_memory: a CPU-only run keeps freed memory, so a step's large temporaries are not
+"""vlmjax.cpu_memory: a CPU-only run keeps freed memory, so a step's large temporaries are not
 page-faulted in again every step."""
 import subprocess
 import sys
 
 import pytest
 
-from vlmjax.bench import cpu_memory
+from vlmjax import cpu_memory
 
 # Allocates and frees a 256 MB block five times, touching every page, and prints the minor page
 # faults of the last round (what each train step pays for XLA's temporaries without the setting).
 FAULTS = """
 import ctypes, resource, sys
-from vlmjax.bench import cpu_memory
+from vlmjax import cpu_memory
 applied = cpu_memory.retain_freed_memory() if sys.argv[1] == "retain" else False
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p

@@ -11,7 +11,7 @@
                                                            FLOPs, estimated time (no TPU needed)
 
 The measuring modules return plain dicts; `report.py` renders them (markdown, text) and writes the
-JSON + markdown pairs; `xla.py` reads a compiled step's memory and cost; `cpu_memory.py` keeps
+JSON + markdown pairs; `xla.py` reads a compiled step's memory and cost; `vlmjax.cpu_memory` keeps
 glibc's freed memory on CPU-only runs. Nothing here imports JAX when the package is imported: the
 commands set XLA_FLAGS, or libtpu's paths, before JAX starts.
 """

@@ -8,7 +8,7 @@ import jax
 from ml_collections import config_flags
 
 from vlmjax import cli, config as config_lib, registry
-from vlmjax.bench import cpu_memory
+from vlmjax import cpu_memory
 
 # A bad config, an unknown name, a bad flag value, a missing extra or file: one line, exit status 2.
 ERRORS = (config_lib.ConfigError, registry.RegistryError, ImportError, ValueError, RuntimeError, OSError)

@@ -10,7 +10,7 @@ import json
 import os
 import platform
 
-from vlmjax.bench import cpu_memory
+from vlmjax import cpu_memory
 
 # The rows of the open_clip comparison, as its result names them.
 VLMJAX_ROW, EAGER_ROW, COMPILED_ROW = "vlmjax", "open_clip eager", "open_clip torch.compile"
@@ -82,7 +82,7 @@ def train_step_markdown(name: str, r: dict) -> str:
       f"{env['date']}, jax {env['jax']}, {env['devices']} × {env['device_kind']} ({env['backend']}, "
       f"{env['cpu_count']} CPU cores), load average {env['load_average_start'][0]:.2f} at the start, "
       f"{env['load_average_end'][0]:.2f} at the end. glibc malloc keeps freed memory "
-      f"(`vlmjax.bench.cpu_memory`): {'yes' if env.get('malloc_retains_freed_memory') else 'no'}.", "",
+      f"(`vlmjax.cpu_memory`): {'yes' if env.get('malloc_retains_freed_memory') else 'no'}.", "",
       f"Batch {cfg['batch_size']}, images {cfg['image_size']}², text length {cfg['max_text_len']}, "
       f"compute dtype {cfg['compute_dtype']}, objectives {', '.join(cfg['objectives'])}, "
       f"mesh {cfg['mesh']}. Synthetic batches; {r['warmup']} warm-up steps, then {r['repeats']} × "
@@ -142,7 +142,7 @@ def data_startup_markdown(r: dict) -> str:
       f"comma, quotes and a newline), image paths that do not exist; then the first {r['first_reads']} "
       f"`__getitem__` (each a bad record: the image is missing). Memory: this process's resident set "
       f"({r['memory_from']}), the peak sampled every 5 ms; glibc malloc keeps freed memory "
-      f"(`vlmjax.bench.cpu_memory`): {'yes, so the memory after construction still holds its freed temporaries' if env.get('malloc_retains_freed_memory') else 'no'}.", "",
+      f"(`vlmjax.cpu_memory`): {'yes, so the memory after construction still holds its freed temporaries' if env.get('malloc_retains_freed_memory') else 'no'}.", "",
       "| metric | value | target | met |", "|---|---|---|---|",
       f"| construction (row index) | {r['construct_s']:.2f} s | < {t['construct_s']:g} s | "
       f"{ok(r['construct_s'] < t['construct_s'])} |",
@@ -153,6 +153,37 @@ def data_startup_markdown(r: dict) -> str:
       f"{_mib(t['extra_bytes'])} MiB | {ok(r['extra_peak_bytes'] < t['extra_bytes'])} |",
       f"| the row index (int64 offsets) | {_mib(r['index_bytes'])} MiB | | |",
       f"| writing the file (not part of startup) | {r['write_s']:.1f} s | | |", ""])
+
+
+def input_pipeline_markdown(name: str, r: dict) -> str:
+  """The input-pipeline benchmark (`input_pipeline.bench_input_pipeline`) of the config `name`."""
+  env, cfg, step = r["environment"], r["config"], r["step"]
+  data = cfg["data"] if not cfg["mixture"] else f"a mixture of {', '.join(cfg['mixture'])}"
+  lines = [
+      f"# Input pipeline against the step: {name}", "",
+      f"{env['date']}, jax {env['jax']}, {env['devices']} × {env['device_kind']} ({env['backend']}, "
+      f"{env['cpu_count']} CPU cores), load average {env['load_average_start'][0]:.2f} at the start, "
+      f"{env['load_average_end'][0]:.2f} at the end.", "",
+      f"Batch {cfg['batch_size']}, images {cfg['image_size']}², training data: {data}.", "",
+      "## Training, against the step alone", "",
+      f"The step alone: the train-step benchmark on a synthetic batch, **{step['examples_per_sec']:.1f} "
+      f"examples/s** (best of {step['repeats']} × {step['steps']} steps; median {step['examples_per_sec_median']:.1f}). "
+      "Training: `python -m vlmjax.train` on the same config in a subprocess, as a user runs it (no "
+      "evaluation); examples/s over its logging intervals after the first, which holds the compilation.", "",
+      "| data setting | training examples/s | of the step alone | per interval |", "|---|---|---|---|"]
+  lines += [f"| {row['name']} | {row['examples_per_sec']:.1f} | {row['of_step_alone']:.0%} | "
+            f"{', '.join(f'{x:.0f}' for x in row['interval_examples_per_sec'][1:])} |" for row in r["training"]]
+  lines += ["", "## The pipeline alone", "",
+            "The config's training batches made and discarded, no step running; CPU time is this "
+            "process's (worker processes' time is their own).", "",
+            "| data setting | examples/s | CPU ms / example (this process) | first batches, s |", "|---|---|---|---|"]
+  lines += [f"| {row['name']} | {row['examples_per_sec']:.0f} | {row['process_cpu_ms_per_example']:.2f} | "
+            f"{row['warmup_batches_s']:.1f} |" for row in r["pipeline"]]
+  lines += ["", "On a CPU the step and the data share the cores: the step alone is the ceiling, and what "
+            "training loses to it is the data's CPU time, plus the stalls when a data thread pre-empts one "
+            "of XLA's threads and the others wait for it at the next barrier. Worker processes with a "
+            "lowered priority (`data.workers`, `data.worker_nice`) take only the cycles the step leaves idle.", ""]
+  return "\n".join(lines)
 
 
 def losses_markdown(r: dict) -> str:
@@ -199,7 +230,7 @@ def open_clip_markdown(name: str, r: dict) -> str:
       f"jax {env['jax']} (XLA CPU, {env['xla_cpu_threads']}); torch {env['torch']} "
       f"({env['torch_threads']} threads, {env['torch_interop_threads']} inter-op, "
       f"{env['torch_parallel_backend']}, {env['torch_cpu_capability']}), open_clip {env['open_clip']}; "
-      "one process; glibc malloc keeps freed memory (`vlmjax.bench.cpu_memory`, for every row): "
+      "one process; glibc malloc keeps freed memory (`vlmjax.cpu_memory`, for every row): "
       f"{'yes' if env.get('malloc_retains_freed_memory') else 'no'}.", "",
       f"The same model: the config's dual encoder in CLIP's architecture (changed: {changes}), "
       f"{r['params']['vlmjax']:,} parameters in vlmjax, {r['params']['open_clip']:,} in open_clip (CLIP's "

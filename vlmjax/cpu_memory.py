@@ -9,10 +9,11 @@ freed blocks stay in the heap and the next step reuses them, as tcmalloc and jem
 The process's resident memory stays at its peak instead of dropping between steps.
 
 The settings only reach threads that have not allocated yet, so entry points call
-`retain_freed_memory()` before JAX starts its backends: the benchmarks do; `vlmjax.train` does not
-(demo training runs gained no time with it: the kernel time it saves, its data loader's threads
-lose contending for the one arena; README.md). Runs that use an accelerator are left as they are
-(host threads then feed data, and one arena would serialise their allocations).
+`retain_freed_memory()` before JAX starts its backends: the benchmarks do, and `vlmjax.train` does
+when its data is made in worker processes (`data.workers`). With the data made by threads of the
+training process it does not: the kernel time the setting saves, those threads lose contending for
+the one arena (benchmarks/README.md). Runs that use an accelerator are left as they are (host
+threads then feed data, and one arena would serialise their allocations).
 """
 import ctypes
 import ctypes.util
