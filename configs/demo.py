@@ -16,6 +16,10 @@ def get_config(arg=None):
   c.data.builder_config = "default"
   c.input = dict(image_size=64, max_text_len=24, crop_min=0.85, brightness=0.1)
   c.tokenizer.vocab_size = 256
+  # Batches made by 2 worker processes at a lowered priority: on a CPU the data then takes only the
+  # cycles the step leaves idle, and training runs at the step's own speed (benchmarks/README.md).
+  c.data.workers = 2
+  c.data.num_threads = 1
 
   # A convolutional stem (ViTc, instance norm + ReLU) and 2 transformer layers: at this budget the
   # image tower's speed of learning shape is the bottleneck, and the stem learns it far faster than a

@@ -12,9 +12,12 @@ os.environ["XLA_FLAGS"] = " ".join(
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import atexit  # noqa: E402
+import contextlib  # noqa: E402
 import pathlib  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import tempfile  # noqa: E402
+from unittest import mock  # noqa: E402
 
 # One persistent compilation cache for the whole session, this process and the training processes
 # tests start: many tests compile the same tiny train step, and on 2 cores compiling is most of
@@ -77,6 +80,23 @@ def tiny_config(data_dir: str, **overrides):
 @pytest.fixture
 def make_tiny_config(tiny_data_dir):
   return lambda **overrides: tiny_config(tiny_data_dir, **overrides)
+
+
+@contextlib.contextmanager
+def sigterm_after_step(step: int):
+  """Inside the block, a training run in this process gets a real SIGTERM right after it logs `step`'s
+  loss (sent by the process to itself, so it lands between exactly that step and the next, as a
+  preemption notice arriving then would). Needs `log_every_steps` to divide `step`."""
+  from vlmjax import metrics
+  write = metrics.MetricWriter.write
+
+  def write_then_signal(self, at, values):
+    write(self, at, values)
+    if at == step and "loss" in values:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  with mock.patch.object(metrics.MetricWriter, "write", write_then_signal):
+    yield
 
 
 def single_device_mesh():

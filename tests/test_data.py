@@ -158,6 +158,27 @@ def test_train_iterator_state_resumes_exactly(tiny_tokenizer):
   _assert_batches_equal(_take(again, 4), expected)
 
 
+def test_worker_processes_make_the_batches_threads_make_and_share_the_state(tiny_source, tiny_tokenizer):
+  """`workers` grain processes (lowered priority) give the same batches as this process's threads, and
+  the position is the batch index either way: a state saved by one resumes in the other."""
+  preprocess = pipeline.Preprocess(tiny_tokenizer, 8, 8, train=True, crop_min=0.7, brightness=0.1)
+  make = lambda workers: pipeline.train_dataset(tiny_source, preprocess, 4, seed=2, process_index=1,
+                                                process_count=2, num_threads=1, workers=workers, worker_nice=5)
+  threads, workers, resumed = make(0), make(2), make(2)
+  try:
+    _assert_batches_equal(_take(workers, 5), _take(threads, 5))
+    state = json.loads(json.dumps(threads.get_state()))
+    assert state == workers.get_state() == {"next_index": 5}
+    expected = _take(threads, 3)
+    resumed.set_state(state)
+    _assert_batches_equal(_take(resumed, 3), expected)
+    threads.set_state(workers.get_state())
+    _assert_batches_equal(_take(threads, 3), expected)
+  finally:
+    workers.close()
+    resumed.close()
+
+
 def test_eval_batches_in_order_with_short_last_batch(tiny_tokenizer):
   source = ListSource(10)
   batches = list(pipeline.eval_batches(source, _preprocess(tiny_tokenizer, train=False), 4, num_threads=1))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import single_device_mesh, tiny_config
+from conftest import sigterm_after_step, single_device_mesh, tiny_config
 from vlmjax import experiment, trainer
 from vlmjax.config import ConfigError
 from vlmjax.data import mixture, pipeline
@@ -114,9 +114,11 @@ def test_no_mixture_gives_the_same_batches_as_the_single_source(make_tiny_config
 def runs(mix_config, tmp_path_factory):
   workdir_a, workdir_b = str(tmp_path_factory.mktemp("mix_a")), str(tmp_path_factory.mktemp("mix_b"))
   train(mix_config, workdir_a)
-  train(mix_config, workdir_b, stop_after_steps=STOP)
+  with sigterm_after_step(STOP):  # a real SIGTERM after step STOP: checkpointed, stopped
+    train(mix_config, workdir_b)
+  stopped = sorted(m["step"] for m in read_metrics(workdir_b) if "loss" in m)
   train(mix_config, workdir_b)
-  return workdir_a, workdir_b
+  return workdir_a, workdir_b, stopped
 
 
 def test_share_metric_is_logged(runs):
@@ -131,6 +133,7 @@ def test_resumed_mixture_run_equals_uninterrupted_exactly(runs):
   def losses(workdir):
     return {m["step"]: (m["loss"], m["data/share/pairs"]) for m in read_metrics(workdir) if "loss" in m}
   a, b = losses(runs[0]), losses(runs[1])
+  assert runs[2] == list(range(1, STOP + 1)), "SIGTERM stopped the run after step STOP"
   assert sorted(b) == list(range(1, TOTAL + 1))
   assert len({loss for loss, _ in a.values()}) == TOTAL  # the loss changes from step to step
   assert b == a

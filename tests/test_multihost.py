@@ -3,7 +3,8 @@
 The reference is this test process itself (1 process × 8 fake devices). The multi-host runs are
 2 processes × 4 fake devices started by `launch/local.py`, meeting through `jax.distributed`; each
 reads its own slice of every global batch. Both must log the same losses, and a checkpoint written
-by either must resume in the other.
+by either must resume in the other. The data is a mixture of webdataset tar shards and the built-in
+shapes set.
 """
 import json
 import os
@@ -15,6 +16,7 @@ import pytest
 
 from conftest import FAST_COMPILE_XLA_FLAGS, REPO, tiny_config
 from test_launch import run_process_group
+from test_webdataset import _jpg, img2dataset_sample, write_shard
 from vlmjax.data import pipeline
 from vlmjax.run import RunDir, read_metrics
 from vlmjax.train import train
@@ -23,9 +25,21 @@ TOTAL = 8
 STOP = 4
 
 
-def _config(data_dir):
+def _config(data_dir, shards):
+  mixture = {"shards": dict(weight=0.5, data=dict(name="webdataset", files=dict(train=shards))),
+             "shapes": dict(weight=0.5, data=dict(name="vlmjax_shapes", builder_config="tiny", data_dir=data_dir))}
   return tiny_config(data_dir, total_steps=TOTAL, mesh=dict(data=1, fsdp=-1, tensor=1),
-                     **{"input.crop_min": 0.8, "input.brightness": 0.1, "checkpoint.every_steps": 0})
+                     **{"input.crop_min": 0.8, "input.brightness": 0.1, "checkpoint.every_steps": 0,
+                        "data.mixture": mixture})
+
+
+def _write_shards(tiny_source, folder, shards=2, per_shard=48) -> str:
+  """Tar shards of the tiny train split's first records, as img2dataset writes them -> their pattern."""
+  for s in range(shards):
+    write_shard(str(folder / f"{s:05d}.tar"), [
+        img2dataset_sample(f"{s:05d}{j:04d}", _jpg(r["image"]), r["caption"], int(r["label"]))
+        for j, r in ((j, tiny_source[s * per_shard + j]) for j in range(per_shard))])
+  return f"{folder}/{{00000..{shards - 1:05d}}}.tar"
 
 
 def _losses(workdir):
@@ -86,8 +100,8 @@ def test_data_state_from_disagreeing_processes_is_refused(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_data_dir, tmp_path_factory):
-  config = _config(tiny_data_dir)
+def runs(tiny_data_dir, tiny_source, tmp_path_factory):
+  config = _config(tiny_data_dir, _write_shards(tiny_source, tmp_path_factory.mktemp("shards")))
   reference = tmp_path_factory.mktemp("one_process")
   train(config, str(reference))
   # 2 processes to STOP, then this single process to TOTAL.

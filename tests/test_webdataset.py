@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import tiny_config
+from conftest import sigterm_after_step, tiny_config
 from vlmjax.data import pipeline, sources, webdataset
 from vlmjax.run import read_metrics
 from vlmjax.train import train
@@ -187,16 +187,20 @@ def test_damaged_shards_are_indexed_to_the_cut_and_bad_samples_skipped(written, 
   assert by_reason["corrupt_image"] >= 3 and by_reason["empty_image"] >= 1 and by_reason["empty_caption"] >= 1
 
 
-def test_training_on_shards_resumes_exactly(written, tmp_path):
+def test_training_on_shards_stopped_by_sigterm_resumes_exactly(written, tmp_path):
   folder, records = written
   pattern, _ = damaged_shards(str(tmp_path / "damaged"), records)
   config = tiny_config("", **{"data.name": "webdataset", "total_steps": 4, "input.crop_min": 0.8, "mesh": dict(data=1, fsdp=-1, tensor=1),
                               "data.files": {"train": f"{folder}/00000.tar::{pattern}"}})
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
   assert train(config, a) == {}
-  train(config, b, stop_after_steps=2)
-  train(config, b)
   losses = lambda workdir: {m["step"]: m["loss"] for m in read_metrics(workdir) if "loss" in m}
+  with sigterm_after_step(2):
+    train(config, b)
+  assert sorted(losses(b)) == [1, 2], "SIGTERM stopped the run after step 2"
+  with config.unlocked():  # resumed with the batches made by 2 worker processes (the position is the same)
+    config.data.workers = 2
+  train(config, b)
   assert sorted(losses(a)) == list(range(1, 5)) and losses(b) == losses(a)
   last = [m for m in read_metrics(a) if "bad_records" in m][-1]
   assert last["bad_records"] > 0, "the damaged samples met in 4 steps are counted"

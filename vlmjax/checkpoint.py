@@ -48,19 +48,23 @@ class CheckpointSaveError(OSError):
 
 
 class DataIteratorHandler(grain.checkpoint.CheckpointHandler):
-  """grain's handler (one `process_{i}-of-{n}.json` per process), restoring onto another process
+  """The data position (`pipeline.TrainBatches.get_state()`, a small dict) as JSON, one
+  `process_{i}-of-{n}.json` per process, as grain's handler names them; restoring onto another process
   count too: when this process has no file of its own, it reads the others', which must agree."""
+
+  def save(self, directory, item=None, args=None):
+    item = item or args.item
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    (directory / name).write_text(json.dumps(item.get_state(), indent=1))
 
   def restore(self, directory, item=None, args=None):
     item = item or args.item
-    if (directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json").exists():
-      return super().restore(directory, item, args)
-    states = {f.name: f.read_text() for f in directory.glob("process_*-of-*.json")}
-    if len(set(states.values())) != 1:
+    own = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    states = {f.name: f.read_text() for f in ([own] if own.exists() else directory.glob("process_*-of-*.json"))}
+    if len({json.dumps(json.loads(s), sort_keys=True) for s in states.values()}) != 1:
       raise ValueError(f"checkpoint: {directory} holds data-iterator states {sorted(states)}, none for "
                        f"process {jax.process_index()} of {jax.process_count()} and not all equal")
     item.set_state(json.loads(next(iter(states.values()))))
-    item.start_prefetch()
     return item
 
 

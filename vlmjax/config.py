@@ -60,7 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
       class_names=None,           # what the labels name: a list, or a shipped set ('imagenet', 'cifar10')
       class_names_file="",        # ... or a file of one class name per line
       train_split="train",
-      num_threads=2,
+      num_threads=2,              # threads decoding and augmenting ahead of the step (per worker)
+      workers=0,                  # grain worker processes making batches (0: threads of this process)
+      worker_nice=19,             # added to the workers' nice value: they yield the cores to the step
       max_bad_fraction=0.1,       # bad records (corrupt image, empty caption, ...) are skipped; more
                                   # than this fraction of those read stops the run
       max_caption_chars=1000,     # a longer caption is a bad record (0: no limit)
@@ -164,7 +166,7 @@ def _check_type(path: str, expected, value):
 
 
 MIXTURE_ENTRY_KEYS = ("weight", "data")
-MIXTURE_RUN_KEYS = ("num_threads", "max_bad_fraction", "max_caption_chars")  # the base data section's, for all parts
+MIXTURE_RUN_KEYS = ("num_threads", "workers", "worker_nice", "max_bad_fraction", "max_caption_chars")  # the base data section's, for all parts
 
 
 def check_mixture(data_config):
@@ -251,6 +253,7 @@ RANGES = (
     ("input.image_size", 1, True), ("input.crop_min", 0, False),
     ("input.brightness", 0, True), ("input.subcaptions", 0, True), ("tokenizer.vocab_size", 5, True),
     ("tokenizer.train_examples", 1, True), ("data.num_threads", 0, True),
+    ("data.workers", 0, True), ("data.worker_nice", 0, True),
 )
 
 

@@ -12,18 +12,19 @@ import contextlib
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from vlmjax import checkpoint, cli, config as config_lib, distributed, evaluate, experiment as experiment_lib
-from vlmjax import registry, sharding, trainer, workdir as workdir_lib
+from vlmjax import checkpoint, cli, config as config_lib, cpu_memory, distributed, evaluate
+from vlmjax import experiment as experiment_lib, registry, sharding, trainer, workdir as workdir_lib
 from vlmjax.data import mixture, pipeline, sources, tokenizer as tokenizer_lib
 from vlmjax.data.tokenizer import Tokenizer, TokenizerError
-from vlmjax.init_from import inherited_tokenizer, init_params_from
+from vlmjax.init_from import init_params_from
 from vlmjax.metrics import MetricWriter, Progress, quiet_absl_logging, throughput_metrics
 from vlmjax.preemption import Preemption
 from vlmjax.run import RunDir, drop_metrics_after
+from vlmjax.run_tokenizer import existing_tokenizer, get_tokenizer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (path.py[:arg]).", lock_config=True)
@@ -34,36 +35,6 @@ flags.DEFINE_bool("dry_run", False, "Check everything up to the first step and t
                   "nothing, exit 0.")
 flags.DEFINE_bool("overwrite", False, "Delete the workdir's previous run (checkpoints, metrics, tokenizer, "
                   "config) and start over, instead of refusing a workdir whose run has another config.")
-
-
-def existing_tokenizer(config, run: RunDir) -> str | None:
-  """The tokenizer file a run uses when it needs not train one: the config's; else the run's; else that of
-  the run or bundle `config.init` takes the token embeddings from."""
-  path = run.tokenizer_file(config)
-  if config.tokenizer.path or os.path.exists(path):
-    return path
-  return inherited_tokenizer(config.init)
-
-
-def get_tokenizer(config, run: RunDir, train_source) -> Tokenizer:
-  """`existing_tokenizer` (an init source's copied into the run); else one trained on the training captions."""
-  path, found = run.tokenizer_file(config), existing_tokenizer(config, run)
-  if found:
-    tokenizer = Tokenizer.load(found)
-    if found != path:
-      logging.info("Using the tokenizer of %s, whose token embeddings the run starts from", found)
-      if jax.process_index() == 0:
-        tokenizer.save(path)
-    return tokenizer
-  count = min(config.tokenizer.train_examples, len(train_source))
-  logging.info("Training a %d-piece SentencePiece tokenizer on %d captions", config.tokenizer.vocab_size, count)
-  records = (train_source[i] for i in range(count))
-  tokenizer = Tokenizer.train((r["caption"] for r in records if not isinstance(r, pipeline.BadRecord) and
-                               not pipeline.record_problem(r, config.data.max_caption_chars)),
-                              config.tokenizer.vocab_size)
-  if jax.process_index() == 0:
-    tokenizer.save(path)
-  return tokenizer
 
 
 def total_steps(config, num_train_examples: int) -> int:
@@ -180,7 +151,8 @@ def _train(config, run: RunDir, train_source, stop_after_steps: int | None) -> d
       objective.prepare(train_source, tokenizer)
   data_iter = iter(pipeline.train_dataset(
       train_source, preprocess, config.batch_size // jax.process_count(), config.seed,
-      jax.process_index(), jax.process_count(), config.data.num_threads))
+      jax.process_index(), jax.process_count(), config.data.num_threads, config.data.get("workers", 0),
+      config.data.get("worker_nice", 0)))
 
   checkpointer = run.checkpointer(config.checkpoint.every_steps, config.checkpoint.keep,
                                   config.checkpoint.async_save, cleanup=True)
@@ -207,7 +179,8 @@ def _train(config, run: RunDir, train_source, stop_after_steps: int | None) -> d
   writer = MetricWriter(run.file(RunDir.METRICS), run.file(RunDir.TENSORBOARD))
   progress = Progress(start, steps, config.batch_size, config.progress_bar)
   streak, done, stopped = None, start, None  # streak: a step's skips in a row, read one step late
-  with Preemption() as preemption, contextlib.closing(checkpointer):  # closing: finish an async save
+  # closing: finish an async save; stop the data threads or workers
+  with Preemption() as preemption, contextlib.closing(checkpointer), contextlib.closing(data_iter):
     for step in range(start, steps):
       batch = sharding.global_batch(next(data_iter), mesh)
       with experiment.use_mesh():
@@ -298,6 +271,8 @@ def main(argv):
   quiet_absl_logging()
   if FLAGS.config is None or FLAGS.workdir is None:
     cli.fail("train", "--config and --workdir are required")
+  if FLAGS.config.data.get("workers", 0):  # no data threads here to contend for one malloc arena
+    cpu_memory.retain_freed_memory()  # before JAX starts its backends
   try:
     distributed.initialize_from_env()  # several processes (launch/): before any device is touched
     if FLAGS.dry_run:

@@ -14,6 +14,7 @@ checkpointed and logged), and `check_bad_records` turns a flood of them into one
 import dataclasses
 import functools
 import io
+import os
 import re
 
 import grain
@@ -260,19 +261,77 @@ def _tag_source(example: dict, index: int) -> dict:
 
 
 def train_dataset(source, preprocess: Preprocess, batch_size: int, seed: int,
-                  process_index: int = 0, process_count: int = 1, num_threads: int = 2):
-  """An endless, shuffled, per-process batched grain IterDataset of `train_examples(source, ...)`
-  (`source` one source or a mixture). `batch_size` is per process.
+                  process_index: int = 0, process_count: int = 1, num_threads: int = 2,
+                  workers: int = 0, worker_nice: int = 0) -> "TrainBatches":
+  """An endless, shuffled, per-process batched iterator of `train_examples(source, ...)` (`source`
+  one source or a mixture). `batch_size` is per process.
 
   Process p's k-th batch is the p-th slice of the k-th global batch of `process_count × batch_size`
   examples, augmented with the RNG of each example's global position (the map is lazy: a process
   decodes only its own slice). So the global batch, and the iterator's state (its next batch index
   = the step), are the same for any number of processes: a run can resume on another process count.
+  `num_threads`, `workers` and `worker_nice`: see `TrainBatches`.
   """
   ds = train_examples(source, preprocess, seed)
   ds = ds.batch(batch_size, drop_remainder=True)
-  ds = ds[process_index::process_count]
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4 * batch_size))
+  return TrainBatches(ds[process_index::process_count], batch_size, num_threads, workers, worker_nice)
+
+
+def _lower_priority(nice: int, worker_index: int, worker_count: int):
+  del worker_index, worker_count
+  os.nice(nice)
+
+
+class TrainBatches:
+  """An iterator over `batches[k]`, k = 0, 1, ...; its state is {'next_index': k}, whatever reads them.
+
+  Batches are made ahead of use by `num_threads` threads of this process, or, with `workers` > 0, by
+  that many grain worker processes (each makes whole batches, in turn, with `num_threads` threads),
+  their scheduling priority lowered by `worker_nice` (`os.nice`). On a CPU-only machine the step and
+  the data share the cores: a lowered priority lets decoding take the cycles the step leaves idle
+  instead of pre-empting one of XLA's threads, which stalls the others at the next barrier. The
+  state does not depend on these settings, so a run may resume with others.
+  """
+
+  def __init__(self, batches: grain.MapDataset, batch_size: int, num_threads: int = 2, workers: int = 0,
+               worker_nice: int = 0):
+    self.batches, self.batch_size = batches, batch_size
+    self.num_threads, self.workers, self.worker_nice = num_threads, workers, worker_nice
+    self.next_index, self._iterator = 0, None
+
+  def _start(self):
+    ds = self.batches[self.next_index:].to_iter_dataset(
+        grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=4 * self.batch_size))
+    if self.workers:
+      from absl import flags  # pylint: disable=import-outside-toplevel
+      if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (their defaults will do)
+        flags.FLAGS.mark_as_parsed()
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=2),
+                          worker_init_fn=functools.partial(_lower_priority, self.worker_nice))
+    self._iterator = iter(ds)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if self._iterator is None:
+      self._start()
+    batch = next(self._iterator)
+    self.next_index += 1
+    return batch
+
+  def get_state(self) -> dict:
+    return {"next_index": self.next_index}
+
+  def set_state(self, state: dict):
+    self.close()
+    self.next_index = int(state["next_index"])
+
+  def close(self):
+    """Stops the threads or worker processes (a later `next` starts them again)."""
+    if self._iterator is not None:
+      self._iterator.close()
+    self._iterator = None
 
 
 def eval_batches(source, preprocess: Preprocess, batch_size: int, indices=None, num_threads: int = 2):
