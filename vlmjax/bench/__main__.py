@@ -18,6 +18,13 @@
       The time and memory a CSV file list takes to open: `make_source` on a generated file of --rows
       rows (image paths that need not exist), then the first 100 records read.
       -> OUT/data_startup.{json,md}  (data_startup.py)
+
+  python -m vlmjax.bench --input_pipeline --config configs/demo.py --out benchmarks
+      Does the data keep up? The config's training batches alone (examples/s per --pipeline_settings
+      entry), the train step alone on synthetic batches, and `python -m vlmjax.train` on the config
+      for --train_steps steps per --training_settings entry, all in one run. A setting is
+      WORKERS:THREADS[:NICE] (data.workers, data.num_threads, data.worker_nice).
+      -> OUT/input_pipeline_<config name>.{json,md}  (input_pipeline.py)
 """
 import os
 import sys
@@ -35,7 +42,7 @@ import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from vlmjax import cli, metrics  # noqa: E402
-from vlmjax.bench import command, data_startup, losses, report, train_step  # noqa: E402
+from vlmjax.bench import command, data_startup, input_pipeline, losses, report, train_step  # noqa: E402
 
 PROGRAM = "bench"
 FLAGS = flags.FLAGS
@@ -58,6 +65,14 @@ def define_flags():
   flags.DEFINE_integer("loss_embed_dim", 256, "Embedding width for the loss benchmark.")
   flags.DEFINE_bool("data_startup", False, "Benchmark opening a large CSV file list instead of a train step.")
   flags.DEFINE_integer("rows", 1_000_000, "Rows of the generated CSV for --data_startup.")
+  flags.DEFINE_bool("input_pipeline", False, "With --config: the input pipeline alone and training, against "
+                    "the step alone.")
+  flags.DEFINE_list("pipeline_settings", ["0:1", "0:2", "0:4", "1:1", "2:1"],
+                    "--input_pipeline: data settings WORKERS:THREADS[:NICE] timed without a step.")
+  flags.DEFINE_list("training_settings", [], "--input_pipeline: data settings trained with (default: the "
+                    "config's own, then 2 threads in the training process if that differs).")
+  flags.DEFINE_integer("batches", 20, "--input_pipeline: timed batches per pipeline setting.")
+  flags.DEFINE_integer("train_steps", 150, "--input_pipeline: training steps per setting.")
 
 
 def main(argv):
@@ -70,7 +85,18 @@ def main(argv):
     cli.fail(PROGRAM, "give one of --config (train-step benchmark), --losses (loss memory benchmark) or "
                       "--data_startup (file-list startup benchmark)")
   try:
-    if FLAGS.data_startup:
+    if FLAGS.input_pipeline:
+      if FLAGS.config is None:
+        cli.fail(PROGRAM, "--input_pipeline needs --config")
+      own = input_pipeline.config_setting(FLAGS.config)
+      training = [input_pipeline.DataSetting.parse(t) for t in FLAGS.training_settings] or list(
+          dict.fromkeys([own, input_pipeline.DataSetting(0, 2, own.nice)]))
+      result = input_pipeline.bench_input_pipeline(
+          FLAGS.config, [input_pipeline.DataSetting.parse(t) for t in FLAGS.pipeline_settings], training,
+          FLAGS.batches, FLAGS.train_steps, step_repeats=FLAGS.repeats)
+      name = FLAGS.name or f"input_pipeline_{command.config_name()}"
+      report.publish(FLAGS.out, name, result, report.input_pipeline_markdown(name, result))
+    elif FLAGS.data_startup:
       load_start = os.getloadavg()
       result = data_startup.bench_data_startup(FLAGS.rows)
       result["environment"] = report.environment(jax.devices(), load_start)
