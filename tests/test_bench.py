@@ -148,3 +148,19 @@ def test_layer_profile_rows(tiny_data_dir):
   assert rows["MLP"]["matmul_flops"] == 3 * 16 * per_layer["mlp"]
   assert all(row["cpu_s"] > 0 and row["wall_s"] > 0 for row in rows.values())
   assert {"what if: block with tanh GELU", "what if: block in bfloat16"} <= set(rows)
+
+
+def test_input_pipeline_bench_times_each_data_setting(tiny_data_dir):
+  """The pipeline alone, per setting: worker processes make the batches, so this process's CPU time per
+  example is a small part of what its own threads spend."""
+  from vlmjax.bench import input_pipeline
+  settings = [input_pipeline.DataSetting.parse(t) for t in ("0:1", "1:1:5")]
+  assert settings[1] == input_pipeline.DataSetting(workers=1, threads=1, nice=5)
+  config = tiny_config(tiny_data_dir, mesh=dict(data=1, fsdp=-1, tensor=1))
+  rows = input_pipeline.bench_pipeline(config, settings, batches=6, warmup=2)
+  assert [r["name"] for r in rows] == ["1 thread in the training process", "1 worker process × 1 thread, nice +5"]
+  assert all(r["examples_per_sec"] > 0 and r["batches"] == 6 for r in rows)
+  assert rows[1]["process_cpu_ms_per_example"] < 0.5 * rows[0]["process_cpu_ms_per_example"]
+  for bad in ("2", "a:1", "0:0", "1:-1", "1:1:1:1"):
+    with pytest.raises(ValueError, match=f"data setting '{bad}' is not WORKERS:THREADS"):
+      input_pipeline.DataSetting.parse(bad)
