@@ -68,6 +68,29 @@ def test_labels_and_caption_groups_read_rows_on_demand(tmp_path):
   assert source.caption_groups(limit=1) == ([0], [["x, 1", "z"]])
 
 
+def test_labels_of_many_rows_are_read_a_block_at_a_time(tmp_path, monkeypatch):
+  """Labels across several read blocks (shrunk to 7 rows here), a row that does not parse among them: the
+  same labels as one pass would give, -1 for that row, and errors naming the line in any block."""
+  monkeypatch.setattr(sources, "READ_BLOCK_ROWS", 7)
+  names = ["cat", "dog", "emu"]
+  label = lambda i: names[(i * 5) % 3]
+  rows = [json.dumps({"image_path": f"{i}.png", "caption": f"c {i}", "label": label(i)}) for i in range(30)]
+  rows[12] = "{not json"
+  (tmp_path / "l.jsonl").write_text("\n".join(rows) + "\n")
+  source = sources.FileListSource(str(tmp_path / "l.jsonl"), label_key="label")
+  assert source.class_names == ("cat", "dog", "emu") and source.labels.dtype == np.int64
+  assert source.labels.tolist() == [-1 if i == 12 else names.index(label(i)) for i in range(30)]
+  for value, message in ((7, r"line 22 of .* has an integer label among class-name labels"),
+                         ("", r"line 22 of .* has no label"),
+                         ("gnu", r"label 'gnu' on line 22 of .* is not one of the 3 class names")):
+    bad = list(rows)
+    bad[21] = json.dumps({"image_path": "x.png", "caption": "c", "label": value})
+    (tmp_path / "bad.jsonl").write_text("\n".join(bad) + "\n")
+    with pytest.raises(sources.DataFileError, match=message):
+      sources.FileListSource(str(tmp_path / "bad.jsonl"), label_key="label",
+                             class_names=tuple(names) if value == "gnu" else ())
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
   return Tokenizer.train([f"a caption number {i} with some words" for i in range(200)], 64)

@@ -37,8 +37,8 @@ from vlmjax.run import Bundle, RunDir
 RESUMABLE_KEYS = (
     "total_steps", "total_epochs", "mesh", "sharding_rules", "microbatches", "checkpoint",
     "log_every_steps", "eval_every_steps", "progress_bar", "evals", "peak_flops_per_device", "init",
-    "max_consecutive_nonfinite", "data.num_threads", "data.workers", "data.worker_nice", "data.data_dir",
-    "data.image_root", "data.files", "data.max_bad_fraction", "optimizer.lr_multipliers")
+    "max_consecutive_nonfinite", "data.num_threads", "data.workers", "data.worker_nice", "data.index_dir",
+    "data.data_dir", "data.image_root", "data.files", "data.max_bad_fraction", "optimizer.lr_multipliers")
 
 LOCK = "vlmjax.lock"
 

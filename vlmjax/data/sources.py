@@ -23,6 +23,7 @@ skips and counts them (`vlmjax.data.pipeline`), rather than stopping the run her
 """
 import csv
 import io
+import itertools
 import json
 import os
 
@@ -263,17 +264,16 @@ class FileListSource:
     self.has_captions = bool(caption_key)
     self.labels, self.class_names = None, tuple(class_names)
     if label_key:
-      # Rows that do not parse get -1: they are bad records when read, never trained on.
-      parsed, values = np.ones(len(self), bool), []
-      for i, row in self._rows():
-        if isinstance(row, BadRecord):
-          parsed[i] = False
-        else:
-          values.append(row.get(label_key))
-      lines = self.line(np.flatnonzero(parsed)).tolist()
-      labels, self.class_names = read_labels(path, list(zip(lines, values)), self.class_names)
+      # A block of rows at a time, so the labels of a file of any length take one int64 per row. Rows
+      # that do not parse get -1: they are bad records when read, never trained on.
+      if not self.class_names:
+        self.class_names = label_names(path, self._label_values(label_key), self.line)
       self.labels = np.full(len(self), -1, np.int64)
-      self.labels[parsed] = labels
+      values = self._label_values(label_key)
+      while block := list(itertools.islice(values, READ_BLOCK_ROWS)):
+        indices = np.array([i for i, _ in block])
+        lines = self.line(indices).tolist()
+        self.labels[indices] = read_labels(path, list(zip(lines, (v for _, v in block))), self.class_names)
 
   def line(self, index):
     """The line of the file row `index` starts on (1-based); an array of indices -> an array of lines."""
@@ -316,6 +316,12 @@ class FileListSource:
       data = self._read_bytes(base, int(self.offsets[b]))
       for i in range(a, b):
         yield i, self._parse(i, data[int(self.offsets[i]) - base:int(self.offsets[i + 1]) - base])
+
+  def _label_values(self, label_key: str):
+    """Yields (index, its `label_key` value) of every row that parses."""
+    for i, row in self._rows():
+      if not isinstance(row, BadRecord):
+        yield i, row.get(label_key)
 
   def _image_and_caption(self, index: int, row):
     """-> (the image's full path, caption) of a parsed row, or a BadRecord for a row without a path."""
@@ -368,31 +374,46 @@ class FileListSource:
     return record
 
 
-def read_labels(path: str, values: list, class_names: tuple) -> tuple[list[int], tuple]:
-  """[(line, label value)] of file `path` -> (int labels, class names). A value is an integer (an
-  index into `class_names` when given) or a class name; either must be a class of `class_names`."""
-  def as_int(value):
-    if isinstance(value, int) and not isinstance(value, bool):
-      return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-      return int(value)
-    return None
+def _as_int(value) -> int | None:
+  if isinstance(value, int) and not isinstance(value, bool):
+    return value
+  if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    return int(value)
+  return None
 
-  for line, value in values:
-    if value is None or (isinstance(value, str) and not value.strip()):
-      raise DataFileError(f"data: line {line} of '{path}' has no label")
-  numeric = [as_int(v) is not None for _, v in values]
-  if not class_names and not all(numeric):
-    class_names = tuple(sorted({str(v).strip() for (_, v), n in zip(values, numeric) if not n}))
-    if any(numeric):
-      line = next(line for (line, _), n in zip(values, numeric) if n)
-      raise DataFileError(f"data: line {line} of '{path}' has an integer label among class-name labels; "
-                          "give data.class_names to say what the integers name")
+
+def _is_empty(value) -> bool:
+  return value is None or (isinstance(value, str) and not value.strip())
+
+
+def label_names(path: str, values, line_of) -> tuple:
+  """The class names of a file whose labels come without `class_names`: its named labels, sorted;
+  () when every label is an integer. `values`: (row index, label value) pairs, read in one pass;
+  `line_of(index)`: the row's line, for the message."""
+  names, first_int = set(), None
+  for i, value in values:
+    if _is_empty(value):
+      continue  # reported with its line by read_labels
+    if _as_int(value) is None:
+      names.add(str(value).strip())
+    elif first_int is None:
+      first_int = i
+  if names and first_int is not None:
+    raise DataFileError(f"data: line {line_of(first_int)} of '{path}' has an integer label among class-name labels; "
+                        "give data.class_names to say what the integers name")
+  return tuple(sorted(names))
+
+
+def read_labels(path: str, values: list, class_names: tuple) -> list[int]:
+  """[(line, label value)] of file `path` -> int labels. A value is an integer (an index into
+  `class_names` when given) or a class name; either must be a class of `class_names`."""
   index = {name: i for i, name in enumerate(class_names)}
   labels = []
-  for (line, value), is_int in zip(values, numeric):
-    if is_int:
-      label = as_int(value)
+  for line, value in values:
+    if _is_empty(value):
+      raise DataFileError(f"data: line {line} of '{path}' has no label")
+    label = _as_int(value)
+    if label is not None:
       if label < 0 or (class_names and label >= len(class_names)):
         raise DataFileError(f"data: label {label} on line {line} of '{path}' is not a class index (the class "
                             f"names are {len(class_names)}: 0..{len(class_names) - 1})" if class_names else
@@ -403,7 +424,7 @@ def read_labels(path: str, values: list, class_names: tuple) -> tuple[list[int],
     else:
       raise DataFileError(f"data: label '{value}' on line {line} of '{path}' is not one of the "
                           f"{len(class_names)} class names")
-  return labels, tuple(class_names)
+  return labels
 
 
 DEFAULT_SHAPES_DIR = os.path.join("data", "tfds")  # where `make demo` builds vlmjax_shapes
