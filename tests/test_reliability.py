@@ -481,7 +481,6 @@ def chain(tiny_data_dir, tiny_source, tmp_path_factory):
                               folders=sorted(os.listdir(out["b"] / "checkpoints")))
   out["resume"] = cli.run(main, out["b"])
   out["folders_after_resume"] = sorted(os.listdir(out["b"] / "checkpoints"))
-  out["refused"] = cli.run(main, out["a"], "--config.batch_size=32")
   # Bad data: 5 of 100 CSV rows broken, one of each kind; then the same data over a 1% threshold.
   csv_path = _write_pairs(folder / "data", [tiny_source[i] for i in range(100)], BAD_ROWS)
   csv = {"data.name": "csv", "data.files": {"train": csv_path}, "total_steps": BAD_TOTAL}
@@ -551,13 +550,6 @@ def test_resume_on_fewer_devices_continues_the_run(chain, devices):
   pc = _final_params(chain["config"], str(chain[f"c{devices}"]), TOTAL)
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(pa), jax.tree.leaves(pc)):
     np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5, err_msg=trainer.path_str(path))  # measured: 4e-7
-
-
-@pytest.mark.slow
-def test_cli_refuses_another_runs_workdir(chain):
-  line = _error_line(chain["refused"])
-  assert line.startswith(f"vlmjax.train: error: workdir: '{chain['a']}' holds checkpoints (step {TOTAL})")
-  assert "batch_size: 16 -> 32" in line and "--overwrite" in line
 
 
 @pytest.mark.slow
