@@ -271,9 +271,9 @@ def main(argv):
   quiet_absl_logging()
   if FLAGS.config is None or FLAGS.workdir is None:
     cli.fail("train", "--config and --workdir are required")
-  if FLAGS.config.data.get("workers", 0):  # no data threads here to contend for one malloc arena
-    cpu_memory.retain_freed_memory()  # before JAX starts its backends
   try:
+    if FLAGS.config.data.get("workers", 0):  # no data threads here to contend for one malloc arena
+      cpu_memory.retain_freed_memory()  # before JAX starts its backends
     distributed.initialize_from_env()  # several processes (launch/): before any device is touched
     if FLAGS.dry_run:
       report = dry_run(FLAGS.config, FLAGS.workdir, FLAGS.overwrite)
