@@ -291,9 +291,14 @@ def compile_text(r: dict) -> str:
   ]
   if r["model_flops_per_step"]:
     rows.append(("model FLOPs per step", f"{r['model_flops_per_step']:.3e} (matmuls, forward + backward)"))
+  if r.get("loops_in_counted_program"):
+    rows.append(("compiled FLOPs per step", f"not estimated: {r['loops_in_counted_program']} loop(s) remain in the "
+                                            "counted program, whose bodies XLA's cost analysis counts once"))
   if r["estimated_time"]:
+    ratio = f"; {r['flops_per_step'] / r['model_flops_per_step']:.2f} × the model's" if r["model_flops_per_step"] else ""
     rows += [
-        ("compiled FLOPs per step", f"{r['flops_per_step']:.3e} ({r['flops_per_chip']:.3e} per chip, remat included)"),
+        ("compiled FLOPs per step", f"{r['flops_per_step']:.3e} ({r['flops_per_chip']:.3e} per chip, remat "
+                                    f"included{ratio})"),
         ("estimated step time", f"{r['step_time_s'] * 1e3:.1f} ms (XLA's TPU cost model; compute-or-HBM "
                                 f"roofline {r['roofline_step_time_s'] * 1e3:.1f} ms; ICI collectives not modelled)"),
         ("estimated throughput", f"{r['examples_per_s']:,.0f} examples/s"),

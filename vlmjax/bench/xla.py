@@ -2,8 +2,11 @@
 
 XLA's cost analysis counts a loop's body once, so a step whose towers scan over their layers is
 undercounted; `unrolled(config)` is the same computation with the layers in a Python loop, whose
-count is complete.
+count is complete. The compiler can add loops of its own (the TPU partitioner's windowed matmuls);
+`while_loops` finds any left in a compiled program, so a count is used only once checked.
 """
+import re
+
 import ml_collections
 
 from vlmjax import registry
@@ -26,6 +29,11 @@ def cost(compiled) -> dict:
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis  # a list per device on older jax
   return dict(analysis or {})
+
+
+def while_loops(compiled) -> int:
+  """The number of `while` ops in a compiled program: 0 means its cost analysis counts every op."""
+  return len(re.findall(r"\bwhile\(", compiled.as_text()))
 
 
 def flops(compiled, num_devices: int) -> float:
