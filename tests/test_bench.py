@@ -164,3 +164,13 @@ def test_input_pipeline_bench_times_each_data_setting(tiny_data_dir):
   for bad in ("2", "a:1", "0:0", "1:-1", "1:1:1:1"):
     with pytest.raises(ValueError, match=f"data setting '{bad}' is not WORKERS:THREADS"):
       input_pipeline.DataSetting.parse(bad)
+
+
+def test_the_counted_copy_has_no_loops_of_ours(tiny_data_dir):
+  """`xla.unrolled`: layer scans off, a SigLIP ring loss in its global form (the same logits without the
+  loop over hops); the config itself is unchanged."""
+  from vlmjax.bench import xla
+  config = tiny_config(tiny_data_dir, objectives=dict(siglip=dict(weight=1.0, distributed="ring")))
+  copy = xla.unrolled(config)
+  assert copy.objectives.siglip.distributed == "global" and config.objectives.siglip.distributed == "ring"
+  assert copy.model.image.scan is False and copy.model.text.scan is False

@@ -43,8 +43,14 @@ def flops(compiled, num_devices: int) -> float:
 
 def unrolled(config) -> ml_collections.ConfigDict:
   """A copy of `config` whose transformer stacks run unrolled: `scan` False in every tower of the
-  model's `towers` registry and under every nested `scan` key of `config.model`."""
+  model's `towers` registry and under every nested `scan` key of `config.model`; and whose ring
+  losses (`distributed='ring'`, a loop over the hops) are the global form, the same logits
+  computed in straight-line code."""
   config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for objective in config.get("objectives", {}).values():
+      if objective.get("distributed") == "ring":
+        objective.distributed = "global"
 
   def visit(section):
     for key in list(section.keys()):
