@@ -13,10 +13,10 @@ Memory is the compiler's own account of the step as it runs. FLOPs and time are 
 same step with its layer scans unrolled (`xla.unrolled`; XLA's cost analysis counts a loop body
 once) and compiled without windowed matmuls (on slices of many chips the TPU partitioner turns an
 FSDP-gathered or reduce-scattered matmul into a loop over the shards, "collective matmul", whose
-body would be counted once, the more so the more chips). A count whose
-program still holds a loop is reported as incomplete and gives no time or MFU. The step time is
-the TPU compiler's cost model (compute and HBM traffic; ICI collectives are not modelled), MFU is
-the model's matmul FLOPs (`vlmjax.flops`, no rematerialisation) over that time × the chip's peak.
+body would be counted once). A count whose program still holds a loop is reported as incomplete and
+gives no time or MFU. The step time is the TPU compiler's cost model (compute and HBM traffic; ICI
+collectives are not modelled), MFU is the model's matmul FLOPs (`vlmjax.flops`, no
+rematerialisation) over that time × the chip's peak.
 `--noestimate_time` skips the unrolled compile (memory only).
 
 libtpu is the `tpu` extra. On a machine without TPUs keep it out of the environment's
