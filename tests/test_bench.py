@@ -4,12 +4,13 @@ import functools
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import tiny_config
 from vlmjax import flops, metrics
-from vlmjax.bench import losses, report as bench_report, train_step
+from vlmjax.bench import losses, report as bench_report, train_step, xla
 
 EMBED_DIM = 256
 
@@ -174,3 +175,37 @@ def test_the_counted_copy_has_no_loops_of_ours(tiny_data_dir):
   copy = xla.unrolled(config)
   assert copy.objectives.siglip.distributed == "global" and config.objectives.siglip.distributed == "ring"
   assert copy.model.image.scan is False and copy.model.text.scan is False
+
+
+def test_vlm_flops_count_by_hand_and_by_xla():
+  """A VLM's count by hand on tiny sizes, then against XLA's count of the compiled forward pass."""
+  model = {"name": "vlm", "image": {"variant": "mu/2", "width": 4, "depth": 1, "mlp_dim": 16, "num_heads": 2},
+           "projector": {"kind": "mlp", "hidden_dim": 6},
+           "decoder": {"variant": "mu", "width": 8, "depth": 1, "mlp_dim": 12, "num_heads": 4,
+                       "num_kv_heads": 2, "head_dim": 3}}
+  got = flops.vlm_flops(model, {"image": (2, 4, 4, 3), "tokens": (2, 7)}, vocab_size=10)
+  image = 2 * 4 * 12 * 4 + 2 * 4 * 4 * 16 + 4 * 16 * 4 + 4 * 4 * 4 * 16  # patches, qkvo, scores, MLP
+  projector = 2 * 4 * (4 * 6 + 6 * 8)
+  decoder = 2 * 7 * 8 * 2 * (4 + 2) * 3 + 4 * 49 * 4 * 3 + 3 * 2 * 7 * 8 * 12 + 2 * 7 * 8 * 10
+  assert got["forward"] == 2 * (image + projector + decoder)
+  assert got["train_step"] == 3 * got["forward"]
+  frozen = flops.vlm_flops(dict(model, stop_image_gradient=True), {"image": (2, 4, 4, 3), "tokens": (2, 7)}, 10)
+  assert frozen["train_step"] == 2 * image + 2 * 2 * projector + 3 * 2 * decoder
+  with pytest.raises(ValueError, match="'tome' projector"):
+    flops.vlm_flops(dict(model, projector={"kind": "tome"}), {"image": (2, 4, 4, 3), "tokens": (2, 7)}, 10)
+
+  # Against XLA on a model large enough for the matmuls to dominate (layers unrolled: a scanned
+  # body would be counted once).
+  from vlmjax.models.decoder import IMAGE_TOKEN  # pylint: disable=import-outside-toplevel
+  from vlmjax.models.vlm import VLM  # pylint: disable=import-outside-toplevel
+  sized = {"image": {"variant": "mu/8", "width": 128, "depth": 2, "mlp_dim": 512, "num_heads": 4, "scan": False},
+           "decoder": {"variant": "mu", "width": 128, "depth": 2, "mlp_dim": 512, "num_heads": 4,
+                       "num_kv_heads": 2, "scan": False}}
+  vlm = VLM(**sized, vocab_size=256)
+  images = jnp.zeros((2, 64, 64, 3))
+  tokens = jnp.concatenate([jnp.full((2, 64), IMAGE_TOKEN), jnp.full((2, 16), 5)], axis=1)  # 64 patches
+  params = jax.eval_shape(vlm.init, jax.random.PRNGKey(0), images, tokens)
+  compiled = jax.jit(lambda p: vlm.apply(p, images, tokens)["logits"]).lower(params).compile()
+  analytic = flops.vlm_flops(dict(sized, name="vlm"), {"image": images.shape, "tokens": tokens.shape}, 256)
+  ratio = xla.flops(compiled, 1) / analytic["forward"]
+  assert 1.0 <= ratio <= 1.1, ratio

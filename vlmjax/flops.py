@@ -1,4 +1,4 @@
-"""Analytic model FLOPs of a dual-encoder train step, the numerator of MFU.
+"""Analytic model FLOPs of a dual-encoder or VLM train step, the numerator of MFU.
 
 Counts the matrix multiplies only (2·m·n·k each), the usual convention for model FLOPs utilisation
 (PaLM, big_vision): norms, activations, softmax and the optimizer are left out, and so is the work
@@ -19,9 +19,16 @@ A train step is forward + backward = 3 × forward (the backward computes gradien
 both the activations and the weights: two matmuls per forward matmul). The projections of *token*
 embeddings (`image_tokens`, `text_tokens`) are not counted: objectives that use only the pooled
 embeddings never compute them (XLA removes them as dead code); FILIP and DreamLIP's grouping loss do.
+
+A VLM (`vlm_flops`): the image tower as above on its patches; the projector (`linear`: 2·N·Wi·Wd;
+`mlp`: 2·N·Wi·Wh + 2·N·Wh·Wd); the decoder on its T tokens (image slots included), with grouped-query
+attention (query and output 2·T·W·H·Dh each, key and value 2·T·W·K·Dh each), the SwiGLU MLP's three
+matmuls (3 · 2·T·W·M) and the output head 2·T·W·V. With `stop_image_gradient` nothing flows back
+into the tower: it counts its forward only, and the projector forward + weight gradients (2 ×).
 """
 import dataclasses
 
+from vlmjax.models.decoder import decoder_kwargs
 from vlmjax.models.sizes import decode_variant
 from vlmjax.models.text import TextTransformer
 from vlmjax.models.vit import ViT, conv_stem_channels
@@ -123,6 +130,50 @@ def dual_encoder_flops(model_config, batch_shapes: dict) -> dict:
   return out
 
 
-def train_step_flops(model_config, batch_shapes: dict) -> int:
-  """Model FLOPs of one train step (forward + backward) on a global batch of these shapes."""
+def vlm_flops(model_config, batch_shapes: dict, vocab_size: int) -> dict:
+  """FLOPs of the VLM on a batch, by part, for the whole (global) batch: {'image/...', 'projector',
+  'decoder/attention_proj', 'decoder/attention_scores', 'decoder/mlp', 'decoder/head', 'forward',
+  'train_step'}. batch_shapes: {'image': (B, S, S, 3), 'tokens': (B, T), ...}."""
+  decoder = decoder_kwargs(model_config["decoder"])
+  if decoder.get("pdrop_layers") or model_config.get("assignment_codes"):
+    raise ValueError("flops: no analytic FLOP count for a VLM with PyramidDrop or assignment codes")
+  projector = dict(model_config.get("projector") or {"kind": "mlp"})
+  if projector["kind"] not in ("linear", "mlp"):
+    raise ValueError(f"flops: no analytic FLOP count for the '{projector['kind']}' projector")
+  image = tower_settings(model_config["image"], ViT)
+  batch, height = batch_shapes["image"][0], batch_shapes["image"][1]
+  length = int(batch_shapes["tokens"][-1])
+  p, width = image["patch_size"], image["width"]
+  patches = (height // p) ** 2
+  tokens = patches + (1 if image["pool"] == "cls" else 0)
+  out = {"image/patch_embed": batch * 2 * patches * p * p * batch_shapes["image"][-1] * width}
+  for name, value in transformer_flops(width, image["depth"], image["mlp_dim"], image["num_heads"], tokens).items():
+    out[f"image/{name}"] = batch * value
+  d = decoder["width"]
+  hidden = projector.get("hidden_dim") or d
+  out["projector"] = batch * 2 * patches * (width * d if projector["kind"] == "linear" else width * hidden + hidden * d)
+  heads = decoder["num_heads"]
+  kv_heads, head_dim = decoder.get("num_kv_heads") or heads, decoder.get("head_dim") or d // heads
+  depth = decoder["depth"]
+  out["decoder/attention_proj"] = batch * depth * 2 * length * d * 2 * (heads + kv_heads) * head_dim
+  out["decoder/attention_scores"] = batch * depth * 2 * 2 * length * length * heads * head_dim
+  out["decoder/mlp"] = batch * depth * 3 * 2 * length * d * decoder["mlp_dim"]
+  out["decoder/head"] = batch * 2 * length * d * vocab_size
+  out["forward"] = sum(out.values())
+  image_forward = sum(v for k, v in out.items() if k.startswith("image/"))
+  if model_config.get("stop_image_gradient"):
+    out["train_step"] = (TRAIN_STEP_FACTOR * (out["forward"] - image_forward - out["projector"])
+                         + image_forward + 2 * out["projector"])
+  else:
+    out["train_step"] = TRAIN_STEP_FACTOR * out["forward"]
+  return out
+
+
+def train_step_flops(model_config, batch_shapes: dict, vocab_size: int | None = None) -> int:
+  """Model FLOPs of one train step (forward + backward) on a global batch of these shapes; a VLM's
+  needs the `vocab_size` of its output head."""
+  if model_config.get("name") == "vlm":
+    if vocab_size is None:
+      raise ValueError("flops: a VLM's FLOP count needs the vocabulary size")
+    return vlm_flops(model_config, batch_shapes, vocab_size)["train_step"]
   return dual_encoder_flops(model_config, batch_shapes)["train_step"]

@@ -14,15 +14,30 @@ same step with its layer scans unrolled (`xla.unrolled`; XLA's cost analysis cou
 once) and compiled without windowed matmuls (on slices of many chips the TPU partitioner turns an
 FSDP-gathered or reduce-scattered matmul into a loop over the shards, "collective matmul", whose
 body would be counted once). A count whose program still holds a loop is reported as incomplete and
-gives no time or MFU. The step time is the TPU compiler's cost model (compute and HBM traffic; ICI
-collectives are not modelled), MFU is the model's matmul FLOPs (`vlmjax.flops`, no
-rematerialisation) over that time × the chip's peak.
+gives no time or MFU. Compute time is the TPU compiler's cost model (compute and HBM traffic, op by
+op). Collectives are read from the same program (`xla.collectives`: each all-gather, reduce-scatter,
+all-reduce, all-to-all and permute with its group and bytes), and their time is the bytes one chip
+sends with bandwidth-optimal algorithms over the chip's published ICI bandwidth, every link busy: a
+lower bound. The estimated step time is the larger of the two (the scheduler overlaps collectives
+with compute), the serial time their sum. MFU is the model's matmul FLOPs (`vlmjax.flops`, no
+rematerialisation) over the step time × the chip's peak.
 `--noestimate_time` skips the unrolled compile (memory only).
+
+`--sweep` compiles the config once per candidate and tabulates them (`sweep`): each `--sweep` is one
+axis, keys = alternatives separated by `|`, each alternative one value per key (or one for all),
+and the candidates are every combination of the axes:
+
+  python -m vlmjax.bench.compile --config configs/clip_b16.py --topology v5p-64 \
+      --sweep 'model.image.remat,model.text.remat=none|dots|save_mlp|full' \
+      --sweep 'mesh.fsdp,mesh.tensor=-1,1|-1,2' --json sweep.json --markdown sweep.md
+
+The choice is the fastest estimated step that leaves `--headroom` (15%) of the HBM free.
 
 libtpu is the `tpu` extra. On a machine without TPUs keep it out of the environment's
 site-packages (JAX would try to start a TPU runtime in every process): `make libtpu` installs it into
 `.venv/libtpu`, which this module finds; or point TPU_LIBRARY_PATH at libtpu.so.
 """
+import ast
 import dataclasses
 import json
 import math
@@ -45,6 +60,9 @@ def define_flags():
   flags.DEFINE_string("topology", None, "TPU slice: v5p-64, v4-32, v5e-16, v6e-256, or an explicit v5p:4x4x4.")
   flags.DEFINE_string("json", None, "Also write the report to this JSON file.")
   flags.DEFINE_bool("estimate_time", True, "Also compile the unrolled step for FLOPs, step time and MFU.")
+  flags.DEFINE_multi_string("sweep", [], "An axis of candidates: 'key[,key..]=value[,value..]|...' (repeatable).")
+  flags.DEFINE_string("markdown", None, "With --sweep: also write the table to this markdown file.")
+  flags.DEFINE_float("headroom", 0.15, "With --sweep: the share of HBM the chosen candidate must leave free.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,16 +73,17 @@ class Chip:
   bf16_flops: float      # peak dense bf16 FLOP/s
   hbm_bytes: float       # HBM capacity
   hbm_bytes_per_s: float
+  ici_bytes_per_s: float  # interconnect, all links together, one direction
   cores_in_name: int
   dims: int              # torus dimensions
 
 
 GIB = 2**30
 CHIPS = {
-    "v4": Chip("v4", 275e12, 32 * GIB, 1.2e12, cores_in_name=2, dims=3),
-    "v5p": Chip("v5p", 459e12, 95.74 * GIB, 2.765e12, cores_in_name=2, dims=3),  # as libtpu's compiler counts
-    "v5e": Chip("v5e", 197e12, 16 * GIB, 0.819e12, cores_in_name=1, dims=2),
-    "v6e": Chip("v6e", 918e12, 32 * GIB, 1.64e12, cores_in_name=1, dims=2),
+    "v4": Chip("v4", 275e12, 32 * GIB, 1.2e12, 300e9, cores_in_name=2, dims=3),
+    "v5p": Chip("v5p", 459e12, 95.74 * GIB, 2.765e12, 600e9, cores_in_name=2, dims=3),  # HBM as libtpu counts it
+    "v5e": Chip("v5e", 197e12, 16 * GIB, 0.819e12, 200e9, cores_in_name=1, dims=2),
+    "v6e": Chip("v6e", 918e12, 32 * GIB, 1.64e12, 448e9, cores_in_name=1, dims=2),
 }
 ALIASES = {"v5litepod": "v5e", "v5lite": "v5e"}
 CHIPS_PER_HOST = (2, 2, 1)  # 4 chips per host (TPU VM worker)
@@ -203,20 +222,23 @@ def compile_step(config, topology: Slice, estimate_time: bool = True) -> dict:
   total = (memory["argument_size"] + memory["output_size"] - memory["alias_size"] + memory["temp_size"]
            + memory["generated_code_size"])
   estimate_time = estimate_time and total <= chip.hbm_bytes
-  cost, loops = {}, None
+  cost, loops, collectives = {}, None, {}
   if estimate_time:
     counted = lower(xla.unrolled(config), mesh=mesh, validate=False)[0].compile(compiler_options=COUNTING_OPTIONS)
     loops = xla.while_loops(counted)
-    cost = xla.cost(counted) if loops == 0 else {}
+    if loops == 0:
+      cost, collectives = xla.cost(counted), xla.collective_summary(xla.collectives(counted.as_text()))
   try:
-    model_flops = flops_lib.train_step_flops(config.model, {k: v.shape for k, v in batch.items()})
+    model_flops = flops_lib.train_step_flops(config.model, {k: v.shape for k, v in batch.items()}, vocab)
   except (KeyError, ValueError):  # a model the analytic count does not know
     model_flops = None
 
   flops = float(cost.get("flops", 0.0))  # per chip: the partitioned program one device runs
   hbm_traffic = float(cost.get("bytes accessed", 0.0))
   roofline_s = max(flops / chip.bf16_flops, hbm_traffic / chip.hbm_bytes_per_s)
-  step_s = float(cost.get("optimal_seconds", 0.0)) or roofline_s
+  compute_s = float(cost.get("optimal_seconds", 0.0)) or roofline_s
+  ici_s = sum(c["ici_bytes"] for c in collectives.values()) / chip.ici_bytes_per_s
+  step_s = max(compute_s, ici_s)  # XLA's TPU scheduler runs collectives asynchronously, beside compute
   params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract["params"]))
   return {
       "topology": topology.name, "libtpu_topology": topology.libtpu_topology, "chips": topology.num_chips,
@@ -227,12 +249,98 @@ def compile_step(config, topology: Slice, estimate_time: bool = True) -> dict:
                  "aliased": memory["alias_size"], "temporaries": memory["temp_size"],
                  "code": memory["generated_code_size"], "total": total, "hbm": chip.hbm_bytes},
       "flops_per_chip": flops, "flops_per_step": flops * topology.num_chips, "model_flops_per_step": model_flops,
-      "hbm_bytes_accessed_per_chip": hbm_traffic, "step_time_s": step_s, "roofline_step_time_s": roofline_s,
+      "hbm_bytes_accessed_per_chip": hbm_traffic, "compute_time_s": compute_s, "roofline_step_time_s": roofline_s,
+      "collectives": collectives, "hbm_bytes_per_s": chip.hbm_bytes_per_s,
+      "ici_bytes_per_s": chip.ici_bytes_per_s, "ici_time_s": ici_s,
+      "step_time_s": step_s, "serial_step_time_s": compute_s + ici_s,
       "mfu": model_flops / (step_s * chip.bf16_flops * topology.num_chips) if step_s and model_flops else None,
+      "serial_mfu": (model_flops / ((compute_s + ici_s) * chip.bf16_flops * topology.num_chips)
+                     if step_s and model_flops else None),
       "estimated_time": estimate_time and loops == 0, "loops_in_counted_program": loops,
       "peak_bf16_flops_per_chip": chip.bf16_flops, "fits": total <= chip.hbm_bytes,
       "examples_per_s": config.batch_size / step_s if step_s else None,
   }
+
+
+def parse_sweep(axes: list[str], config) -> list[dict]:
+  """--sweep axes -> the candidates: one {key: value} per combination. Values take the type of
+  the config's own value at that key."""
+  candidates = [{}]
+  for axis in axes:
+    keys, sep, alternatives = axis.partition("=")
+    keys = [k.strip() for k in keys.split(",")]
+    if not sep or not alternatives or not all(keys):
+      raise CompileError(f"--sweep '{axis}': expected key[,key..]=value[,value..]|...")
+    options = []
+    for alternative in alternatives.split("|"):
+      values = [v.strip() for v in alternative.split(",")]
+      if len(values) == 1:
+        values = values * len(keys)
+      if len(values) != len(keys):
+        raise CompileError(f"--sweep '{axis}': '{alternative}' gives {len(values)} values for {len(keys)} keys")
+      options.append({k: typed(config, k, v, axis) for k, v in zip(keys, values)})
+    candidates = [{**c, **o} for c in candidates for o in options]
+  return candidates
+
+
+def typed(config, key: str, value: str, axis: str):
+  """`value` as the type of config[key] (int, float, bool or str); a key the config leaves to the
+  model's default (its section exists, the key does not) takes a number or a string."""
+  *parents, leaf = key.split(".")
+  try:
+    section = config
+    for part in parents:
+      section = section[part]
+    current = section[leaf] if leaf in section else None
+  except (KeyError, AttributeError, TypeError):
+    raise CompileError(f"--sweep '{axis}': the config has no section '{'.'.join(parents)}'") from None
+  if current is None:
+    try:
+      return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      return value
+  if isinstance(current, bool):
+    if value.lower() not in ("true", "false"):
+      raise CompileError(f"--sweep '{axis}': '{key}' takes true or false, not '{value}'")
+    return value.lower() == "true"
+  try:
+    return type(current)(value) if isinstance(current, (int, float)) else value
+  except ValueError:
+    raise CompileError(f"--sweep '{axis}': '{key}' takes {type(current).__name__}, not '{value}'") from None
+
+
+def with_overrides(config, overrides: dict):
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for key, value in overrides.items():
+      *parents, leaf = key.split(".")
+      section = config
+      for part in parents:
+        section = section[part]
+      section[leaf] = value
+  return config
+
+
+def sweep(config, topology: Slice, candidates: list[dict], headroom: float, log=print) -> dict:
+  """Compiles each candidate's step -> {'rows': [{'overrides', 'report' or 'error'}], 'choice':
+  index of the fastest estimated step leaving `headroom` of HBM free, or None}."""
+  from vlmjax import config as config_lib  # pylint: disable=import-outside-toplevel
+  rows = []
+  for i, overrides in enumerate(candidates):
+    label = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "as configured"
+    log(f"[{i + 1}/{len(candidates)}] {label}")
+    try:
+      rows.append({"overrides": overrides, "report": compile_step(with_overrides(config, overrides), topology)})
+    except (CompileError, config_lib.ConfigError, ValueError) as e:
+      rows.append({"overrides": overrides, "error": str(e).splitlines()[0][:300]})
+    except Exception as e:  # pylint: disable=broad-except
+      if "RESOURCE_EXHAUSTED" not in str(e) and "Ran out of memory" not in str(e):
+        raise
+      rows.append({"overrides": overrides, "error": "does not fit (the compiler ran out of HBM)"})
+  usable = [i for i, row in enumerate(rows) if "report" in row and row["report"]["estimated_time"]
+            and row["report"]["memory"]["total"] <= (1 - headroom) * row["report"]["memory"]["hbm"]]
+  choice = min(usable, key=lambda i: rows[i]["report"]["step_time_s"]) if usable else None
+  return {"topology": topology.name, "headroom": headroom, "rows": rows, "choice": choice}
 
 
 def main(argv):
@@ -245,6 +353,14 @@ def main(argv):
     cli.fail(PROGRAM, "--config and --topology are required")
   try:
     topology = parse_topology(FLAGS.topology)
+    if FLAGS.sweep:
+      table = sweep(FLAGS.config, topology, parse_sweep(FLAGS.sweep, FLAGS.config), FLAGS.headroom)
+      print(report.sweep_markdown(table))
+      for path, text in ((FLAGS.json, json.dumps(table, indent=1)), (FLAGS.markdown, report.sweep_markdown(table))):
+        if path:
+          with open(path, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+      return
     result = compile_step(FLAGS.config, topology, FLAGS.estimate_time)
   except (CompileError, config_lib.ConfigError, registry.RegistryError, OSError) as e:
     cli.fail(PROGRAM, e)

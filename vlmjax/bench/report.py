@@ -299,12 +299,58 @@ def compile_text(r: dict) -> str:
     rows += [
         ("compiled FLOPs per step", f"{r['flops_per_step']:.3e} ({r['flops_per_chip']:.3e} per chip, remat "
                                     f"included{ratio})"),
-        ("estimated step time", f"{r['step_time_s'] * 1e3:.1f} ms (XLA's TPU cost model; compute-or-HBM "
-                                f"roofline {r['roofline_step_time_s'] * 1e3:.1f} ms; ICI collectives not modelled)"),
+        ("estimated compute time", f"{r['compute_time_s'] * 1e3:.1f} ms (XLA's TPU cost model; compute-or-HBM "
+                                   f"roofline {r['roofline_step_time_s'] * 1e3:.1f} ms)"),
+    ]
+    for kind, c in r["collectives"].items():
+      rows.append((f"collectives: {kind}", f"{c['count']} per step, {c['bytes'] / 2**20:,.1f} MiB, "
+                                           f"{c['ici_bytes'] / 2**20:,.1f} MiB sent per chip"))
+    rows += [
+        ("estimated ICI time", f"{r['ici_time_s'] * 1e3:.1f} ms (at {r['ici_bytes_per_s'] / 1e9:.0f} GB/s per chip, "
+                               "every link busy: a lower bound)"),
+        ("estimated step time", f"{r['step_time_s'] * 1e3:.1f} ms (collectives overlapped; "
+                                f"{r['serial_step_time_s'] * 1e3:.1f} ms if not)"),
         ("estimated throughput", f"{r['examples_per_s']:,.0f} examples/s"),
     ]
     if r["mfu"] is not None:
       rows.append(("estimated MFU", f"{100 * r['mfu']:.1f}% of {r['peak_bf16_flops_per_chip'] / 1e12:.0f} "
-                                    "TFLOP/s bf16 per chip"))
+                                    f"TFLOP/s bf16 per chip ({100 * r['serial_mfu']:.1f}% with no overlap)"))
   width = max(len(k) for k, _ in rows)
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def sweep_markdown(table: dict) -> str:
+  """A `compile --sweep` table (`compile.sweep`): one row per candidate, the chosen one marked."""
+  lines = [f"Candidates on {table['topology']}; chosen (**bold**): the fastest estimated step leaving "
+           f"{100 * table['headroom']:.0f}% of HBM free.", "",
+           "| candidate | mesh | HBM per chip | compiled / model FLOPs | compute | ICI | step | MFU | bound by |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for i, row in enumerate(table["rows"]):
+    label = ", ".join(f"{k.removeprefix('model.')}={v}" for k, v in row["overrides"].items()) or "as configured"
+    label = f"**{label}**" if i == table["choice"] else label
+    if "error" in row:
+      lines.append(f"| {label} | | {row['error']} | | | | | | |")
+      continue
+    r = row["report"]
+    m = r["memory"]
+    mesh = "×".join(f"{k}{v}" for k, v in r["mesh"].items() if v > 1)
+    memory = f"{gib(m['total'])} ({100 * m['total'] / m['hbm']:.0f}%)"
+    if not r["estimated_time"]:
+      lines.append(f"| {label} | {mesh} | {memory} | not estimated | | | | | |")
+      continue
+    ratio = f"{r['flops_per_step'] / r['model_flops_per_step']:.2f}" if r["model_flops_per_step"] else "–"
+    lines.append(f"| {label} | {mesh} | {memory} | {ratio} | {1e3 * r['compute_time_s']:.1f} ms | "
+                 f"{1e3 * r['ici_time_s']:.1f} ms | {1e3 * r['step_time_s']:.1f} ms | "
+                 f"{100 * r['mfu']:.1f}% | {bound(r)} |")
+  return "\n".join(lines)
+
+
+def bound(r: dict) -> str:
+  """Which term sets a compile report's estimated step: ICI, or within compute the larger of the
+  FLOP time and the HBM-traffic time at peak."""
+  if r["ici_time_s"] >= r["compute_time_s"]:
+    return "ICI"
+  flop_s = r["flops_per_chip"] / r["peak_bf16_flops_per_chip"]
+  hbm_s = r["hbm_bytes_accessed_per_chip"] / r["hbm_bytes_per_s"]
+  terms = f"FLOPs {1e3 * flop_s:.0f} ms, HBM {1e3 * hbm_s:.0f} ms"
+  return f"{'FLOPs' if flop_s >= hbm_s else 'HBM'} ({terms})"

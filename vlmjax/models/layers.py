@@ -10,6 +10,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from vlmjax import sharding
 
@@ -23,9 +24,17 @@ ACTIVATIONS: dict[str, Callable] = {
     "silu": nn.silu,
 }
 
+# What a rematerialised block keeps for its backward pass; the rest is recomputed from the block's
+# input. From most memory to least: everything ('none'); every matmul output without batch
+# dimensions, i.e. all but the attention core ('dots'); the attention sub-layer's named
+# activations, so only the MLP is recomputed ('save_attention'); the MLP's, so only the attention
+# is ('save_mlp'); nothing ('full').
 REMAT_POLICIES = {
     "none": None,
     "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "save_attention": jax.checkpoint_policies.save_only_these_names(
+        "attention_qkv", "attention_context", "attention_out"),
+    "save_mlp": jax.checkpoint_policies.save_only_these_names("attention_out", "mlp_in", "mlp_hidden"),
     "full": jax.checkpoint_policies.nothing_saveable,
 }
 
@@ -87,9 +96,9 @@ class Mlp(nn.Module):
         features, use_bias=self.use_bias, dtype=self.dtype, name=name,
         kernel_init=kernel_init(axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]))
-    h = act(dense(self.mlp_dim, ("embed", "mlp"), "fc1")(x))
+    h = act(checkpoint_name(dense(self.mlp_dim, ("embed", "mlp"), "fc1")(x), "mlp_hidden"))
     if self.gated:
-      h = h * dense(self.mlp_dim, ("embed", "mlp"), "gate")(x)
+      h = h * checkpoint_name(dense(self.mlp_dim, ("embed", "mlp"), "gate")(x), "mlp_hidden")
     h = constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
     h = nn.Dropout(self.dropout)(h, deterministic)
     return dense(width, ("mlp", "embed"), "fc2")(h)
@@ -183,7 +192,8 @@ class Attention(nn.Module):
       groups = [(x, [query, key, value()])]
     else:  # grouped-query (fewer key/value heads than query heads) or cross-attention
       groups = [(x, [query]), (kv, [key, value()])]
-    q, k, *v = [y for inputs, group in groups for y in self.project(inputs, *group)]
+    q, k, *v = [checkpoint_name(y, "attention_qkv")
+                for inputs, group in groups for y in self.project(inputs, *group)]
     q = constrain(q, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
     k = constrain(k, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
     if self.use_rope:
@@ -196,7 +206,7 @@ class Attention(nn.Module):
     if self.decode:
       k, v = self.update_cache(k, v, cache_index)
     weights = jax.nn.softmax(self.masked_logits(q, k, mask, num_kv, head_dim), axis=-1).astype(self.dtype)
-    out = self.attend(weights, v)
+    out = checkpoint_name(self.attend(weights, v), "attention_context")
     out = OutProjection(width, self.use_bias, self.dtype, name="out")(out)
     return (out, k) if self.return_keys else out
 
@@ -299,8 +309,8 @@ class Block(nn.Module):
                       h, mask, positions, cache_index, rank_queries)
     if rank_queries is not None:
       return h
-    x = x + nn.Dropout(self.dropout)(h, deterministic)
-    h = Norm(self.norm, "norm2", self.norm_eps)(x).astype(self.dtype)
+    x = x + nn.Dropout(self.dropout)(checkpoint_name(h, "attention_out"), deterministic)
+    h = checkpoint_name(Norm(self.norm, "norm2", self.norm_eps)(x).astype(self.dtype), "mlp_in")
     h = Mlp(self.mlp_dim, self.activation, self.gated_mlp, self.use_bias, self.dropout, self.dtype,
             name="mlp")(h, deterministic)
     x = x + nn.Dropout(self.dropout)(h, deterministic)
