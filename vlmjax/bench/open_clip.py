@@ -41,7 +41,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from vlmjax import cli, experiment as experiment_lib, flops as flops_lib, interop, metrics, sharding
-from vlmjax.bench import command, report
+from vlmjax.bench import command, op_profile as op_profile_lib, report
 from vlmjax.bench.report import COMPILED_ROW, EAGER_ROW, VLMJAX_ROW
 from vlmjax.interop import clip as interop_clip
 from vlmjax.models.text import TextTransformer
@@ -107,8 +107,8 @@ def _count(tree) -> int:
 
 def vlmjax_row(config, mesh):
   """vlmjax's train step, built by `vlmjax.experiment` as `vlmjax.train` builds it.
-  -> dict(run=, compile_s=, params=, host_batch=, schedule=): `run(n)` takes n steps and returns the
-  last step's loss."""
+  -> dict(run=, compile_s=, params=, host_batch=, schedule=, hlo_text=): `run(n)` takes n steps and
+  returns the last step's loss."""
   experiment = experiment_lib.build(config, config.tokenizer.vocab_size, mesh=mesh)
   host_batch = experiment.synthetic_batch(seed=config.seed)
   batch = sharding.global_batch(host_batch, mesh)
@@ -128,7 +128,8 @@ def vlmjax_row(config, mesh):
       jax.block_until_ready((holder["state"], step_metrics))
     return float(step_metrics["loss"])
 
-  return dict(run=run, compile_s=compile_s, params=params, host_batch=host_batch, schedule=experiment.schedule)
+  return dict(run=run, compile_s=compile_s, params=params, host_batch=host_batch, schedule=experiment.schedule,
+              hlo_text=compiled.as_text())
 
 
 # ------------------------------------------------------------------------------------------ open_clip
@@ -168,6 +169,7 @@ def torch_row(config, folder: str, host_batch: dict, learning_rates, compile_mod
   images = torch.from_numpy(np.ascontiguousarray(host_batch["image"].transpose(0, 3, 1, 2)))
   texts = torch.from_numpy(host_batch["text"].astype(np.int64))
   step = [0]
+  record = torch.profiler.record_function
 
   def train_step():
     lr = float(learning_rates[min(step[0], len(learning_rates) - 1)])
@@ -175,12 +177,14 @@ def torch_row(config, folder: str, host_batch: dict, learning_rates, compile_mod
       group["lr"] = lr
     optimizer.zero_grad()
     out = forward(images, texts)
-    loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+    with record("loss"):  # names for the op profile (`op_profile`); free when not profiling
+      loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
     loss.backward()
-    if clip_norm:
-      torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm, norm_type=2.0)
+    with record("optimizer: clip_grad_norm_, clamp"):
+      if clip_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm, norm_type=2.0)
     optimizer.step()
-    with torch.no_grad():
+    with torch.no_grad(), record("optimizer: clip_grad_norm_, clamp"):
       model.logit_scale.clamp_(0, max_logit_scale)
     step[0] += 1
     return loss
@@ -218,10 +222,11 @@ def _environment(mesh, load_start, torch) -> dict:
 
 
 def bench_against_open_clip(config, steps: int = 2, warmup: int = 3, repeats: int = 4,
-                            torch_compile: bool = True, devices=None) -> dict:
+                            torch_compile: bool = True, devices=None, op_profile: bool = False) -> dict:
   """Times vlmjax's train step and open_clip's (eager, and compiled if `torch_compile`) on the same
   model, weights and batch, interleaved; returns the report's fields. `devices`: vlmjax's mesh
-  (default: the first device; open_clip runs on one CPU process too)."""
+  (default: the first device; open_clip runs on one CPU process too). `op_profile`: then profile
+  `steps` more steps of each row, op by op (`op_profile`), into the report's 'op_profile'."""
   if steps < 1 or repeats < 1 or warmup < 1:
     raise ValueError(f"bench.open_clip: --steps ({steps}), --repeats ({repeats}) and --warmup ({warmup}) "
                      "must be >= 1 (the first warm-up step gives the step-0 losses)")
@@ -267,6 +272,11 @@ def bench_against_open_clip(config, steps: int = 2, warmup: int = 3, repeats: in
       times[name].append((time.perf_counter() - start) / steps)
       cpu_times[name].append((time.process_time() - start_cpu) / steps)
 
+  profiles = {}
+  if op_profile:  # after the timing, which it would slow down
+    for name in names:
+      profiles[name] = (op_profile_lib.profile_xla(rows[name]["run"], ours["hlo_text"], steps) if name == VLMJAX_ROW
+                        else op_profile_lib.profile_torch(rows[name]["run"], steps))
   for name in names:
     if not np.isfinite(rows[name]["loss_last"]):
       raise FloatingPointError(f"bench.open_clip: {name}'s loss is {rows[name]['loss_last']}")
@@ -301,7 +311,7 @@ def bench_against_open_clip(config, steps: int = 2, warmup: int = 3, repeats: in
       "steps": steps, "warmup": warmup, "repeats": repeats,
       "rows": results, "failed": failures, "torch_compile_tried": bool(torch_compile),
       "loss_step0_max_abs_diff": max(abs(r["loss_step0"] - base["loss_step0"]) for r in results.values()),
-      "environment": _environment(mesh, load_start, torch),
+      "environment": _environment(mesh, load_start, torch), "op_profile": profiles,
   }
 
 
@@ -317,6 +327,7 @@ def define_flags():
                        "heap reaches its steady size over the first few steps).")
   flags.DEFINE_integer("repeats", 4, "Timed repeats; the best and the median are reported.")
   flags.DEFINE_bool("torch_compile", True, "Also time open_clip under torch.compile (--torchcompile).")
+  flags.DEFINE_bool("op_profile", False, "Then profile --steps steps of each row, op by op, into the report.")
 
 
 def main(argv):
@@ -327,7 +338,8 @@ def main(argv):
     cli.fail(PROGRAM, "--config and --out are required")
   name = FLAGS.name or "open_clip_" + command.config_name()
   try:
-    result = bench_against_open_clip(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats, FLAGS.torch_compile)
+    result = bench_against_open_clip(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats, FLAGS.torch_compile,
+                                     op_profile=FLAGS.op_profile)
     result["command"] = " ".join(["python -m vlmjax.bench.open_clip"] + sys.argv[1:])
     report.publish(FLAGS.out, name, result, report.open_clip_markdown(name, result))
   except command.ERRORS as e:

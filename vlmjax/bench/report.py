@@ -9,6 +9,7 @@ import datetime
 import json
 import os
 import platform
+import re
 
 from vlmjax import cpu_memory
 
@@ -274,7 +275,34 @@ def open_clip_markdown(name: str, r: dict) -> str:
   if eager:
     lines += [f"Step-0 losses agree to {r['loss_step0_max_abs_diff']:.1e} (same weights, same batch). "
               + OPEN_CLIP_NOTE, ""]
+  if r.get("op_profile"):
+    lines += op_profile_markdown(r, labels)
   return "\n".join(lines)
+
+
+def op_profile_markdown(r: dict, labels: dict) -> list[str]:
+  """The op-by-op profile of each row (`op_profile`), by category, side by side, then each row's
+  costliest ops."""
+  from vlmjax.bench.op_profile import CATEGORIES, TORCH_ONLY  # pylint: disable=import-outside-toplevel
+  profiles = r["op_profile"]
+  names = list(profiles)
+  wall = {n: 1e3 * min(r["rows"][n]["step_times_s"]) for n in names}
+  lines = ["## Op by op", "",
+           f"{r['steps']} steps of each row profiled after the timing (`jax.profiler`: XLA:CPU's ops by their HLO "
+           "instruction, mapped to the JAX op each came from; `torch.profiler`: aten ops' self time). Op time is "
+           "not wall time: XLA runs independent ops at once on its threads, a PyTorch op uses all threads.", "",
+           "| ms per step | " + " | ".join(labels[n] for n in names) + " |", "|---|" + "---|" * len(names)]
+  for category in CATEGORIES + TORCH_ONLY:
+    lines.append(f"| {category} | " + " | ".join(f"{profiles[n]['per_step_ms'].get(category, 0.0):.1f}"
+                                                 for n in names) + " |")
+  lines.append("| **all ops** | " + " | ".join(f"**{profiles[n]['ops_ms']:.1f}**" for n in names) + " |")
+  lines.append("| wall time per step (best repeat) | " + " | ".join(f"{wall[n]:.1f}" for n in names) + " |")
+  for n in names:
+    lines += ["", f"Costliest ops, {labels[n]}:", "", "| op | category | ms per step | from |", "|---|---|---|---|"]
+    for op, category, origin, ms in profiles[n]["top"]:
+      origin = re.sub(r"^jit\(train_step\)/", "", origin).replace("closed_call/blocks.body/blocks/", "")
+      lines.append(f"| `{op}` | {category} | {ms:.1f} | {origin and f'`{origin}`'} |")
+  return lines + [""]
 
 
 def compile_text(r: dict) -> str:

@@ -205,8 +205,9 @@ class Attention(nn.Module):
     v = constrain(v[0], ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
     if self.decode:
       k, v = self.update_cache(k, v, cache_index)
-    weights = jax.nn.softmax(self.masked_logits(q, k, mask, num_kv, head_dim), axis=-1).astype(self.dtype)
-    out = checkpoint_name(self.attend(weights, v), "attention_context")
+    with jax.named_scope("core"):  # scores, softmax, weighted values: one name for profiles
+      weights = jax.nn.softmax(self.masked_logits(q, k, mask, num_kv, head_dim), axis=-1).astype(self.dtype)
+      out = checkpoint_name(self.attend(weights, v), "attention_context")
     out = OutProjection(width, self.use_bias, self.dtype, name="out")(out)
     return (out, k) if self.return_keys else out
 
