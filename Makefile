@@ -46,9 +46,9 @@ test-interop: $(STAMP)
 # machine; the reports record the load average.
 bench-open-clip: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[test,interop]"
-	$(BIN)/python -m vlmjax.bench.open_clip --config configs/bench_vits16.py --out benchmarks
+	$(BIN)/python -m vlmjax.bench.open_clip --config configs/bench_vits16.py --out benchmarks --repeats 5 --op_profile
 	# The demo's size with a patch embedding: open_clip has no convolutional stem.
-	$(BIN)/python -m vlmjax.bench.open_clip --config configs/demo.py --config.model.image.stem=patch --out benchmarks
+	$(BIN)/python -m vlmjax.bench.open_clip --config configs/demo.py --config.model.image.stem=patch --out benchmarks --repeats 5 --op_profile
 
 # libtpu for `python -m vlmjax.bench.compile` (TPU sizing) on a machine without TPUs: the version jax[tpu]
 # names, installed into .venv/libtpu rather than site-packages, where JAX would try to start a TPU

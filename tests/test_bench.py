@@ -209,3 +209,20 @@ def test_vlm_flops_count_by_hand_and_by_xla():
   analytic = flops.vlm_flops(dict(sized, name="vlm"), {"image": images.shape, "tokens": tokens.shape}, 256)
   ratio = xla.flops(compiled, 1) / analytic["forward"]
   assert 1.0 <= ratio <= 1.1, ratio
+
+
+@pytest.mark.parametrize("name, opcode, op_name, category", [
+    ("ynn_fusion.3", "fusion", "jit(train_step)/jvp(DualEncoder)/image/encoder/block_0/mlp/fc1/dot_general",
+     "dense matmuls"),
+    ("dot.9", "dot", "jit(train_step)/transpose(jvp(DualEncoder))/image/encoder/blocks/attn/core/nqs,nsd->nqd/"
+     "dot_general", "attention core"),
+    ("copy_bitcast_fusion.1", "fusion", "jit(train_step)/transpose(jvp(DualEncoder))/text/encoder/mlp/add_any",
+     "copies, transposes"),
+    ("add_fusion", "fusion", "jit(train_step)/jvp(DualEncoder)/image/encoder/block_0/norm1/mul", "layer norms"),
+    ("erf_fusion", "fusion", "jit(train_step)/jvp(DualEncoder)/image/encoder/block_0/mlp/erfc", "activation (GELU)"),
+    ("exp_fusion", "fusion", "jit(train_step)/jvp(jit(log_softmax))/exp", "loss"),
+    ("sqrt_fusion", "fusion", "jit(train_step)/sqrt", "optimizer"),
+])
+def test_xla_op_categories(name, opcode, op_name, category):
+  from vlmjax.bench import op_profile  # pylint: disable=import-outside-toplevel
+  assert op_profile.xla_category(name, opcode, op_name) == category

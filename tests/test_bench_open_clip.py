@@ -20,7 +20,7 @@ TOL = 1e-4
 def report():
   # 2 + 2 steps per row: the last loss is after three AdamW updates at non-zero learning rates.
   return bench_open_clip.bench_against_open_clip(tiny_config("unused"), steps=2, warmup=2, repeats=1,
-                                                 torch_compile=False)
+                                                 torch_compile=False, op_profile=True)
 
 
 def test_same_model_same_loss(report):
@@ -67,3 +67,18 @@ def test_missing_extra_is_one_line_naming_it(monkeypatch):
   with pytest.raises(ImportError) as error:
     bench_open_clip.import_torch()
   assert "pip install -e '.[interop]'" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_op_profile_of_both_steps(report, tmp_path):
+  """Both steps profiled op by op: the matmuls and the attention core found on each side, the
+  categories adding up to each side's op time, and the side-by-side table in the report."""
+  from vlmjax.bench.op_profile import CATEGORIES, TORCH_ONLY  # pylint: disable=import-outside-toplevel
+  profiles = report["op_profile"]
+  assert set(profiles) == {"vlmjax", "open_clip eager"}
+  for profile in profiles.values():
+    per_step = profile["per_step_ms"]
+    assert set(per_step) <= set(CATEGORIES + TORCH_ONLY)
+    assert per_step["dense matmuls"] > 0 and per_step["attention core"] > 0 and per_step["optimizer"] > 0
+    assert sum(per_step.values()) == pytest.approx(profile["ops_ms"], rel=1e-6)
+  text = bench_report.open_clip_markdown("oc", report)
+  assert "## Op by op" in text and "| attention core |" in text and "Costliest ops, vlmjax" in text
