@@ -330,7 +330,12 @@ def sweep(config, topology: Slice, candidates: list[dict], headroom: float, log=
     label = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "as configured"
     log(f"[{i + 1}/{len(candidates)}] {label}")
     try:
-      rows.append({"overrides": overrides, "report": compile_step(with_overrides(config, overrides), topology)})
+      result = compile_step(with_overrides(config, overrides), topology)
+      rows.append({"overrides": overrides, "report": result})
+      m = result["memory"]
+      log(f"  {report.gib(m['total'])} of {report.gib(m['hbm'])} per chip"
+          + (f", est. step {1e3 * result['step_time_s']:.1f} ms" if result["estimated_time"] else "")
+          + (f", MFU {100 * result['mfu']:.1f}%" if result["mfu"] else ""))
     except (CompileError, config_lib.ConfigError, ValueError) as e:
       rows.append({"overrides": overrides, "error": str(e).splitlines()[0][:300]})
     except Exception as e:  # pylint: disable=broad-except

@@ -45,7 +45,6 @@ import tarfile
 import time
 
 from absl import app, flags
-from flax import serialization
 import numpy as np
 from PIL import Image
 
