@@ -10,11 +10,13 @@
 Model: ViT-B/16 image tower (224 px, class-token pooling, CLIP's pre-LayerNorm, quick-GELU) and a
 12-layer 512-wide causal text tower over 77 tokens of a 49,408-piece vocabulary, 512-d embeddings:
 150 M params. CLIP softmax loss in its local-rows form (each chip's 1024 rows against the gathered
-32,768 columns). bf16 compute, fp32 params; remat 'full' in both towers (only each block's input is
-kept); FSDP over all 32 chips (1024 examples per chip). AdamW lr 5e-4, β2 0.98, wd 0.2, 2k warmup,
+32,768 columns). bf16 compute, fp32 params; remat 'dots' in both towers (every matmul output is kept,
+the attention core is recomputed): the fastest candidate of `--sweep` that leaves 15% of HBM free
+(benchmarks/sweep_clip_b16.md: no remat does not fit, 'save_mlp' and 'full' are slower); FSDP over
+all 32 chips (1024 examples per chip). AdamW lr 5e-4, β2 0.98, wd 0.2, 2k warmup,
 cosine over 32 epochs of a 400M-pair dataset (~390k steps), as in the CLIP paper.
 
-Current result: 20.29 GiB of 95.74 GiB HBM per chip on v5p-64 (docs/results.md).
+Memory per chip on v5p-64 and the estimated step: docs/results.md.
 The data defaults to the built-in dataset (so the config runs anywhere); point `data` at yours.
 Training evaluates retrieval on the data's `test` split; the standard benchmarks (zero-shot
 ImageNet, CIFAR, COCO) come from the suite, on any checkpoint:
@@ -36,8 +38,8 @@ def get_config(arg=None):
   c.input = dict(image_size=224, max_text_len=77, crop_min=0.9, brightness=0.0)
   c.tokenizer.vocab_size = 49408
 
-  c.model.image = dict(variant="B/16", pool="cls", pre_norm=True, activation="quick_gelu", remat="full")
-  c.model.text = dict(variant="M", max_len=77, activation="quick_gelu", remat="full")  # 512 wide, 12 deep
+  c.model.image = dict(variant="B/16", pool="cls", pre_norm=True, activation="quick_gelu", remat="dots")
+  c.model.text = dict(variant="M", max_len=77, activation="quick_gelu", remat="dots")  # 512 wide, 12 deep
   c.model.embed_dim = 512
   c.model.logit_scale_init = math.log(1 / 0.07)
   c.objectives = dict(clip=dict(weight=1.0, distributed="local"))
