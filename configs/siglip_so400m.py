@@ -13,10 +13,12 @@ tanh-GELU) and a So400m text tower over 16 tokens of a 32k vocabulary, 1152-d em
 released checkpoints' architecture (attention-pooling MAP head, last-token text pooling) is
 `sizes.siglip("So400m/14", 224)`, which configs/siglip_finetune.py builds. SigLIP sigmoid loss in its ring form
 (t' = ln 10, b = −10; each chip keeps its 256 images and passes text shards round the ring).
-bf16 compute, fp32 params, remat 'full'; FSDP over all 128 chips. AdamW lr 1e-3, β2 0.95, wd 1e-4,
+bf16 compute, fp32 params, remat 'dots' in both towers (matmul outputs kept, the attention core
+recomputed): the fastest candidate of `--sweep` that leaves 15% of HBM free (benchmarks/
+sweep_siglip_so400m.md); FSDP over all 128 chips. AdamW lr 1e-3, β2 0.95, wd 1e-4,
 as SigLIP trains; 40 B examples seen.
 
-Current result: 13.34 GiB of 95.74 GiB HBM per chip on v5p-256, estimated MFU 47.9% (docs/results.md).
+Memory per chip on v5p-256, the estimated step and MFU: docs/results.md.
 The data defaults to the built-in dataset (so the config runs anywhere); point `data` at yours.
 Training evaluates retrieval on the data's `test` split; the standard benchmarks (zero-shot
 ImageNet, CIFAR, COCO) come from the suite, on any checkpoint:
@@ -38,8 +40,8 @@ def get_config(arg=None):
   c.input = dict(image_size=224, max_text_len=16, crop_min=1.0, brightness=0.0)
   c.tokenizer.vocab_size = 32000
 
-  c.model.image = dict(variant="So400m/14", pool="gap", posemb="learn", activation="gelu_tanh", remat="full")
-  c.model.text = dict(variant="So400m", max_len=16, activation="gelu_tanh", remat="full")
+  c.model.image = dict(variant="So400m/14", pool="gap", posemb="learn", activation="gelu_tanh", remat="dots")
+  c.model.text = dict(variant="So400m", max_len=16, activation="gelu_tanh", remat="dots")
   c.model.embed_dim = 1152
   c.model.logit_scale_init = math.log(10.0)
   c.model.logit_bias_init = -10.0

@@ -39,9 +39,11 @@ site-packages (JAX would try to start a TPU runtime in every process): `make lib
 """
 import ast
 import dataclasses
+import glob
 import json
 import math
 import os
+import shlex
 import sys
 
 from absl import app, flags
@@ -348,6 +350,16 @@ def sweep(config, topology: Slice, candidates: list[dict], headroom: float, log=
   return {"topology": topology.name, "headroom": headroom, "rows": rows, "choice": choice}
 
 
+def versions() -> dict:
+  """jax's version and libtpu's (from the dist-info beside the libtpu.so in use)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  found = {"jax": jax.__version__}
+  root = os.path.dirname(os.path.dirname(find_libtpu()))
+  for info in sorted(glob.glob(os.path.join(root, "libtpu*.dist-info"))):
+    found["libtpu"] = os.path.basename(info).removesuffix(".dist-info").split("-")[1]
+  return found
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -360,6 +372,8 @@ def main(argv):
     topology = parse_topology(FLAGS.topology)
     if FLAGS.sweep:
       table = sweep(FLAGS.config, topology, parse_sweep(FLAGS.sweep, FLAGS.config), FLAGS.headroom)
+      table["command"] = " ".join(["python -m vlmjax.bench.compile"] + [shlex.quote(a) for a in sys.argv[1:]])
+      table["versions"] = versions()
       print(report.sweep_markdown(table))
       for path, text in ((FLAGS.json, json.dumps(table, indent=1)), (FLAGS.markdown, report.sweep_markdown(table))):
         if path:

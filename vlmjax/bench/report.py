@@ -350,9 +350,16 @@ def compile_text(r: dict) -> str:
 def sweep_markdown(table: dict) -> str:
   """A `compile --sweep` table (`compile.sweep`): one row per candidate, the chosen one marked."""
   lines = [f"Candidates on {table['topology']}; chosen (**bold**): the fastest estimated step leaving "
-           f"{100 * table['headroom']:.0f}% of HBM free.", "",
-           "| candidate | mesh | HBM per chip | compiled / model FLOPs | compute | ICI | step | MFU | bound by |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           f"{100 * table['headroom']:.0f}% of HBM free.", ""]
+  if table.get("command"):
+    versions = ", ".join(f"{k} {v}" for k, v in table.get("versions", {}).items())
+    lines += ["```", table["command"], "```", "", f"Compiled with {versions}. Memory: the TPU compiler's allocation "
+              "per chip. Compute: XLA's TPU cost model, op by op. ICI: the collectives' bytes one chip sends, "
+              "at its interconnect bandwidth (a lower bound). Step: the larger of the two. MFU: the model's "
+              "matmul FLOPs over the step at the chip's bf16 peak. Bound by: the larger of the step's FLOPs "
+              "and its HBM traffic, each at the chip's peak rate.", ""]
+  lines += ["| candidate | mesh | HBM per chip | compiled / model FLOPs | compute | ICI | step | MFU | bound by |",
+            "|---|---|---|---|---|---|---|---|---|"]
   for i, row in enumerate(table["rows"]):
     label = ", ".join(f"{k.removeprefix('model.')}={v}" for k, v in row["overrides"].items()) or "as configured"
     label = f"**{label}**" if i == table["choice"] else label
