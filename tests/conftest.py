@@ -45,7 +45,7 @@ def tiny_data_dir(tmp_path_factory):
 
 def tiny_config(data_dir: str, **overrides):
   """base_config() shrunk to a model and data that train in well under a second per step on CPU."""
-  from vlmjax.config import base_config
+  from vlmjax.config import base_config, set_dotted
   c = base_config()
   c.seed = 0
   c.batch_size = 16
@@ -69,11 +69,7 @@ def tiny_config(data_dir: str, **overrides):
   c.peak_flops_per_device = -1.0  # no MFU: measuring the matmul peak costs seconds per training process
   c.evals = dict()
   for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+    set_dotted(c, key, value)
   return c
 
 

@@ -267,6 +267,14 @@ def _get(config, key: str):
   return config
 
 
+def set_dotted(config, key: str, value):
+  """config['a']['b']['c'] = value for key 'a.b.c' (the sections must exist; the leaf may not)."""
+  *parents, leaf = key.split(".")
+  for part in parents:
+    config = config[part]
+  config[leaf] = value
+
+
 def _check_ranges(config):
   """Every number in range and finite: a NaN or negative learning rate would train to NaN params."""
   for key, lowest, inclusive in RANGES:

@@ -312,14 +312,11 @@ def typed(config, key: str, value: str, axis: str):
 
 
 def with_overrides(config, overrides: dict):
+  from vlmjax.config import set_dotted  # pylint: disable=import-outside-toplevel
   config = config.copy_and_resolve_references()
   with config.unlocked():
     for key, value in overrides.items():
-      *parents, leaf = key.split(".")
-      section = config
-      for part in parents:
-        section = section[part]
-      section[leaf] = value
+      set_dotted(config, key, value)
   return config
 
 
