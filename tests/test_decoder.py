@@ -141,3 +141,65 @@ def test_bad_pyramid_drop_settings_fail_clearly(kwargs, message):
   model = Decoder(width=32, depth=2, mlp_dim=64, num_heads=4, vocab_size=VOCAB, **kwargs)
   with pytest.raises(ValueError, match=message):
     model.init(jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))
+
+
+def _exhaustive(model, params, prefix, steps, length_penalty, min_length, repetition_penalty, vocab):
+  """Every continuation of each prefix up to `steps` tokens (ending at EOS or at `steps`), scored
+  by recomputing the whole sequence without a cache -> (best tokens [B, steps], best score [B])."""
+  import itertools  # pylint: disable=import-outside-toplevel
+  from vlmjax.models.generate import penalise_repeats  # pylint: disable=import-outside-toplevel
+  apply = jax.jit(model.apply)
+  best_tokens, best_scores = [], []
+  for row in np.asarray(prefix):
+    best = (-np.inf, None)
+    for n in range(1, steps + 1):
+      for tail in itertools.product(range(vocab), repeat=n):
+        if 3 in tail[:-1] or (n < steps and tail[-1] != 3):
+          continue  # EOS ends a hypothesis; one without EOS only at the full length
+        seq = np.concatenate([row, tail])[None]
+        kinds = np.concatenate([np.asarray(prefix_kinds(jnp.asarray(row[None]))), np.full((1, n), 2)], 1)
+        logits = apply({"params": params}, jnp.asarray(seq), jnp.asarray(kinds))["logits"][0, len(row) - 1:-1]
+        total = 0.0
+        for t in range(n):
+          generated = np.array([list(tail[:t]) + [0] * (steps - t)])
+          logp = jax.nn.log_softmax(penalise_repeats(logits[t:t + 1], jnp.asarray(generated), repetition_penalty))[0]
+          if t < min_length:
+            logp = logp.at[3].set(-np.inf)
+          total += float(logp[tail[t]])
+        score = total / n ** length_penalty
+        if score > best[0]:
+          best = (score, list(tail) + [0] * (steps - n))
+    best_scores.append(best[0])
+    best_tokens.append(best[1])
+  return np.array(best_tokens), np.array(best_scores)
+
+
+@pytest.mark.parametrize("length_penalty,min_length,repetition_penalty", [(0.0, 0, 1.0), (1.0, 2, 1.5)])
+def test_beam_search_equals_exhaustive_search(length_penalty, min_length, repetition_penalty):
+  """With as many beams as there are hypotheses, beam search (KV cache, reordered every step) finds
+  the exhaustive search's best sequence and score on a 5-token vocabulary."""
+  from vlmjax.models.generate import beam_search  # pylint: disable=import-outside-toplevel
+  vocab, steps = 5, 3
+  model = LanguageModel(decoder=LM, vocab_size=vocab)
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(4), jnp.ones((1, 8), jnp.int32))["params"])
+  # Make EOS likely enough that finished and unfinished hypotheses compete.
+  params["decoder"]["embedding"] = params["decoder"]["embedding"].at[3].multiply(3.0)
+  prefix = jnp.array([[2, 4, 1], [0, 2, 4]])  # the second left-padded
+  tokens, scores = jax.jit(lambda p, x: beam_search(model, p, x, steps, beam_size=vocab ** (steps - 1),
+                                                    length_penalty=length_penalty, min_length=min_length,
+                                                    repetition_penalty=repetition_penalty))(params, prefix)
+  want_tokens, want_scores = _exhaustive(model, params, prefix, steps, length_penalty, min_length,
+                                         repetition_penalty, vocab)
+  np.testing.assert_allclose(np.asarray(scores), want_scores, rtol=1e-4)
+  np.testing.assert_array_equal(np.asarray(tokens), want_tokens)
+  if min_length:
+    assert (np.asarray(tokens)[:, :min_length] != 3).all()
+
+
+def test_beam_search_with_one_beam_is_greedy():
+  from vlmjax.models.generate import beam_search  # pylint: disable=import-outside-toplevel
+  model, params = _lm()
+  prefix = jnp.array([[2, 7, 9, 11], [0, 0, 2, 5]])
+  tokens, _ = beam_search(model, params, prefix, 6, beam_size=1)
+  greedy = generate(model, params, prefix, jax.random.PRNGKey(0), 6)
+  np.testing.assert_array_equal(np.asarray(tokens), np.asarray(greedy))
