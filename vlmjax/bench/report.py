@@ -371,7 +371,8 @@ def sweep_markdown(table: dict) -> str:
     mesh = "×".join(f"{k}{v}" for k, v in r["mesh"].items() if v > 1)
     memory = f"{gib(m['total'])} ({100 * m['total'] / m['hbm']:.0f}%)"
     if not r["estimated_time"]:
-      lines.append(f"| {label} | {mesh} | {memory} | not estimated | | | | | |")
+      why = "does not fit" if not r["fits"] else "not estimated"
+      lines.append(f"| {label} | {mesh} | {memory}: {why} | | | | | | |")
       continue
     ratio = f"{r['flops_per_step'] / r['model_flops_per_step']:.2f}" if r["model_flops_per_step"] else "–"
     lines.append(f"| {label} | {mesh} | {memory} | {ratio} | {1e3 * r['compute_time_s']:.1f} ms | "
