@@ -20,14 +20,21 @@ def _lm(**overrides):
   return model, params
 
 
-def _recompute(model, params, prefix, rng, steps, temperature=0.0, top_k=0):
+def _recompute(model, params, prefix, rng, steps, temperature=0.0, top_k=0, min_length=0, repetition_penalty=1.0):
   """Generation without a cache: the whole sequence through the model for every new token, with
-  the same RNG splits as `generate`."""
+  the same RNG splits as `generate`; EOS masked before `min_length`, repeats penalised (CTRL)."""
   seq, kinds, out = prefix, prefix_kinds(prefix), []
   done = np.zeros(prefix.shape[0], bool)
   apply = jax.jit(model.apply)  # one compile per length: op-by-op dispatch would take minutes
-  for _ in range(steps):
-    logits = apply({"params": params}, seq, kinds)["logits"][:, -1]
+  for step in range(steps):
+    logits = np.array(apply({"params": params}, seq, kinds)["logits"][:, -1])
+    generated = np.stack(out, 1) if out else np.zeros((len(logits), 0), int)
+    for row, previous in zip(logits, generated):
+      for token in set(int(t) for t in previous) - {0}:
+        row[token] = row[token] / repetition_penalty if row[token] > 0 else row[token] * repetition_penalty
+    if step < min_length:
+      logits[:, 3] = -np.inf
+    logits = jnp.asarray(logits)
     rng, sub = jax.random.split(rng)
     token = np.where(done, 0, np.asarray(sample_token(logits, sub, temperature, top_k)))
     done |= token == 3
@@ -37,15 +44,17 @@ def _recompute(model, params, prefix, rng, steps, temperature=0.0, top_k=0):
   return np.stack(out, 1)
 
 
-@pytest.mark.parametrize("temperature,top_k", [(0.0, 0), (1.0, 5)])
-def test_kv_cache_decoding_equals_recomputing_the_sequence(temperature, top_k):
+@pytest.mark.parametrize("temperature,top_k,min_length,repetition_penalty",
+                         [(0.0, 0, 0, 1.0), (1.0, 5, 0, 1.0), (0.0, 0, 4, 1.3)])
+def test_kv_cache_decoding_equals_recomputing_the_sequence(temperature, top_k, min_length, repetition_penalty):
   model, params = _lm()
   # Row 2 is a shorter prompt, left-padded.
   prefix = jnp.array([[2, 7, 9, 11], [2, 8, 8, 30], [0, 0, 2, 5]])
   rng = jax.random.PRNGKey(3)
   steps = 10
-  cached = jax.jit(lambda p, x, r: generate(model, p, x, r, steps, temperature, top_k))(params, prefix, rng)
-  full = _recompute(model, params, prefix, rng, steps, temperature, top_k)
+  cached = jax.jit(lambda p, x, r: generate(model, p, x, r, steps, temperature, top_k, min_length=min_length,
+                                            repetition_penalty=repetition_penalty))(params, prefix, rng)
+  full = _recompute(model, params, prefix, rng, steps, temperature, top_k, min_length, repetition_penalty)
   np.testing.assert_array_equal(np.asarray(cached), full)
   assert len(np.unique(full)) > 2  # not a degenerate constant sequence
 

@@ -40,11 +40,13 @@ def sample_token(logits, rng, temperature: float = 0.0, top_k: int = 0):
 
 
 def generate(model, params, prefix_tokens, rng, max_new_tokens: int, temperature: float = 0.0,
-             top_k: int = 0, images=None, prefix_mask=None, eos_id: int = EOS):
+             top_k: int = 0, images=None, prefix_mask=None, eos_id: int = EOS, min_length: int = 0,
+             repetition_penalty: float = 1.0):
   """prefix_tokens int [B, P] -> new tokens int32 [B, max_new_tokens] (PAD after EOS).
 
   `model` is an LM or VLM module (its clone with decode=True is used); `prefix_mask`: attention
-  kinds of the prefix (default `prefix_kinds`).
+  kinds of the prefix (default `prefix_kinds`); `min_length`, `repetition_penalty` as in
+  `beam_search`.
   """
   model = model.clone(decode=True)
   batch, length = prefix_tokens.shape
@@ -60,10 +62,17 @@ def generate(model, params, prefix_tokens, rng, max_new_tokens: int, temperature
   full = lambda x: jnp.pad(x, ((0, 0), (0, max_new_tokens)))
   shapes = jax.eval_shape(call, None, full(prefix_tokens), full(kinds), images)[1]
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  def choose(logits, step, out, rng):
+    logits = penalise_repeats(logits, out, repetition_penalty)
+    if min_length:
+      logits = jnp.where((step < min_length) & (jnp.arange(logits.shape[-1]) == eos_id), -jnp.inf, logits)
+    return sample_token(logits, rng, temperature, top_k)
+
   logits, cache = call(cache, prefix_tokens, kinds, images)
   rng, sub = jax.random.split(rng)
-  token = sample_token(logits[:, -1], sub, temperature, top_k)
-  out = jnp.zeros((batch, max_new_tokens), jnp.int32).at[:, 0].set(token)
+  out = jnp.zeros((batch, max_new_tokens), jnp.int32)
+  token = choose(logits[:, -1], 0, out, sub)
+  out = out.at[:, 0].set(token)
 
   def cond(carry):
     step, _, done, _, _, _ = carry
@@ -73,7 +82,7 @@ def generate(model, params, prefix_tokens, rng, max_new_tokens: int, temperature
     step, token, done, out, cache, rng = carry
     logits, cache = call(cache, token[:, None], jnp.full((batch, 1), CAUSAL, jnp.int32), None)
     rng, sub = jax.random.split(rng)
-    token = jnp.where(done, PAD, sample_token(logits[:, -1], sub, temperature, top_k))
+    token = jnp.where(done, PAD, choose(logits[:, -1], step, out, sub))
     out = jax.lax.dynamic_update_slice(out, token[:, None], (0, step))
     return step + 1, token, done | (token == eos_id), out, cache, rng
 
@@ -81,10 +90,19 @@ def generate(model, params, prefix_tokens, rng, max_new_tokens: int, temperature
   return jax.lax.while_loop(cond, body, carry)[3]
 
 
-def make_generate(model, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, eos_id: int = EOS):
-  """-> jitted fn(params, prefix_tokens, rng, images=None, prefix_mask=None) -> int32 [B, max_new_tokens]."""
+def make_generate(model, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, eos_id: int = EOS,
+                  beam_size: int = 1, length_penalty: float = 0.0, min_length: int = 0,
+                  repetition_penalty: float = 1.0):
+  """-> jitted fn(params, prefix_tokens, rng, images=None, prefix_mask=None) -> int32 [B, max_new_tokens]:
+  `beam_search` when beam_size > 1 (the rng unused), else `generate`."""
+  if beam_size > 1:
+    fn = functools.partial(beam_search, model, max_new_tokens=max_new_tokens, beam_size=beam_size,
+                           length_penalty=length_penalty, min_length=min_length,
+                           repetition_penalty=repetition_penalty, eos_id=eos_id)
+    return jax.jit(lambda params, prefix_tokens, rng, images=None, prefix_mask=None: fn(
+        params, prefix_tokens, images=images, prefix_mask=prefix_mask)[0])
   fn = functools.partial(generate, model, max_new_tokens=max_new_tokens, temperature=temperature,
-                         top_k=top_k, eos_id=eos_id)
+                         top_k=top_k, eos_id=eos_id, min_length=min_length, repetition_penalty=repetition_penalty)
   return jax.jit(lambda params, prefix_tokens, rng, images=None, prefix_mask=None: fn(
       params, prefix_tokens, rng, images=images, prefix_mask=prefix_mask))
 
