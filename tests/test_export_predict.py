@@ -200,7 +200,9 @@ def test_caption_from_a_vlm_bundle_reproduces_the_evaluators_scores(tiny_data_di
                     decoder=dict(variant="mu", width=32, depth=1, mlp_dim=64, num_heads=4, num_kv_heads=2),
                     projector=dict(kind="mlp")),
       "objectives": {"ntp": {"weight": 1.0}}})
-  config.evals = dict(caption=dict(type="captioning", split="test", num_examples=count, max_new_tokens=8))
+  config.evals = dict(caption=dict(type="captioning", split="test", num_examples=count, max_new_tokens=8),
+                      beam=dict(type="captioning", split="test", num_examples=count, max_new_tokens=8,
+                                beam_size=3, length_penalty=1.0, repetition_penalty=1.2))
   workdir = str(tmp_path / "run")
   train(config, workdir)
   bundle = export.export(workdir, str(tmp_path / "bundle"))
@@ -216,6 +218,18 @@ def test_caption_from_a_vlm_bundle_reproduces_the_evaluators_scores(tiny_data_di
   metrics = caption_metrics([source.reference_captions(i) for i in range(count)], [r["caption"] for r in one])
   for key, value in metrics.items():
     assert value == pytest.approx(reported[f"caption/{key}"], abs=1e-9), key
+  # Beam search, the same in the evaluator and in `predict caption`.
+  beam = predict.caption(predict.Predictor(bundle, batch_size=8), paths, max_new_tokens=8, beam_size=3,
+                         length_penalty=1.0, repetition_penalty=1.2)
+  metrics = caption_metrics([source.reference_captions(i) for i in range(count)], [r["caption"] for r in beam])
+  for key, value in metrics.items():
+    assert value == pytest.approx(reported[f"beam/{key}"], abs=1e-9), key
+  for flags, message in (({"beam_size": 0}, "--beam_size 0 must be at least 1"),
+                         ({"beam_size": 2, "temperature": 1.0}, "does not sample"),
+                         ({"min_length": 8}, "--min_length 8 must be in"),
+                         ({"repetition_penalty": 0.0}, "--repetition_penalty 0.0 must be above 0")):
+    with pytest.raises(predict.PredictError, match=message):
+      predict.caption(predict.Predictor(bundle, batch_size=8), paths[:1], max_new_tokens=8, **flags)
   with pytest.raises(predict.PredictError, match="needs a dual_encoder"):
     predict.run("classify", paths, types.SimpleNamespace(bundle=bundle, devices=1, batch_size=8,
                                                           skip_unreadable=False))

@@ -3,7 +3,7 @@
   python -m vlmjax.predict --bundle B embed IMAGES... --out emb.npy         # or --text "..." (repeatable)
   python -m vlmjax.predict --bundle B classify IMAGES... [--classes "red circle,blue square"] [--top_k 5]
   python -m vlmjax.predict --bundle B retrieve IMAGES... --query "a red circle" [--top_k 8] [--grid out.png]
-  python -m vlmjax.predict --bundle B caption IMAGES... [--max_new_tokens 32] [--temperature 0]
+  python -m vlmjax.predict --bundle B caption IMAGES... [--max_new_tokens 32] [--temperature 0] [--beam_size 4]
 
 IMAGES are files and/or folders (searched recursively for .png/.jpg/.jpeg/.bmp/.gif/.webp/.tif).
 Images are read and resized exactly as the evaluators read them (`pipeline.Preprocess`), embedded in
@@ -20,8 +20,9 @@ run with one line naming it (or is left out with a warning under `--skip_unreada
 - `retrieve` ranks the images by cosine similarity with each --query; --grid draws each query with
   its top images and their scores into a PNG.
 - `caption` (a VLM bundle) writes a caption for each image, generated with the KV cache exactly as
-  the captioning evaluator generates (greedy, or --temperature > 0 sampling from the --top_k pieces;
-  at most --max_new_tokens pieces).
+  the captioning evaluator generates (greedy, --temperature > 0 sampling from the --top_k pieces, or
+  beam search with --beam_size > 1 and --length_penalty; --min_length and --repetition_penalty for
+  any; at most --max_new_tokens pieces).
 Add --json FILE to `classify` / `retrieve` / `caption` for machine-readable results, and
 --image_size S to any command to run the model at S px (its learned position table resampled).
 
@@ -44,7 +45,7 @@ import tqdm
 
 from vlmjax import cli, registry, sharding
 from vlmjax.data import pipeline
-from vlmjax.evals.captioning import generation_prefix
+from vlmjax.evals.captioning import decoding_options, generation_prefix
 from vlmjax.evals.common import Embedder
 from vlmjax.evals.zeroshot import DEFAULT_PROMPTS, ZeroShot
 from vlmjax.metrics import quiet_absl_logging
@@ -59,6 +60,8 @@ FLAG_COMMANDS = {
     "out": ("embed",), "text": ("embed",), "classes": ("classify",), "classes_file": ("classify",),
     "prompt": ("classify",), "query": ("retrieve",), "grid": ("retrieve",), "max_new_tokens": ("caption",),
     "temperature": ("caption",), "seed": ("caption",), "top_k": ("classify", "retrieve", "caption"),
+    "beam_size": ("caption",), "length_penalty": ("caption",), "min_length": ("caption",),
+    "repetition_penalty": ("caption",),
     "json": ("classify", "retrieve", "caption")}
 
 
@@ -326,11 +329,13 @@ def embed(predictor: Predictor, paths=(), texts=(), out: str = "") -> tuple[list
 
 
 def caption(predictor: Predictor, paths, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
-            seed: int = 0):
+            seed: int = 0, beam_size: int = 1, length_penalty: float = 0.0, min_length: int = 0,
+            repetition_penalty: float = 1.0):
   """A caption for each readable image -> [{'image': path, 'caption': text}], in input order. The
   images go through the model in fixed-size batches (the last one padded), one jitted generation."""
   model, config = predictor.model, predictor.config
   check_numbers("caption", top_k=top_k, max_new_tokens=max_new_tokens, temperature=temperature)
+  decoding = _decoding(max_new_tokens, temperature, beam_size, length_penalty, min_length, repetition_penalty)
   if not hasattr(model, "num_image_tokens") or model.num_image_tokens(config.input.image_size) == 0:
     raise PredictError(f"predict: bundle '{predictor.bundle}' holds a '{config.model.name}' model; caption "
                        "needs a vlm")
@@ -343,7 +348,7 @@ def caption(predictor: Predictor, paths, max_new_tokens: int = 32, temperature: 
   prefix, kinds = generation_prefix(model.num_image_tokens(config.input.image_size),
                                     pipeline.prompt_ids(tok, config.input), tok.bos_id,
                                     pipeline.prefix_attention(config.input))
-  generate = make_generate(model, max_new_tokens, temperature, top_k, tok.eos_id)
+  generate = make_generate(model, max_new_tokens, temperature, top_k, tok.eos_id, **decoding)
   size = predictor.batch_size
   prefixes = sharding.global_batch(np.tile(prefix, (size, 1)), predictor.mesh)
   prefix_kinds = sharding.global_batch(np.tile(kinds, (size, 1)), predictor.mesh)
@@ -364,6 +369,16 @@ def caption(predictor: Predictor, paths, max_new_tokens: int = 32, temperature: 
   if not results:
     raise PredictError("predict: none of the images could be read")
   return results
+
+
+def _decoding(max_new_tokens, temperature, beam_size, length_penalty, min_length, repetition_penalty) -> dict:
+  """The captioning evaluator's checks of the decoding options, as PredictError naming the flag."""
+  try:
+    return decoding_options("predict", max_new_tokens, temperature, beam_size, length_penalty, min_length,
+                            repetition_penalty)
+  except ValueError as e:
+    flag = next(name for name in ("beam_size", "min_length", "repetition_penalty") if name in str(e))
+    raise PredictError(str(e).replace(f"predict: {flag}", f"predict: --{flag}", 1)) from None
 
 
 def _classes_from_flags(opts) -> tuple:
@@ -427,6 +442,10 @@ def check_flags(command: str, args, opts, given):
       if name in given:
         raise PredictError(f"predict: --{name} applies to caption only when sampling (--temperature above 0)")
   check_numbers(command, opts.batch_size, opts.devices, opts.top_k, opts.max_new_tokens, opts.temperature)
+  if command == "caption":
+    _decoding(opts.max_new_tokens, opts.temperature, getattr(opts, "beam_size", 1),
+              getattr(opts, "length_penalty", 0.0), getattr(opts, "min_length", 0),
+              getattr(opts, "repetition_penalty", 1.0))
   if getattr(opts, "image_size", None) is not None and opts.image_size < 1:
     raise PredictError(f"predict: --image_size {opts.image_size} must be positive")
   if command == "classify":
@@ -468,7 +487,9 @@ def run(command: str, args, opts) -> object:
     return inputs
   if command == "caption":
     results = caption(predictor, list_images(args), opts.max_new_tokens, opts.temperature,
-                      opts.top_k if opts.temperature > 0 else 0, opts.seed)
+                      opts.top_k if opts.temperature > 0 else 0, opts.seed, getattr(opts, "beam_size", 1),
+                      getattr(opts, "length_penalty", 0.0), getattr(opts, "min_length", 0),
+                      getattr(opts, "repetition_penalty", 1.0))
     for r in results:
       print(f"{r['image']}\t{r['caption']}")
   elif command == "classify":
@@ -520,6 +541,10 @@ if __name__ == "__main__":
   flags.DEFINE_integer("max_new_tokens", 32, "caption: the most pieces to generate per image.")
   flags.DEFINE_float("temperature", 0.0, "caption: 0 = greedy; above 0, sample from the --top_k pieces.")
   flags.DEFINE_integer("seed", 0, "caption: the sampling seed.")
+  flags.DEFINE_integer("beam_size", 1, "caption: beams for beam search (1: greedy or sampling).")
+  flags.DEFINE_float("length_penalty", 0.0, "caption: beam search ranks by log-probability / length ** this.")
+  flags.DEFINE_integer("min_length", 0, "caption: no EOS before this many pieces.")
+  flags.DEFINE_float("repetition_penalty", 1.0, "caption: CTRL's penalty on pieces already generated (1: none).")
   flags.DEFINE_string("json", None, "classify / retrieve / caption: also write the results as JSON.")
   flags.mark_flag_as_required("bundle")
   app.run(main, flags_parser=cli.flags_parser("predict"))

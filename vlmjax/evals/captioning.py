@@ -1,7 +1,7 @@
 """Captioning evaluators for decoders (LM / VLM).
 
-- `captioning`: captions generated with the KV cache (greedy by default, or temperature / top-k
-  sampling), scored with CIDEr-D and BLEU-1..4 from pycocoevalcap against the dataset's references:
+- `captioning`: captions generated with the KV cache (greedy by default, temperature / top-k
+  sampling, or beam search with `beam_size` > 1; `min_length` and `repetition_penalty` for any), scored with CIDEr-D and BLEU-1..4 from pycocoevalcap against the dataset's references:
   `source.reference_captions(i)` where the source has it (vlmjax_shapes: every caption its
   generator could have written for the scene, 4 to 32 of them), else the record's caption. Texts are
   lower-cased and split into words and numbers (what COCO's PTBTokenizer does to such captions,
@@ -54,13 +54,31 @@ def _padded(x, size: int):
   return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)]) if len(x) < size else x
 
 
+def decoding_options(what: str, max_new_tokens: int, temperature: float, beam_size: int, length_penalty: float,
+                     min_length: int, repetition_penalty: float) -> dict:
+  """The beam search / penalty keyword arguments of `make_generate`, checked; errors name `what`."""
+  if beam_size < 1:
+    raise ValueError(f"{what}: beam_size {beam_size} must be at least 1")
+  if beam_size > 1 and temperature > 0:
+    raise ValueError(f"{what}: beam search (beam_size {beam_size}) does not sample: set temperature 0")
+  if not 0 <= min_length < max_new_tokens:
+    raise ValueError(f"{what}: min_length {min_length} must be in [0, max_new_tokens={max_new_tokens})")
+  if not repetition_penalty > 0:
+    raise ValueError(f"{what}: repetition_penalty {repetition_penalty} must be above 0 (1 = none)")
+  return dict(beam_size=beam_size, length_penalty=length_penalty, min_length=min_length,
+              repetition_penalty=repetition_penalty)
+
+
 @registry.register("evaluator", "captioning")
 class Captioning:
 
   def __init__(self, name: str, split: str = "test", num_examples: int = 500, max_new_tokens: int = 32,
-               temperature: float = 0.0, top_k: int = 0, seed: int = 0):
+               temperature: float = 0.0, top_k: int = 0, seed: int = 0, beam_size: int = 1,
+               length_penalty: float = 0.0, min_length: int = 0, repetition_penalty: float = 1.0):
     self.name, self.split, self.num_examples = name, split, num_examples
     self.max_new_tokens, self.temperature, self.top_k, self.seed = max_new_tokens, temperature, top_k, seed
+    self.decoding = decoding_options(f"evals.{name}", max_new_tokens, temperature, beam_size, length_penalty,
+                                     min_length, repetition_penalty)
     self.predictions, self.references = [], []
 
   def run(self, ctx) -> dict:
@@ -74,7 +92,8 @@ class Captioning:
     prefix, kinds = generation_prefix(model.num_image_tokens(ctx.input_config.image_size),
                                       pipeline.prompt_ids(ctx.tokenizer, ctx.input_config), ctx.tokenizer.bos_id,
                                       pipeline.prefix_attention(ctx.input_config))
-    generate = make_generate(model, self.max_new_tokens, self.temperature, self.top_k, ctx.tokenizer.eos_id)
+    generate = make_generate(model, self.max_new_tokens, self.temperature, self.top_k, ctx.tokenizer.eos_id,
+                             **self.decoding)
     rng = jax.random.PRNGKey(self.seed)
     prefixes = sharding.global_batch(np.tile(prefix, (batch_size, 1)), mesh)
     prefix_kinds = sharding.global_batch(np.tile(kinds, (batch_size, 1)), mesh)
