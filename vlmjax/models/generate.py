@@ -39,6 +39,17 @@ def sample_token(logits, rng, temperature: float = 0.0, top_k: int = 0):
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
+def decode_call(model, params):
+  """-> call(cache, tokens [N, T], kinds [N, T], images or None) -> (logits [N, T, V], new cache) of a
+  decode-mode model; with cache None the call only creates the cache (its shapes follow the input)."""
+  def call(cache, tokens, kinds, images):
+    variables = {"params": params} if cache is None else {"params": params, "cache": cache}
+    extra = {} if images is None else {"images": images}
+    out, updated = model.apply(variables, tokens=tokens, attention_mask=kinds, **extra, mutable=["cache"])
+    return out["logits"], updated["cache"]
+  return call
+
+
 def generate(model, params, prefix_tokens, rng, max_new_tokens: int, temperature: float = 0.0,
              top_k: int = 0, images=None, prefix_mask=None, eos_id: int = EOS, min_length: int = 0,
              repetition_penalty: float = 1.0):
@@ -52,11 +63,7 @@ def generate(model, params, prefix_tokens, rng, max_new_tokens: int, temperature
   batch, length = prefix_tokens.shape
   kinds = prefix_kinds(prefix_tokens) if prefix_mask is None else prefix_mask
 
-  def call(cache, tokens, kinds, images):
-    variables = {"params": params} if cache is None else {"params": params, "cache": cache}
-    extra = {} if images is None else {"images": images}
-    out, updated = model.apply(variables, tokens=tokens, attention_mask=kinds, **extra, mutable=["cache"])
-    return out["logits"], updated["cache"]
+  call = decode_call(model, params)
 
   # A call over a full-length input only creates the cache; its shapes are all that is needed.
   full = lambda x: jnp.pad(x, ((0, 0), (0, max_new_tokens)))
@@ -143,11 +150,7 @@ def beam_search(model, params, prefix_tokens, max_new_tokens: int, beam_size: in
   kinds = prefix_kinds(prefix_tokens) if prefix_mask is None else prefix_mask
   repeat = lambda x: None if x is None else jnp.repeat(x, k, axis=0)
 
-  def call(cache, tokens, kinds, images):
-    variables = {"params": params} if cache is None else {"params": params, "cache": cache}
-    extra = {} if images is None else {"images": images}
-    out, updated = model.apply(variables, tokens=tokens, attention_mask=kinds, **extra, mutable=["cache"])
-    return out["logits"], updated["cache"]
+  call = decode_call(model, params)
 
   full = lambda x: jnp.pad(x, ((0, 0), (0, steps)))
   axes, shapes = _batch_axes(call, full(repeat(prefix_tokens)), full(repeat(kinds)), repeat(images), batch * k)
