@@ -212,14 +212,15 @@ def test_caption_from_a_vlm_bundle_reproduces_the_evaluators_scores(tiny_data_di
     paths.append(str(tmp_path / f"{i:03d}.png"))
     pipeline.decode_image(source[i]["image"]).save(paths[-1])
   one = predict.caption(predict.Predictor(bundle, devices=1, batch_size=16), paths, max_new_tokens=8)
-  eight = predict.caption(predict.Predictor(bundle, batch_size=8), paths, max_new_tokens=8)
+  predictor = predict.Predictor(bundle, batch_size=8)
+  eight = predict.caption(predictor, paths, max_new_tokens=8)
   assert [r["image"] for r in one] == paths and one == eight
   reported = json.load(open(os.path.join(workdir, "eval_results.json")))
   metrics = caption_metrics([source.reference_captions(i) for i in range(count)], [r["caption"] for r in one])
   for key, value in metrics.items():
     assert value == pytest.approx(reported[f"caption/{key}"], abs=1e-9), key
   # Beam search, the same in the evaluator and in `predict caption`.
-  beam = predict.caption(predict.Predictor(bundle, batch_size=8), paths, max_new_tokens=8, beam_size=3,
+  beam = predict.caption(predictor, paths, max_new_tokens=8, beam_size=3,
                          length_penalty=1.0, repetition_penalty=1.2)
   metrics = caption_metrics([source.reference_captions(i) for i in range(count)], [r["caption"] for r in beam])
   for key, value in metrics.items():
@@ -229,7 +230,7 @@ def test_caption_from_a_vlm_bundle_reproduces_the_evaluators_scores(tiny_data_di
                          ({"min_length": 8}, "--min_length 8 must be in"),
                          ({"repetition_penalty": 0.0}, "--repetition_penalty 0.0 must be above 0")):
     with pytest.raises(predict.PredictError, match=message):
-      predict.caption(predict.Predictor(bundle, batch_size=8), paths[:1], max_new_tokens=8, **flags)
+      predict.caption(predictor, paths[:1], max_new_tokens=8, **flags)
   with pytest.raises(predict.PredictError, match="needs a dual_encoder"):
     predict.run("classify", paths, types.SimpleNamespace(bundle=bundle, devices=1, batch_size=8,
                                                           skip_unreadable=False))
