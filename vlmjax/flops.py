@@ -62,6 +62,26 @@ def transformer_flops(width: int, depth: int, mlp_dim: int, num_heads: int, leng
   }
 
 
+def vit_flops(image: dict, shape) -> dict:
+  """Forward FLOPs of one image of `shape` [..., H, W, C] through a ViT with these settings, by
+  part: 'patch_embed' (patch matmul, or ViTc's conv stem) and `transformer_flops`' parts."""
+  (height, width_px), p = shape[-3:-1], image["patch_size"]
+  patches = (height // p) * (width_px // p)
+  tokens = patches + (1 if image["pool"] == "cls" else 0)
+  if image.get("stem", "patch") == "conv":
+    # ViTc (vit.ViT.conv_stem): log2(p) stride-2 3×3 convs doubling channels up to W, then 1×1 to W.
+    channels, size, stem = shape[-1], height * width_px, 0
+    for out_channels in conv_stem_channels(p, image["width"]):
+      size //= 4
+      stem += 2 * size * 9 * channels * out_channels
+      channels = out_channels
+    patch_embed = stem + 2 * patches * channels * image["width"]
+  else:
+    patch_embed = 2 * patches * p * p * shape[-1] * image["width"]
+  return {"patch_embed": patch_embed,
+          **transformer_flops(image["width"], image["depth"], image["mlp_dim"], image["num_heads"], tokens)}
+
+
 def _examples(shape, trailing: int) -> int:
   count = 1
   for dim in shape[:len(shape) - trailing]:
@@ -94,22 +114,8 @@ def dual_encoder_flops(model_config, batch_shapes: dict) -> dict:
     if key not in batch_shapes:
       continue
     shape = batch_shapes[key]
-    count, (height, width_px) = _examples(shape, 3), shape[-3:-1]
-    p = image["patch_size"]
-    patches = (height // p) * (width_px // p)
-    tokens = patches + (1 if image["pool"] == "cls" else 0)
-    if image.get("stem", "patch") == "conv":
-      # ViTc (vit.ViT.conv_stem): log2(p) stride-2 3×3 convs doubling channels up to W, then 1×1 to W.
-      channels, size, stem = shape[-1], height * width_px, 0
-      for out_channels in conv_stem_channels(p, image["width"]):
-        size //= 4
-        stem += 2 * size * 9 * channels * out_channels
-        channels = out_channels
-      add("image", {"patch_embed": stem + 2 * patches * channels * image["width"]}, count)
-    else:
-      add("image", {"patch_embed": 2 * patches * p * p * shape[-1] * image["width"]}, count)
-    add("image", transformer_flops(image["width"], image["depth"], image["mlp_dim"], image["num_heads"],
-                                   tokens), count)
+    count = _examples(shape, 3)
+    add("image", vit_flops(image, shape), count)
     projections += count * 2 * image["width"] * embed_dim
   for key in TEXT_KEYS:
     if key not in batch_shapes:
@@ -141,14 +147,10 @@ def vlm_flops(model_config, batch_shapes: dict, vocab_size: int) -> dict:
   if projector["kind"] not in ("linear", "mlp"):
     raise ValueError(f"flops: no analytic FLOP count for the '{projector['kind']}' projector")
   image = tower_settings(model_config["image"], ViT)
-  batch, height = batch_shapes["image"][0], batch_shapes["image"][1]
-  length = int(batch_shapes["tokens"][-1])
-  p, width = image["patch_size"], image["width"]
-  patches = (height // p) ** 2
-  tokens = patches + (1 if image["pool"] == "cls" else 0)
-  out = {"image/patch_embed": batch * 2 * patches * p * p * batch_shapes["image"][-1] * width}
-  for name, value in transformer_flops(width, image["depth"], image["mlp_dim"], image["num_heads"], tokens).items():
-    out[f"image/{name}"] = batch * value
+  shape, length = batch_shapes["image"], int(batch_shapes["tokens"][-1])
+  batch, width, p = shape[0], image["width"], image["patch_size"]
+  patches = (shape[-3] // p) * (shape[-2] // p)
+  out = {f"image/{name}": batch * value for name, value in vit_flops(image, shape).items()}
   d = decoder["width"]
   hidden = projector.get("hidden_dim") or d
   out["projector"] = batch * 2 * patches * (width * d if projector["kind"] == "linear" else width * hidden + hidden * d)

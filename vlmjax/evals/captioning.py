@@ -1,7 +1,8 @@
 """Captioning evaluators for decoders (LM / VLM).
 
 - `captioning`: captions generated with the KV cache (greedy by default, temperature / top-k
-  sampling, or beam search with `beam_size` > 1; `min_length` and `repetition_penalty` for any), scored with CIDEr-D and BLEU-1..4 from pycocoevalcap against the dataset's references:
+  sampling, or beam search with `beam_size` > 1; `min_length` and `repetition_penalty` for any),
+  scored with CIDEr-D and BLEU-1..4 from pycocoevalcap against the dataset's references:
   `source.reference_captions(i)` where the source has it (vlmjax_shapes: every caption its
   generator could have written for the scene, 4 to 32 of them), else the record's caption. Texts are
   lower-cased and split into words and numbers (what COCO's PTBTokenizer does to such captions,

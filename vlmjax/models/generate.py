@@ -180,8 +180,13 @@ def beam_search(model, params, prefix_tokens, max_new_tokens: int, beam_size: in
     alive = jnp.take_along_axis(seqs, keep[:, :, None], axis=1)
     rows = (jnp.arange(batch)[:, None] * k + jnp.take_along_axis(beam, keep, axis=1)).reshape(-1)
     cache = jax.tree.map(lambda x, axis: x if axis is None else jnp.take(x, rows, axis=axis), cache, axes)
-    logits, cache = call(cache, alive[:, :, t].reshape(-1, 1), jnp.full((batch * k, 1), CAUSAL, jnp.int32), None)
-    return logits[:, -1], cache, alive, alive_score, done, done_score
+    # The next step's logits; after the last step there is none to compute.
+    logits, cache = jax.lax.cond(
+        t < steps - 1,
+        lambda: (lambda out: (out[0][:, -1], out[1]))(
+            call(cache, alive[:, :, t].reshape(-1, 1), jnp.full((batch * k, 1), CAUSAL, jnp.int32), None)),
+        lambda: (logits, cache))
+    return logits, cache, alive, alive_score, done, done_score
 
   # Every row starts from one hypothesis: its k copies but the first score -inf.
   alive_score = jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf)[None].repeat(batch, axis=0)
