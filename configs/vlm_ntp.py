@@ -15,6 +15,8 @@ Token-reduction variants by argument (same budget):
                                       tokens (r = 32: 64 -> 32 -> 16 image tokens into the decoder)
   --config configs/vlm_ntp.py:pdrop   PyramidDrop: after decoder layers 1, 2, 3 keep 50 / 25 / 12.5 %
                                       of the image tokens
+  --config configs/vlm_ntp.py:hreducer  mPLUG-DocOwl 1.5's H-Reducer: a 1×4 convolution of stride 1×4
+                                      merges 4 horizontally adjacent tokens (64 -> 16 image tokens)
 
 Every configs/vlm_*.py of the comparison starts from this file.
 Current result: CIDEr 237.6 on `test`; :tome 240.5 and :pdrop 240.6, about 1.5× faster (docs/results.md).
@@ -30,6 +32,7 @@ VARIANTS = {
     "": {},
     "tome": dict(projector=dict(kind="tome", width=128, depth=2, num_heads=4, r=32, merge="mean")),
     "pdrop": dict(decoder=dict(DECODER, pdrop_layers=(1, 2, 3), pdrop_ratios=(0.5, 0.25, 0.125))),
+    "hreducer": dict(projector=dict(kind="hreducer", reduce=4)),
 }
 
 
@@ -54,5 +57,6 @@ def get_config(arg=None):
   c.evals = dict(
       caption=dict(type="captioning", split="test", num_examples=500, max_new_tokens=32),
       nll=dict(type="token_nll", split="test", num_examples=500),
+      compositional=dict(type="vlm_compositional", split="test", num_examples=500),
   )
   return c

@@ -334,6 +334,14 @@ class TrainBatches:
     self._iterator = None
 
 
+def with_passthrough(preprocess, keys: tuple):
+  """`preprocess` (a `Preprocess`, or a maker wrapping one as its `base`) also passing the record's
+  `keys` through."""
+  if hasattr(preprocess, "base"):
+    return dataclasses.replace(preprocess, base=with_passthrough(preprocess.base, keys))
+  return dataclasses.replace(preprocess, passthrough=tuple(dict.fromkeys(preprocess.passthrough + tuple(keys))))
+
+
 def eval_batches(source, preprocess: Preprocess, batch_size: int, indices=None, num_threads: int = 2):
   """Yields batches of the records at `indices` (default: all) in order; the last may be short.
   Each example's 'index' is its record's index in `source`; a bad record is left out."""
@@ -344,8 +352,7 @@ def eval_batches(source, preprocess: Preprocess, batch_size: int, indices=None, 
     return record if isinstance(record, BadRecord) else {**record, "index": int(indices[i])}
 
   ds = grain.MapDataset.range(len(indices)).map(read)
-  preprocess = dataclasses.replace(preprocess, passthrough=tuple(dict.fromkeys(preprocess.passthrough + ("index",))))
-  ds = ds.map(preprocess.map).filter(lambda example: not isinstance(example, BadRecord))  # left out
+  ds = ds.map(with_passthrough(preprocess, ("index",)).map).filter(lambda example: not isinstance(example, BadRecord))  # left out
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size))
   yield from ds.batch(batch_size, drop_remainder=False)
 

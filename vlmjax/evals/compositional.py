@@ -2,11 +2,20 @@
 
 For each image, is its true caption scored above each of its hard negatives? Reported per negative
 kind (for `vlmjax_shapes`: attribute swap, relation swap, wrong count); chance is 50%.
+
+- `compositional` (dual encoders): the score is the image–text embedding similarity.
+- `vlm_compositional` (decoders): the score is the caption's log-likelihood given the image,
+  teacher-forced in the training layout: Σ log p(piece | image, prompt, pieces before), over the
+  caption's pieces and its EOS. A model that reads the image should find the true caption likelier.
 """
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from vlmjax import registry
+from vlmjax import batch_spec, registry, sharding, trainer
+from vlmjax.data import pipeline
 from vlmjax.objectives.contrastive import NEGATIVE_TEXT
+from vlmjax.objectives.ntp import token_cross_entropy
 
 
 @registry.register("evaluator", "compositional")
@@ -31,3 +40,57 @@ class Compositional:
       wins += (true[:, None] > scores).sum(0)
       total += len(images)
     return {f"{self.name}/{kind}": float(w / total) for kind, w in zip(self.kinds, wins)}
+
+
+def _padded(x, size: int):
+  return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)]) if len(x) < size else x
+
+
+@registry.register("evaluator", "vlm_compositional")
+class CaptionLikelihood:
+
+  def __init__(self, name: str, split: str = "test", kinds: tuple = ("attribute", "relation", "count"),
+               num_examples: int = 0):
+    self.name, self.split, self.kinds, self.num_examples = name, split, tuple(kinds), num_examples
+
+  def run(self, ctx) -> dict:
+    embedder = ctx.embedder
+    model, mesh, batch_size = embedder.model, embedder.mesh, embedder.batch_size
+    if not hasattr(model, "num_image_tokens"):
+      raise ValueError(f"evals.{self.name}: vlm_compositional scores captions with a decoder ('vlm'), "
+                       f"not '{type(model).__name__}' (use type 'compositional')")
+    layout = dict(num_image_tokens=model.num_image_tokens(ctx.input_config.image_size),
+                  prompt=pipeline.prompt_ids(ctx.tokenizer, ctx.input_config),
+                  prefix_attention=pipeline.prefix_attention(ctx.input_config))
+
+    @jax.jit
+    def log_likelihood(params, batch):
+      logits = model.apply({"params": params}, **trainer.model_inputs(model, batch, False))["logits"]
+      supervised = batch["loss_weights"] > 0
+      return -jnp.where(supervised, token_cross_entropy(logits, batch["targets"]), 0.0).sum(1)
+
+    def score(images, texts):
+      examples = [batch_spec.caption_sequence(text, **layout) for text in texts]
+      batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+      batch["image"] = images
+      batch = {k: sharding.global_batch(_padded(np.asarray(v), batch_size), mesh) for k, v in batch.items()}
+      with embedder.use():
+        return np.asarray(jax.device_get(log_likelihood(embedder.params, batch)))[:len(texts)]
+
+    _, batches = ctx.batches(self.split, limit=self.num_examples, fields=(NEGATIVE_TEXT,))
+    wins, margins, total = np.zeros(len(self.kinds)), np.zeros(len(self.kinds)), 0
+    for batch in batches:
+      negatives = batch["negative_text"]  # [b, K, T]
+      if negatives.shape[1] != len(self.kinds):
+        raise ValueError(f"evals.{self.name}: records have {negatives.shape[1]} negative captions but "
+                         f"{len(self.kinds)} kinds are named ({', '.join(self.kinds)})")
+      images = np.asarray(batch["image"], np.float32)
+      true = score(images, batch["text"])
+      for k in range(len(self.kinds)):
+        negative = score(images, negatives[:, k])
+        wins[k] += (true > negative).sum()
+        margins[k] += (true - negative).sum()
+      total += len(images)
+    out = {f"{self.name}/{kind}": float(w / total) for kind, w in zip(self.kinds, wins)}
+    out.update({f"{self.name}/{kind}_margin": float(m / total) for kind, m in zip(self.kinds, margins)})
+    return out

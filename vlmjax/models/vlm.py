@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from vlmjax import batch_spec, registry
-from vlmjax.models.decoder import (CAUSAL, IMAGE_TOKEN, PAD, Decoder, decoder_kwargs, rank_query_mask,
+from vlmjax.data.tokenizer import EOS
+from vlmjax.models.decoder import (BIDIRECTIONAL, CAUSAL, IMAGE_TOKEN, PAD, Decoder, decoder_kwargs, rank_query_mask,
                                    take_rows)
 from vlmjax.models.projectors import Projector
 from vlmjax.models.sizes import decode_variant
@@ -26,10 +27,15 @@ class VLM(nn.Module):
   loss_weights [B, T] (only to find PyramidDrop's ranking queries) -> dict of
 
   - `logits` [B, T, V] float32: next-token logits at every position;
-  - `image_code` [B, D]: the mean of the projected image tokens (VLAP's visual representation);
+  - `image_code` [B, D]: the mean of the projected image tokens (VLAP's and CG-VLM's visual
+    representation);
+  - `word_embeddings` [V, D]: the decoder's input embedding table (outside decoding);
   - with `assignment_codes`: `text_code` [B, D], the mean final hidden state of the decoder run on
-    the text tokens alone (VLAP's text representation; stop-gradient: the target side), and
-    `word_embeddings` [V, D], the decoder's input embedding table.
+    the text tokens alone (VLAP's text representation; stop-gradient: the target side);
+  - with `sequence_codes` (Sugar): the decoder's final hidden state at the last token of the image
+    alone, `[image × N] EOS` -> `image_state` [B, D]; of the text alone, `BOS caption EOS` ->
+    `text_state` [B, D]; and of each hard-negative caption when `negative_texts` [B, K, T] is given
+    -> `negative_text_states` [B, K, D].
 
   Without images (generation steps after the prefill) only the tokens run. `stop_image_gradient`
   cuts the backward pass at the image tower's output: with a frozen tower (LiMBeR, VLAP) its
@@ -41,11 +47,13 @@ class VLM(nn.Module):
   projector: dict | None = None  # default: {'kind': 'mlp'}
   stop_image_gradient: bool = False
   assignment_codes: bool = False
+  sequence_codes: bool = False
+  eos_id: int = EOS  # the last token of the image-alone sequence (sequence_codes)
   decode: bool = False
   dtype: jnp.dtype = jnp.float32
 
   batch_keys = {"images": "image", "tokens": "tokens", "attention_mask": "attention_mask",
-                "loss_weights": "loss_weights"}
+                "loss_weights": "loss_weights", "negative_texts": "negative_text"}
   towers = {"image": ViT, "decoder": Decoder}
 
   def image_kwargs(self) -> dict:
@@ -66,7 +74,8 @@ class VLM(nn.Module):
     return (batch_spec.IMAGE, *batch_spec.caption_fields(self.num_image_tokens(input_config.image_size), prompt_len))
 
   @nn.compact
-  def __call__(self, images=None, tokens=None, attention_mask=None, loss_weights=None, train: bool = False):
+  def __call__(self, images=None, tokens=None, attention_mask=None, loss_weights=None, negative_texts=None,
+               train: bool = False):
     if tokens is None:
       raise ValueError("VLM: 'tokens' are required (the image goes into their IMAGE_TOKEN slots)")
     decoder = Decoder(**decoder_kwargs(self.decoder), vocab_size=self.vocab_size, decode=self.decode,
@@ -82,7 +91,10 @@ class VLM(nn.Module):
     rank_queries = None if loss_weights is None else rank_query_mask(kinds, loss_weights)
     result = decoder(tokens, kinds, image_embeddings, rank_queries, train)
     out["logits"] = result["logits"]
-    if self.assignment_codes and not self.decode:
+    if self.decode:
+      return out
+    out["word_embeddings"] = result["embedding"]
+    if self.assignment_codes or self.sequence_codes:
       # The text alone: the non-image tokens moved to the front, in order.
       is_image = tokens == IMAGE_TOKEN
       order = jnp.argsort(is_image, axis=1, stable=True)
@@ -90,7 +102,28 @@ class VLM(nn.Module):
       text = take_rows(jnp.where(is_image, PAD, tokens), order)[:, :length]
       text_kinds = jnp.where(text != PAD, CAUSAL, PAD)
       hidden = decoder(text, text_kinds, train=train)["hidden"]
+    if self.assignment_codes:
       valid = (text_kinds > PAD)[..., None].astype(jnp.float32)
       out["text_code"] = jax.lax.stop_gradient((hidden * valid).sum(1) / jnp.maximum(valid.sum(1), 1.0))
-      out["word_embeddings"] = result["embedding"]
+    if self.sequence_codes:
+      out["text_state"] = last_state(hidden, text_kinds)
+      if negative_texts is not None:
+        b, k, t = negative_texts.shape
+        negatives = negative_texts.reshape(b * k, t)
+        negative_kinds = jnp.where(negatives != PAD, CAUSAL, PAD)
+        negative_hidden = decoder(negatives, negative_kinds, train=train)["hidden"]
+        out["negative_text_states"] = last_state(negative_hidden, negative_kinds).reshape(b, k, -1)
+      if image_embeddings is not None:
+        b, n = image_embeddings.shape[:2]
+        alone = jnp.concatenate([jnp.full((b, n), IMAGE_TOKEN, tokens.dtype),
+                                 jnp.full((b, 1), self.eos_id, tokens.dtype)], axis=1)
+        alone_kinds = jnp.concatenate([jnp.full((b, n), BIDIRECTIONAL, kinds.dtype),
+                                       jnp.full((b, 1), CAUSAL, kinds.dtype)], axis=1)
+        out["image_state"] = decoder(alone, alone_kinds, image_embeddings, train=train)["hidden"][:, -1]
     return out
+
+
+def last_state(hidden, kinds):
+  """hidden [B, T, D], kinds [B, T] -> the hidden state at each row's last non-padding token [B, D]."""
+  last = jnp.maximum((kinds > PAD).sum(1) - 1, 0)
+  return take_rows(hidden, last[:, None])[:, 0]

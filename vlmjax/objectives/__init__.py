@@ -1,2 +1,2 @@
 """Training objectives: importing this package registers every objective by name."""
-from vlmjax.objectives import assignment, contrastive, dreamlip, ntp, regularizers  # noqa: F401
+from vlmjax.objectives import alignment, assignment, contrastive, dreamlip, ntp, regularizers  # noqa: F401

@@ -1,0 +1,190 @@
+"""VLM alignment objectives (CG-VLM, Sugar) against numpy references, the VLM's sequence codes, and
+the decoder evaluators (vlm_compositional, token_nll) against a per-example recomputation."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from vlmjax import batch_spec
+from vlmjax.data import pipeline, sources
+from vlmjax.data.tokenizer import EOS
+from vlmjax.models.decoder import LanguageModel
+from vlmjax.models.vlm import VLM
+from vlmjax.objectives.alignment import CgvlmObjective, SugarObjective
+from vlmjax.objectives.contrastive import NEGATIVE_TEXT
+from vlmjax.run import RunDir
+from vlmjax.train import train
+
+TAU = 0.07
+
+
+def np_normalize(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def np_log_softmax(x, axis):
+  x = x - x.max(axis=axis, keepdims=True)
+  return x - np.log(np.exp(x).sum(axis=axis, keepdims=True))
+
+
+def np_infonce(u, v, negatives=None):
+  """Symmetric InfoNCE of normalised u, v [B, D] at τ; negatives [B, K, D]: extra columns of their
+  image's row only."""
+  logits = u @ v.T / TAU
+  rows = logits if negatives is None else np.concatenate([logits, np.einsum("id,ikd->ik", u, negatives) / TAU], 1)
+  idx = np.arange(len(u))
+  return 0.5 * (-np_log_softmax(rows, 1)[idx, idx].mean() - np_log_softmax(logits, 0)[idx, idx].mean())
+
+
+def numeric_grad(f, x, eps=1e-6):
+  grad = np.zeros_like(x)
+  for i in np.ndindex(*x.shape):
+    step = np.zeros_like(x)
+    step[i] = eps
+    grad[i] = (f(x + step) - f(x - step)) / (2 * eps)
+  return grad
+
+
+def np_cgvlm(image_code, table, targets, weights):
+  pieces = (weights > 0) & (targets != EOS)
+  caption = (table[targets] * pieces[..., None]).sum(1) / pieces.sum(1, keepdims=True)
+  return np_infonce(np_normalize(image_code), np_normalize(caption))
+
+
+def test_cgvlm_loss_and_gradients_match_numpy():
+  rng = np.random.default_rng(0)
+  b, t, v, d = 5, 7, 11, 6
+  image_code, table = rng.normal(size=(b, d)), rng.normal(size=(v, d))
+  targets = rng.integers(4, v, size=(b, t))
+  lengths = rng.integers(2, t, size=b)
+  targets[np.arange(b), lengths] = EOS  # the EOS is supervised but not a piece of the caption
+  weights = (np.arange(t)[None] <= lengths[:, None]).astype(np.float32)
+  weights[:, 0] = 0.0  # an unsupervised (prompt) position: its target is not part of the caption
+  objective = CgvlmObjective(temperature=TAU)
+  batch = {"targets": jnp.asarray(targets), "loss_weights": jnp.asarray(weights)}
+  loss_fn = lambda x, w: objective({"image_code": x, "word_embeddings": w}, batch)[0]
+  loss, (grad_x, grad_w) = jax.value_and_grad(loss_fn, argnums=(0, 1))(jnp.float32(image_code), jnp.float32(table))
+  assert float(loss) == pytest.approx(np_cgvlm(image_code, table, targets, weights), rel=1e-5)
+  np.testing.assert_allclose(grad_x, numeric_grad(lambda x: np_cgvlm(x, table, targets, weights), image_code),
+                             rtol=2e-3, atol=2e-5)
+  np.testing.assert_allclose(grad_w, numeric_grad(lambda w: np_cgvlm(image_code, w, targets, weights), table),
+                             rtol=2e-3, atol=2e-5)
+  with pytest.raises(ValueError, match="objectives.cgvlm.temperature 0.0 must be above 0"):
+    CgvlmObjective(temperature=0.0)
+
+
+def test_sugar_loss_and_gradients_match_numpy():
+  rng = np.random.default_rng(1)
+  b, k, d = 4, 3, 5
+  image, text, negatives = rng.normal(size=(b, d)), rng.normal(size=(b, d)), rng.normal(size=(b, k, d))
+  objective = SugarObjective(temperature=TAU)
+  loss_fn = lambda i, t, n: objective({"image_state": i, "text_state": t, "negative_text_states": n}, {})[0]
+  reference = lambda i, t, n: np_infonce(np_normalize(i), np_normalize(t), np_normalize(n))
+  loss, grads = jax.value_and_grad(loss_fn, argnums=(0, 1, 2))(*map(jnp.float32, (image, text, negatives)))
+  assert float(loss) == pytest.approx(reference(image, text, negatives), rel=1e-5)
+  for grad, numeric in zip(grads, (numeric_grad(lambda x: reference(x, text, negatives), image),
+                                   numeric_grad(lambda x: reference(image, x, negatives), text),
+                                   numeric_grad(lambda x: reference(image, text, x), negatives))):
+    np.testing.assert_allclose(grad, numeric, rtol=2e-3, atol=2e-5)
+  # Without hard negatives it is the plain symmetric InfoNCE.
+  plain = SugarObjective(temperature=TAU, hard_negatives=False)
+  value = plain({"image_state": jnp.float32(image), "text_state": jnp.float32(text)}, {})[0]
+  assert float(value) == pytest.approx(np_infonce(np_normalize(image), np_normalize(text)), rel=1e-5)
+  with pytest.raises(ValueError, match="set model.sequence_codes = True"):
+    objective({"image_state": image}, {})
+
+
+def test_sequence_codes_are_the_last_token_states_of_image_and_text_alone():
+  decoder = dict(variant="mu", width=32, depth=2, mlp_dim=64, num_heads=4, num_kv_heads=2)
+  model = VLM(image=dict(variant="mu/8", width=32, depth=1, mlp_dim=64, num_heads=2), decoder=decoder,
+              vocab_size=40, sequence_codes=True)
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, size=(3, 16, 16, 3)).astype(np.float32)
+  texts = batch_spec.random_texts(rng, (3,), 10, 40)
+  negatives = batch_spec.random_texts(rng, (3, 2), 10, 40)
+  examples = [batch_spec.caption_sequence(t, 4) for t in texts]
+  seq = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+  params = model.init(jax.random.PRNGKey(0), images, seq["tokens"], seq["attention_mask"])["params"]
+  out = model.apply({"params": params}, images, seq["tokens"], seq["attention_mask"], negative_texts=negatives)
+  assert out["negative_text_states"].shape == (3, 2, 32)
+  lm = LanguageModel(decoder=decoder, vocab_size=40)
+  for i in range(3):
+    for row, state in ((texts[i], out["text_state"][i]), (negatives[i, 1], out["negative_text_states"][i, 1])):
+      alone = row[row != batch_spec.PAD][None]  # unpadded: its last position is the EOS
+      hidden = lm.apply({"params": {"decoder": params["decoder"]}}, alone)["hidden"][0, -1]
+      np.testing.assert_allclose(state, hidden, rtol=1e-4, atol=1e-5)
+  # The image's state does not depend on its caption, and differs between images.
+  other = model.apply({"params": params}, images, np.roll(seq["tokens"], 1, axis=0), seq["attention_mask"])
+  np.testing.assert_allclose(out["image_state"], other["image_state"], rtol=1e-5, atol=1e-6)
+  assert np.abs(np.asarray(out["image_state"][0] - out["image_state"][1])).max() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def vlm_run(tiny_data_dir, tmp_path_factory):
+  """A tiny VLM trained for 4 steps with NTP + CG-VLM + Sugar on 8 devices, evaluated by the decoder
+  evaluators."""
+  config = tiny_config(tiny_data_dir, **{
+      "total_steps": 4, "mesh": dict(data=2, fsdp=4, tensor=1),
+      "model": dict(name="vlm", image=dict(variant="mu/8", width=32, depth=1, mlp_dim=64, num_heads=2),
+                    decoder=dict(variant="mu", width=32, depth=1, mlp_dim=64, num_heads=4, num_kv_heads=2),
+                    projector=dict(kind="mlp"), sequence_codes=True),
+      "objectives": {"ntp": {"weight": 1.0}, "cgvlm": {"weight": 1.0}, "sugar": {"weight": 1.0}}})
+  config.evals = dict(nll=dict(type="token_nll", split="test", num_examples=13),
+                      compositional=dict(type="vlm_compositional", split="test", num_examples=13))
+  workdir = str(tmp_path_factory.mktemp("vlm") / "run")
+  train(config, workdir)
+  return config, workdir
+
+
+def test_decoder_evaluators_equal_a_per_example_recomputation(vlm_run):
+  config, workdir = vlm_run
+  reported = json.load(open(os.path.join(workdir, "eval_results.json")))
+  history = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert any("cgvlm/retrieval_accuracy" in h and "sugar/retrieval_accuracy" in h for h in history)
+  loaded = RunDir(workdir).load()
+  model, params, tokenizer = loaded.model, loaded.params, loaded.tokenizer
+  source = sources.make_source(config.data, "test")
+  preprocess = pipeline.Preprocess(tokenizer, config.input.image_size, config.input.max_text_len,
+                                   fields=(NEGATIVE_TEXT,), input_config=config.input)
+  n = model.num_image_tokens(config.input.image_size)
+
+  def log_likelihood(image, text):  # one example, one device, no padding rows, float64 softmax
+    e = batch_spec.caption_sequence(text, n)
+    logits = np.asarray(model.apply({"params": params}, image[None], e["tokens"][None], e["attention_mask"][None],
+                                    e["loss_weights"][None])["logits"][0], np.float64)
+    logp = np_log_softmax(logits, -1)[np.arange(len(e["targets"])), e["targets"]]
+    return float((logp * (e["loss_weights"] > 0)).sum()), int((e["loss_weights"] > 0).sum())
+
+  wins, nll, tokens = np.zeros(3), 0.0, 0
+  margins = np.zeros(3)
+  for i in range(13):
+    example = preprocess.map(source[i])
+    true, count = log_likelihood(example["image"], example["text"])
+    nll, tokens = nll - true, tokens + count
+    for k in range(3):
+      negative, _ = log_likelihood(example["image"], example["negative_text"][k])
+      wins[k] += true > negative
+      margins[k] += true - negative
+  for k, kind in enumerate(("attribute", "relation", "count")):
+    assert reported[f"compositional/{kind}"] == pytest.approx(wins[k] / 13), kind
+    assert reported[f"compositional/{kind}_margin"] == pytest.approx(margins[k] / 13, abs=1e-3), kind
+  assert reported["nll/nll"] == pytest.approx(nll / tokens, rel=1e-4)
+  assert reported["nll/perplexity"] == pytest.approx(np.exp(nll / tokens), rel=1e-4)
+
+
+def test_vlm_compositional_names_mismatched_negative_kinds(vlm_run, tiny_data_dir, tmp_path):
+  from vlmjax import evaluate
+  _, workdir = vlm_run
+  suite = tmp_path / "suite.py"
+  suite.write_text(
+      "import ml_collections\n"
+      "def get_config(arg=None):\n"
+      f"  data = dict(name='vlmjax_shapes', data_dir={tiny_data_dir!r}, builder_config='tiny')\n"
+      "  return ml_collections.ConfigDict(dict(c=dict(type='vlm_compositional', split='test', num_examples=4,\n"
+      "                                                kinds=('a', 'b'), data=data)))\n")
+  with pytest.raises(ValueError, match="evals.c: records have 3 negative captions but 2 kinds are named"):
+    evaluate.evaluate_suite(str(suite), workdir=workdir, out=str(tmp_path / "out"), show=lambda *a: None)
