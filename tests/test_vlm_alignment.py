@@ -188,3 +188,44 @@ def test_vlm_compositional_names_mismatched_negative_kinds(vlm_run, tiny_data_di
       "                                                kinds=('a', 'b'), data=data)))\n")
   with pytest.raises(ValueError, match="evals.c: records have 3 negative captions but 2 kinds are named"):
     evaluate.evaluate_suite(str(suite), workdir=workdir, out=str(tmp_path / "out"), show=lambda *a: None)
+
+
+def test_ridge_equals_the_augmented_least_squares_solution():
+  from vlmjax.projector_fit import ridge
+  rng = np.random.default_rng(2)
+  x, y = rng.normal(size=(40, 6)) + 3.0, rng.normal(size=(40, 4))
+  for l2 in (0.0, 0.05, 2.0):
+    w, b = ridge(x, y, l2)
+    xc, yc = x - x.mean(0), y - y.mean(0)  # the bias is not penalised: centre, then solve
+    augmented_x = np.concatenate([xc, np.sqrt(l2 * len(x)) * np.eye(6)])
+    augmented_y = np.concatenate([yc, np.zeros((6, 4))])
+    expected = np.linalg.lstsq(augmented_x, augmented_y, rcond=None)[0]
+    np.testing.assert_allclose(w, expected, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(b, y.mean(0) - x.mean(0) @ expected, rtol=1e-8, atol=1e-10)
+
+
+def test_ridge_projector_fit_is_what_the_frozen_run_evaluates(tiny_data_dir, tmp_path):
+  from vlmjax.projector_fit import pairs, ridge
+  overrides = {
+      "total_steps": 1, "optimizer.frozen": ".*", "optimizer.warmup_steps": 0, "mesh": dict(data=2, fsdp=4, tensor=1),
+      "model": dict(name="vlm", image=dict(variant="mu/8", width=32, depth=1, mlp_dim=64, num_heads=2),
+                    decoder=dict(variant="mu", width=32, depth=1, mlp_dim=64, num_heads=4, num_kv_heads=2),
+                    projector=dict(kind="linear")),
+      "objectives": {"ntp": {"weight": 1.0}}}
+  config = tiny_config(tiny_data_dir, **overrides)
+  config.init.fit = dict(ridge_projector=dict(examples=200, validation_examples=60, l2=(1e-4, 1e-2, 1.0)))
+  workdir = str(tmp_path / "run")
+  train(config, workdir)
+  report = json.load(open(os.path.join(workdir, "fit_ridge_projector.json")))
+  assert report["l2"] == float(min(report["validation_mse"], key=report["validation_mse"].get))
+  assert report["validation_mse"][str(report["l2"])] < report["validation_mse_of_the_mean_caption"]
+  loaded = RunDir(workdir).load()
+  x, y = pairs(loaded.model, loaded.params, loaded.tokenizer, config.data, config.input, "train", 200)
+  w, b = ridge(x, y, report["l2"])
+  np.testing.assert_allclose(loaded.params["projector"]["linear"]["kernel"], w, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(loaded.params["projector"]["linear"]["bias"], b, rtol=1e-4, atol=1e-5)
+  config = tiny_config(tiny_data_dir, **{**overrides, "model.projector": dict(kind="mlp")})
+  config.init.fit = dict(ridge_projector=dict(examples=20))
+  with pytest.raises(ValueError, match="init.fit.ridge_projector: fits a 'linear' projector; model.projector.kind "
+                                       "is 'mlp'"):
+    train(config, str(tmp_path / "mlp"))

@@ -19,7 +19,8 @@ from vlmjax.models.layers import REMAT_POLICIES
 from vlmjax.models.sizes import decode_variant
 
 # Sections whose keys are free-form: they are checked against the constructor they configure.
-OPEN_SECTIONS = ("model", "objectives", "evals", "data.fields", "data.files", "data.mixture", "init.also")
+OPEN_SECTIONS = ("model", "objectives", "evals", "data.fields", "data.files", "data.mixture", "init.also",
+                 "init.fit")
 
 
 # An eval entry's keys that choose its data and resolution (vlmjax.evals.common); the others are its evaluator's.
@@ -86,8 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Start the params matching `params` (a regex) from another run's checkpoint or a bundle; `also`:
   # more sources by name, each dict(workdir=..., params=...), applied after it (big_vision's
   # per-tower model_init), e.g. a VLM's decoder from a text-only LM run and its image tower from a
-  # CLIP run.
-  c.init = dict(workdir="", params=".*", also={})
+  # CLIP run. `fit`: params fitted in closed form after that, before step 0, by registered fit name
+  # with its options (`vlmjax.projector_fit`'s ridge_projector).
+  c.init = dict(workdir="", params=".*", also={}, fit={})
   c.precision = dict(compute_dtype="float32")  # params are always float32; bfloat16 on accelerators
 
   c.optimizer = dict(

@@ -1,4 +1,5 @@
-"""Name -> model / objective / dataset / evaluator / preprocess (the example maker for a model type).
+"""Name -> model / objective / dataset / evaluator / preprocess (the example maker for a model type) /
+fit (params fitted in closed form before step 0).
 
 A config picks every piece by name, so the trainer wires things together without `if name == ...`
 ladders. Modules register themselves with `@register(kind, name)`; `get` imports the packages that
@@ -6,10 +7,10 @@ hold the registrations the first time it is called.
 """
 import importlib
 
-KINDS = ("model", "objective", "dataset", "evaluator", "preprocess")
+KINDS = ("model", "objective", "dataset", "evaluator", "preprocess", "fit")
 _ENTRIES = {kind: {} for kind in KINDS}
 _PACKAGES = ("vlmjax.models", "vlmjax.objectives", "vlmjax.data.sources", "vlmjax.data.columnar",
-             "vlmjax.data.webdataset", "vlmjax.data.pipeline", "vlmjax.evals")
+             "vlmjax.data.webdataset", "vlmjax.data.pipeline", "vlmjax.evals", "vlmjax.projector_fit")
 _loaded = False
 
 

@@ -167,6 +167,12 @@ def _train(config, run: RunDir, train_source, stop_after_steps: int | None) -> d
         state["params"] = init_params_from(source_workdir, state["params"], pattern)
       except ValueError as e:
         raise config_lib.ConfigError(str(e)) from None
+    for name, options in config.init.get("fit", {}).items():  # closed-form fits on the loaded params
+      try:
+        fit = registry.get("fit", name)(**(options.to_dict() if hasattr(options, "to_dict") else options))
+      except TypeError as e:
+        raise config_lib.ConfigError(f"config: init.fit.{name}: {e}") from None
+      state["params"] = fit(state["params"], experiment.model, tokenizer, config, workdir)
     state = trainer.reset_ema(state)  # the EMA starts at the params training starts from
   train_step = experiment.train_step(state_shardings)
   # With an EMA of the params (optimizer.ema_decay), the run's evaluations are of the EMA: the model
