@@ -55,7 +55,7 @@ def get_config(arg=None):
   c.checkpoint.every_steps = 100
   c.log_every_steps = 20
   c.evals = dict(
-      caption=dict(type="captioning", split="test", num_examples=500, max_new_tokens=32),
+      caption=dict(type="object_mentions", split="test", num_examples=500, max_new_tokens=32),
       nll=dict(type="token_nll", split="test", num_examples=500),
       compositional=dict(type="vlm_compositional", split="test", num_examples=500),
   )

@@ -134,7 +134,8 @@ def vlm_run(tiny_data_dir, tmp_path_factory):
                     projector=dict(kind="mlp"), sequence_codes=True),
       "objectives": {"ntp": {"weight": 1.0}, "cgvlm": {"weight": 1.0}, "sugar": {"weight": 1.0}}})
   config.evals = dict(nll=dict(type="token_nll", split="test", num_examples=13),
-                      compositional=dict(type="vlm_compositional", split="test", num_examples=13))
+                      compositional=dict(type="vlm_compositional", split="test", num_examples=13),
+                      caption=dict(type="object_mentions", split="test", num_examples=13, max_new_tokens=8))
   workdir = str(tmp_path_factory.mktemp("vlm") / "run")
   train(config, workdir)
   return config, workdir
@@ -174,6 +175,7 @@ def test_decoder_evaluators_equal_a_per_example_recomputation(vlm_run):
     assert reported[f"compositional/{kind}_margin"] == pytest.approx(margins[k] / 13, abs=1e-3), kind
   assert reported["nll/nll"] == pytest.approx(nll / tokens, rel=1e-4)
   assert reported["nll/perplexity"] == pytest.approx(np.exp(nll / tokens), rel=1e-4)
+  assert {"caption/CIDEr", "caption/object_recall", "caption/hallucination_rate"} <= set(reported)
 
 
 def test_vlm_compositional_names_mismatched_negative_kinds(vlm_run, tiny_data_dir, tmp_path):
@@ -229,3 +231,25 @@ def test_ridge_projector_fit_is_what_the_frozen_run_evaluates(tiny_data_dir, tmp
   with pytest.raises(ValueError, match="init.fit.ridge_projector: fits a 'linear' projector; model.projector.kind "
                                        "is 'mlp'"):
     train(config, str(tmp_path / "mlp"))
+
+
+def test_object_mentions_hand_count():
+  from vlmjax.evals.objects import mention_metrics, mentioned
+  names = ["red circle", "blue square", "red square"]
+  assert mentioned("Two objects: a large Red circle and two blue squares.", names) == {"red circle", "blue square"}
+  assert mentioned("a reddish circle, a red circles2", names) == set()  # whole words only
+  rates = mention_metrics(["a red circle and a blue square.", "a red square.", "a red circle."],
+                          [["red circle"], ["red square", "blue square"], ["red circle"]], names)
+  # mentioned 2 + 1 + 1 = 4, of which 1 false (blue square in scene 1); present 1 + 2 + 1 = 4, found 3.
+  assert rates == {"object_recall": 3 / 4, "hallucination_rate": 1 / 4, "captions_hallucinating": 1 / 3,
+                   "objects_per_caption": 4 / 3}
+
+
+def test_caption_field_makes_the_long_caption_the_text(tiny_data_dir, tiny_tokenizer):
+  config = tiny_config(tiny_data_dir)
+  record = sources.make_source(config.data, "train")[1]
+  preprocess = pipeline.Preprocess(tiny_tokenizer, 32, 200, caption_field="long_caption")
+  assert tiny_tokenizer.decode([preprocess.map(record)["text"]]) == tiny_tokenizer.decode(
+      [tiny_tokenizer.encode([record["long_caption"]], 200)[0]])
+  with pytest.raises(KeyError, match="input.caption_field: the records have no 'longer_caption'"):
+    pipeline.Preprocess(tiny_tokenizer, 32, 200, caption_field="longer_caption").map(record)

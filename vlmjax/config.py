@@ -79,7 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
                  prompt="",      # decoders: text between BOS and the caption, never supervised
                  # decoders: how BOS and the prompt attend: 'causal', or 'bidirectional' (one block with
                  # the image, the caption causal after it: PaliGemma's prefix-LM)
-                 prefix_attention="causal")
+                 prefix_attention="causal",
+                 # the record's text the model is trained on and scored against: 'caption', or e.g.
+                 # 'long_caption' (vlmjax_shapes' one sentence per object and pair: ImageInWords)
+                 caption_field="caption")
   c.tokenizer = dict(path="", vocab_size=1000, train_examples=20000)
 
   c.model = dict(name="dual_encoder", image=dict(variant="S/16"), text=dict(variant="S"), embed_dim=384)

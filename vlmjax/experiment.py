@@ -117,7 +117,8 @@ class Experiment:
     base = pipeline.Preprocess(tokenizer, config.input.image_size, config.input.max_text_len, train=train,
                                crop_min=config.input.crop_min, brightness=config.input.brightness,
                                fields=tuple(f for f in self.fields.values() if f.make),
-                               input_config=config.input, max_caption_chars=config.data.max_caption_chars)
+                               input_config=config.input, max_caption_chars=config.data.max_caption_chars,
+                               caption_field=pipeline.caption_field(config.input))
     return registry.get("preprocess", config.model.name)(base, config, tokenizer, self.model)
 
   def use_mesh(self):

@@ -63,6 +63,19 @@ def record_problem(record, max_caption_chars: int = 0) -> BadRecord | None:
   return None
 
 
+def caption_text(record, field: str):
+  """record[field], the text that stands for its caption; a KeyError naming `input.caption_field`."""
+  if field not in record:
+    raise KeyError(f"input.caption_field: the records have no '{field}' (they have: "
+                   f"{', '.join(sorted(k for k in record if k != 'image'))})")
+  return record[field]
+
+
+def caption_field(input_config) -> str:
+  """`input_config.caption_field` ('caption' for configs saved before it existed)."""
+  return input_config.get("caption_field", "caption") if input_config is not None else "caption"
+
+
 def decode_image(image) -> Image.Image:
   """uint8 array [H, W, 3|1] or encoded bytes -> RGB PIL image."""
   if isinstance(image, (bytes, bytearray)):
@@ -149,6 +162,7 @@ class Preprocess(grain.transforms.RandomMap):
   input_config: object = None  # what `fields` read their shapes from
   max_caption_chars: int = 0  # longer captions are bad records (0: no limit)
   resize: str = "squash"
+  caption_field: str = "caption"  # the record's text that becomes 'text' (`input.caption_field`)
 
   def augment(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
     if self.train and self.crop_min < 1.0:
@@ -164,6 +178,8 @@ class Preprocess(grain.transforms.RandomMap):
 
   def random_map(self, record, rng: np.random.Generator):
     """-> the example, or a BadRecord saying why this record cannot be one."""
+    if self.caption_field != "caption" and not isinstance(record, BadRecord):
+      record = {**record, "caption": caption_text(record, self.caption_field)}
     problem = record if isinstance(record, BadRecord) else record_problem(record, self.max_caption_chars)
     if problem:
       return problem

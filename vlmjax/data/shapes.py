@@ -455,6 +455,11 @@ def make_example(seed: int, split: str, index: int, image_size: int = 64) -> dic
     )
 
 
+def object_names(objects) -> list[str]:
+    """The sorted distinct '<colour> <shape>' names of a TFDS-decoded record's `objects`."""
+    return sorted({f'{COLORS[int(c)]} {SHAPES[int(s)]}' for s, c in zip(objects['shape'], objects['color'])})
+
+
 def reference_captions(objects) -> list[str]:
     """Every short caption the generator could have written for a scene (each choice of which
     objects name their size, of the position phrase for one object, of the count prefix for

@@ -443,6 +443,9 @@ def shapes_source(data_config, split: str):
   source.class_names, source.prompts = shapes.CLASS_NAMES, shapes.zero_shot_prompts
   # Captioning references: every caption the generator could have written for record i's scene.
   source.reference_captions = lambda i: shapes.reference_captions(source.source[int(i)]["objects"])
+  # What is in record i's scene, by name ('red circle'), and every name an object can have.
+  source.scene_objects = lambda i: shapes.object_names(source.source[int(i)]["objects"])
+  source.object_names = shapes.CLASS_NAMES
   return source
 
 

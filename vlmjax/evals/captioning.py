@@ -89,7 +89,9 @@ class Captioning:
       raise ValueError(f"evals.{self.name}: captioning needs a decoder model ('vlm'), not '{type(model).__name__}'")
     source = ctx.source(self.split)
     count = min(self.num_examples, len(source)) if self.num_examples > 0 else len(source)
-    reference_fn = getattr(source, "reference_captions", lambda i: [source[i]["caption"]])
+    field = pipeline.caption_field(ctx.input_config)
+    reference_fn = (getattr(source, "reference_captions", None) if field == "caption" else None) or (
+        lambda i: [pipeline.caption_text(source[i], field)])
     prefix, kinds = generation_prefix(model.num_image_tokens(ctx.input_config.image_size),
                                       pipeline.prompt_ids(ctx.tokenizer, ctx.input_config), ctx.tokenizer.bos_id,
                                       pipeline.prefix_attention(ctx.input_config))
@@ -125,7 +127,8 @@ class TokenNll:
     model, mesh, batch_size = embedder.model, embedder.mesh, embedder.batch_size
     source = ctx.source(self.split)
     count = min(self.num_examples, len(source)) if self.num_examples > 0 else len(source)
-    base = pipeline.Preprocess(ctx.tokenizer, ctx.input_config.image_size, ctx.input_config.max_text_len)
+    base = pipeline.Preprocess(ctx.tokenizer, ctx.input_config.image_size, ctx.input_config.max_text_len,
+                               caption_field=pipeline.caption_field(ctx.input_config))
     num_image_tokens = model.num_image_tokens(ctx.input_config.image_size)
     preprocess = pipeline.CaptionPreprocess(base, num_image_tokens,
                                             pipeline.prompt_ids(ctx.tokenizer, ctx.input_config),

@@ -116,17 +116,19 @@ class EvalContext:
   def source(self, split: str):
     return sources.make_source(self.data_config, split)
 
-  def batches(self, split: str, passthrough=(), limit: int = 0, fields=(), indices=None):
+  def batches(self, split: str, passthrough=(), limit: int = 0, fields=(), indices=None, caption_field=None):
     """Preprocessed eval batches of `split` (the records at `indices`, else its first `limit` when
     > 0, else all), with the extra batch `fields` (`batch_spec.Field`s, e.g. hard-negative
-    captions). Each batch's 'index' holds its records' indices (a bad record is left out)."""
+    captions). Each batch's 'index' holds its records' indices (a bad record is left out).
+    `caption_field`: the record's text that becomes 'text' (default: `input.caption_field`)."""
     source = self.source(split)
     if indices is None and limit > 0:
       indices = range(min(limit, len(source)))
     preprocess = pipeline.Preprocess(self.tokenizer, self.input_config.image_size,
                                      self.input_config.max_text_len, train=False,
                                      passthrough=tuple(passthrough), fields=tuple(fields),
-                                     input_config=self.input_config, resize=self.resize)
+                                     input_config=self.input_config, resize=self.resize,
+                                     caption_field=caption_field or pipeline.caption_field(self.input_config))
     batches = pipeline.eval_batches(source, preprocess, self.batch_size, indices)
     if self.progress:
       total = len(source) if indices is None else len(indices)

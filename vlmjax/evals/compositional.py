@@ -77,7 +77,8 @@ class CaptionLikelihood:
       with embedder.use():
         return np.asarray(jax.device_get(log_likelihood(embedder.params, batch)))[:len(texts)]
 
-    _, batches = ctx.batches(self.split, limit=self.num_examples, fields=(NEGATIVE_TEXT,))
+    # The negatives are edits of the short caption: score that, whatever text the model trains on.
+    _, batches = ctx.batches(self.split, limit=self.num_examples, fields=(NEGATIVE_TEXT,), caption_field="caption")
     wins, margins, total = np.zeros(len(self.kinds)), np.zeros(len(self.kinds)), 0
     for batch in batches:
       negatives = batch["negative_text"]  # [b, K, T]

@@ -1,0 +1,23 @@
+"""Decoding settings of a captioning VLM, compared on `validation` (to choose) and on `test` (to report).
+
+  python -m vlmjax.evaluate --workdir workdirs/vlm_ntp --suite configs/evals/vlm_decoding.py
+
+Greedy decoding, beam search (4 beams) without and with a length penalty, and a repetition penalty
+on greedy and beam decoding, each on the first 500 captions of both splits of the run's own data.
+"""
+import ml_collections
+
+SETTINGS = {
+    "greedy": {},
+    "greedy_rep12": dict(repetition_penalty=1.2),
+    "beam4": dict(beam_size=4),
+    "beam4_lp1": dict(beam_size=4, length_penalty=1.0),
+    "beam4_rep12": dict(beam_size=4, repetition_penalty=1.2),
+}
+
+
+def get_config(arg=None):
+  del arg
+  return ml_collections.ConfigDict({
+      f"{name}_{split}": dict(type="captioning", split=split, num_examples=500, max_new_tokens=32, **options)
+      for name, options in SETTINGS.items() for split in ("validation", "test")})
