@@ -116,6 +116,10 @@ def dry_run(config, workdir: str, overwrite: bool = False) -> dict:
   steps = total_steps(config, len(train_source))
   experiment = experiment_lib.build(config, vocab_size, total_steps=steps, mesh=mesh, validate=False,
                                     prompt_len=prompt_len)
+  if tokenizer:  # what the trainer does before step 0 (VLAP's word prior, PRIOR's tokenizer check)
+    for _, objective in experiment.objectives.values():
+      if hasattr(objective, "prepare"):
+        objective.prepare(train_source, tokenizer)
   abstract, state_shardings = experiment.abstract_state()
   with experiment.use_mesh():
     _, metrics = jax.eval_shape(experiment.train_step(state_shardings), abstract, experiment.abstract_batch())
