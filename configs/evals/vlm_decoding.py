@@ -3,7 +3,8 @@
   python -m vlmjax.evaluate --workdir workdirs/vlm_ntp --suite configs/evals/vlm_decoding.py
 
 Greedy decoding, beam search (4 beams) without and with a length penalty, and a repetition penalty
-on greedy and beam decoding, each on the first 500 captions of both splits of the run's own data.
+on greedy and beam decoding, each on the first 250 `validation` and 500 `test` images of the run's
+own data.
 """
 import ml_collections
 
@@ -19,5 +20,5 @@ SETTINGS = {
 def get_config(arg=None):
   del arg
   return ml_collections.ConfigDict({
-      f"{name}_{split}": dict(type="captioning", split=split, num_examples=500, max_new_tokens=32, **options)
-      for name, options in SETTINGS.items() for split in ("validation", "test")})
+      f"{name}_{split}": dict(type="captioning", split=split, num_examples=count, max_new_tokens=32, **options)
+      for name, options in SETTINGS.items() for split, count in (("validation", 250), ("test", 500))})
