@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 from vlmjax import batch_spec
 from vlmjax.data import pipeline, sources
 from vlmjax.data.tokenizer import EOS
@@ -253,3 +253,13 @@ def test_caption_field_makes_the_long_caption_the_text(tiny_data_dir, tiny_token
       [tiny_tokenizer.encode([record["long_caption"]], 200)[0]])
   with pytest.raises(KeyError, match="input.caption_field: the records have no 'longer_caption'"):
     pipeline.Preprocess(tiny_tokenizer, 32, 200, caption_field="longer_caption").map(record)
+
+
+def test_a_suite_file_takes_an_argument():
+  from vlmjax.evaluate import load_suite
+  suite = str(REPO / "configs" / "evals" / "vlm_captions.py")
+  name, entries = load_suite(suite + ":likelihood")
+  assert name == "vlm_captions_likelihood" and list(entries) == ["compositional"]
+  assert sorted(load_suite(suite)[1]) == ["caption", "compositional"]
+  with pytest.raises(ValueError, match="unknown variant 'nope'"):
+    load_suite(suite + ":nope")

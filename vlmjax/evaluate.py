@@ -238,13 +238,15 @@ SUITE_KEY = "suite"  # what marks a file as a suite's results (so a rerun replac
 
 
 def load_suite(path: str):
-  """A suite file -> (its name, its evaluator entries). ConfigError naming the file."""
+  """A suite file, `FILE` or `FILE:arg` (its `get_config(arg)`) -> (its name, its evaluator entries):
+  the file's name, with `_arg` after it. ConfigError naming the file."""
+  path, _, arg = path.partition(":") if not os.path.isfile(path) else (path, "", "")
   if not os.path.isfile(path):
     raise config_lib.ConfigError(f"evaluate: --suite file '{path}' does not exist")
-  entries = config_lib.load_file(path)
+  entries = config_lib.load_file(path, arg or None)
   if not entries or not all(hasattr(e, "get") for e in entries.values()):
     raise config_lib.ConfigError(f"evaluate: --suite '{path}' must return a ConfigDict of evaluator entries")
-  return os.path.splitext(os.path.basename(path))[0], entries
+  return os.path.splitext(os.path.basename(path))[0] + (f"_{arg}" if arg else ""), entries
 
 
 def suite_table(results: dict, planned: list[Planned]) -> str:

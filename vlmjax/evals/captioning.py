@@ -85,8 +85,9 @@ class Captioning:
   def run(self, ctx) -> dict:
     embedder = ctx.embedder
     model, mesh, batch_size = embedder.model, embedder.mesh, embedder.batch_size
-    if not hasattr(model, "num_image_tokens"):
-      raise ValueError(f"evals.{self.name}: captioning needs a decoder model ('vlm'), not '{type(model).__name__}'")
+    if not hasattr(model, "num_image_tokens") or not model.num_image_tokens(ctx.input_config.image_size):
+      raise ValueError(f"evals.{self.name}: captioning needs a model that reads images into a decoder ('vlm'), "
+                       f"not '{type(model).__name__}'")
     source = ctx.source(self.split)
     count = min(self.num_examples, len(source)) if self.num_examples > 0 else len(source)
     field = pipeline.caption_field(ctx.input_config)
