@@ -121,7 +121,7 @@ def test_refused_invocations_change_nothing(trained, tiny_data_dir, tmp_path):
       (workdir, ["--dry_run", "--config.batch_size=8"], "holds checkpoints (step 4) of a run with another config"),
       # An objective or evaluator the config does not hold cannot be added by an override.
       (workdir, ["--config.objectives.nope.weight=1.0"], "--config.objectives.nope.weight: the config has no "
-       "objectives entry 'nope' (objectives: clip); add it in the config file (registered objectives: clip, "),
+       "objectives entry 'nope' (objectives: clip); add it in the config file (registered objectives: cgvlm, clip, "),
       (workdir, ["--config.evals.new.type=retrieval"], "--config.evals.new.type: the config has no evals entry "
        "'new' (evals: none); add it in the config file (registered evaluators: "),
       (workdir, ["--config.objectives.clip.type=nope"], "unknown key 'objectives.clip.type'"),

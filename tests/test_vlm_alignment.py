@@ -108,17 +108,19 @@ def test_sequence_codes_are_the_last_token_states_of_image_and_text_alone():
   negatives = batch_spec.random_texts(rng, (3, 2), 10, 40)
   examples = [batch_spec.caption_sequence(t, 4) for t in texts]
   seq = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-  params = model.init(jax.random.PRNGKey(0), images, seq["tokens"], seq["attention_mask"])["params"]
-  out = model.apply({"params": params}, images, seq["tokens"], seq["attention_mask"], negative_texts=negatives)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), images, seq["tokens"], seq["attention_mask"])["params"]
+  apply = jax.jit(lambda p, tokens, negatives=None: model.apply(
+      {"params": p}, images, tokens, seq["attention_mask"], negative_texts=negatives))
+  out = apply(params, seq["tokens"], negatives)
   assert out["negative_text_states"].shape == (3, 2, 32)
   lm = LanguageModel(decoder=decoder, vocab_size=40)
+  last_hidden = jax.jit(lambda p, tokens: lm.apply({"params": {"decoder": p}}, tokens)["hidden"][0, -1])
   for i in range(3):
     for row, state in ((texts[i], out["text_state"][i]), (negatives[i, 1], out["negative_text_states"][i, 1])):
       alone = row[row != batch_spec.PAD][None]  # unpadded: its last position is the EOS
-      hidden = lm.apply({"params": {"decoder": params["decoder"]}}, alone)["hidden"][0, -1]
-      np.testing.assert_allclose(state, hidden, rtol=1e-4, atol=1e-5)
+      np.testing.assert_allclose(state, last_hidden(params["decoder"], alone), rtol=1e-4, atol=1e-5)
   # The image's state does not depend on its caption, and differs between images.
-  other = model.apply({"params": params}, images, np.roll(seq["tokens"], 1, axis=0), seq["attention_mask"])
+  other = apply(params, np.roll(seq["tokens"], 1, axis=0))
   np.testing.assert_allclose(out["image_state"], other["image_state"], rtol=1e-5, atol=1e-6)
   assert np.abs(np.asarray(out["image_state"][0] - out["image_state"][1])).max() > 1e-3
 
@@ -153,10 +155,11 @@ def test_decoder_evaluators_equal_a_per_example_recomputation(vlm_run):
                                    fields=(NEGATIVE_TEXT,), input_config=config.input)
   n = model.num_image_tokens(config.input.image_size)
 
+  logits_of = jax.jit(lambda p, *example: model.apply({"params": p}, *(x[None] for x in example))["logits"][0])
+
   def log_likelihood(image, text):  # one example, one device, no padding rows, float64 softmax
     e = batch_spec.caption_sequence(text, n)
-    logits = np.asarray(model.apply({"params": params}, image[None], e["tokens"][None], e["attention_mask"][None],
-                                    e["loss_weights"][None])["logits"][0], np.float64)
+    logits = np.asarray(logits_of(params, image, e["tokens"], e["attention_mask"], e["loss_weights"]), np.float64)
     logp = np_log_softmax(logits, -1)[np.arange(len(e["targets"])), e["targets"]]
     return float((logp * (e["loss_weights"] > 0)).sum()), int((e["loss_weights"] > 0).sum())
 

@@ -22,6 +22,7 @@ from pycocoevalcap.cider.cider import Cider
 from vlmjax import batch_spec, registry, sharding, trainer
 from vlmjax.data import pipeline
 from vlmjax.data.tokenizer import BOS
+from vlmjax.evals.common import padded
 from vlmjax.models.generate import make_generate
 from vlmjax.objectives.ntp import token_cross_entropy
 
@@ -49,10 +50,6 @@ def generation_prefix(num_image_tokens: int, prompt=(), bos_id: int = BOS,
   caption piece, starting with the tokenizer's `bos_id`."""
   example = batch_spec.caption_sequence(np.array([bos_id]), num_image_tokens, prompt, prefix_attention)
   return example["tokens"], example["attention_mask"]
-
-
-def _padded(x, size: int):
-  return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)]) if len(x) < size else x
 
 
 def decoding_options(what: str, max_new_tokens: int, temperature: float, beam_size: int, length_penalty: float,
@@ -104,7 +101,7 @@ class Captioning:
     predictions = []
     _, batches = ctx.batches(self.split, limit=count)
     for i, batch in enumerate(batches):
-      images = sharding.global_batch(_padded(np.asarray(batch["image"], np.float32), batch_size), mesh)
+      images = sharding.global_batch(padded(np.asarray(batch["image"], np.float32), batch_size), mesh)
       with embedder.use():
         tokens = generate(embedder.params, prefixes, jax.random.fold_in(rng, i), images, prefix_kinds)
       predictions += ctx.tokenizer.decode(np.asarray(jax.device_get(tokens))[:len(batch["image"])])
@@ -147,7 +144,7 @@ class TokenNll:
     totals = np.zeros(3)
     keys = ("image", "tokens", "targets", "loss_weights", "attention_mask")
     for batch in pipeline.eval_batches(source, preprocess, batch_size, range(count)):
-      batch = {k: sharding.global_batch(_padded(np.asarray(batch[k]), batch_size), mesh) for k in keys if k in batch}
+      batch = {k: sharding.global_batch(padded(np.asarray(batch[k]), batch_size), mesh) for k in keys if k in batch}
       with embedder.use():
         totals += np.asarray(jax.device_get(sums(embedder.params, batch)), np.float64)
     nll = float(totals[0] / max(totals[2], 1))

@@ -14,6 +14,7 @@ import numpy as np
 
 from vlmjax import batch_spec, registry, sharding, trainer
 from vlmjax.data import pipeline
+from vlmjax.evals.common import padded
 from vlmjax.objectives.contrastive import NEGATIVE_TEXT
 from vlmjax.objectives.ntp import token_cross_entropy
 
@@ -40,10 +41,6 @@ class Compositional:
       wins += (true[:, None] > scores).sum(0)
       total += len(images)
     return {f"{self.name}/{kind}": float(w / total) for kind, w in zip(self.kinds, wins)}
-
-
-def _padded(x, size: int):
-  return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)]) if len(x) < size else x
 
 
 @registry.register("evaluator", "vlm_compositional")
@@ -73,7 +70,7 @@ class CaptionLikelihood:
       examples = [batch_spec.caption_sequence(text, **layout) for text in texts]
       batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
       batch["image"] = images
-      batch = {k: sharding.global_batch(_padded(np.asarray(v), batch_size), mesh) for k, v in batch.items()}
+      batch = {k: sharding.global_batch(padded(np.asarray(v), batch_size), mesh) for k, v in batch.items()}
       with embedder.use():
         return np.asarray(jax.device_get(log_likelihood(embedder.params, batch)))[:len(texts)]
 
