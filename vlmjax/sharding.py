@@ -124,6 +124,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def padded(x, size: int):
+  """x [n, ...] with zero rows appended up to `size` (a fixed batch shape: one compilation)."""
+  return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)]) if len(x) < size else x
+
+
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   """Per-process numpy batch -> global jax.Arrays sharded over data+fsdp on the leading dimension."""
   sharding = batch_sharding(mesh)

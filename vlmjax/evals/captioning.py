@@ -22,7 +22,6 @@ from pycocoevalcap.cider.cider import Cider
 from vlmjax import batch_spec, registry, sharding, trainer
 from vlmjax.data import pipeline
 from vlmjax.data.tokenizer import BOS
-from vlmjax.evals.common import padded
 from vlmjax.models.generate import make_generate
 from vlmjax.objectives.ntp import token_cross_entropy
 
@@ -101,7 +100,7 @@ class Captioning:
     predictions = []
     _, batches = ctx.batches(self.split, limit=count)
     for i, batch in enumerate(batches):
-      images = sharding.global_batch(padded(np.asarray(batch["image"], np.float32), batch_size), mesh)
+      images = sharding.global_batch(sharding.padded(np.asarray(batch["image"], np.float32), batch_size), mesh)
       with embedder.use():
         tokens = generate(embedder.params, prefixes, jax.random.fold_in(rng, i), images, prefix_kinds)
       predictions += ctx.tokenizer.decode(np.asarray(jax.device_get(tokens))[:len(batch["image"])])
@@ -144,7 +143,7 @@ class TokenNll:
     totals = np.zeros(3)
     keys = ("image", "tokens", "targets", "loss_weights", "attention_mask")
     for batch in pipeline.eval_batches(source, preprocess, batch_size, range(count)):
-      batch = {k: sharding.global_batch(padded(np.asarray(batch[k]), batch_size), mesh) for k in keys if k in batch}
+      batch = {k: sharding.global_batch(sharding.padded(np.asarray(batch[k]), batch_size), mesh) for k in keys if k in batch}
       with embedder.use():
         totals += np.asarray(jax.device_get(sums(embedder.params, batch)), np.float64)
     nll = float(totals[0] / max(totals[2], 1))

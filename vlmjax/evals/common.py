@@ -61,11 +61,6 @@ def entry_image_size(entry) -> int:
   return size
 
 
-def padded(x, size: int):
-  """x [n, ...] with zero rows appended up to `size` (a fixed batch shape: one compilation)."""
-  return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)]) if len(x) < size else x
-
-
 def evaluator_kwargs(entry) -> dict:
   """An entry's arguments for its evaluator's constructor."""
   entry = entry.to_dict() if hasattr(entry, "to_dict") else dict(entry)
@@ -94,7 +89,7 @@ class Embedder:
     out = []
     for start in range(0, len(x), self.batch_size):
       chunk = x[start:start + self.batch_size]
-      batch = sharding.global_batch(padded(chunk, self.batch_size), self.mesh)
+      batch = sharding.global_batch(sharding.padded(chunk, self.batch_size), self.mesh)
       with self.use():
         out.append(np.asarray(fn(self.params, batch))[:len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

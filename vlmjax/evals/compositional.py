@@ -14,7 +14,6 @@ import numpy as np
 
 from vlmjax import batch_spec, registry, sharding, trainer
 from vlmjax.data import pipeline
-from vlmjax.evals.common import padded
 from vlmjax.objectives.contrastive import NEGATIVE_TEXT
 from vlmjax.objectives.ntp import token_cross_entropy
 
@@ -70,7 +69,7 @@ class CaptionLikelihood:
       examples = [batch_spec.caption_sequence(text, **layout) for text in texts]
       batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
       batch["image"] = images
-      batch = {k: sharding.global_batch(padded(np.asarray(v), batch_size), mesh) for k, v in batch.items()}
+      batch = {k: sharding.global_batch(sharding.padded(np.asarray(v), batch_size), mesh) for k, v in batch.items()}
       with embedder.use():
         return np.asarray(jax.device_get(log_likelihood(embedder.params, batch)))[:len(texts)]
 
