@@ -25,6 +25,12 @@ class Compositional:
                num_examples: int = 0):
     self.name, self.split, self.kinds, self.num_examples = name, split, tuple(kinds), num_examples
 
+  def check_kinds(self, negatives):
+    """negatives [b, K, T]: ValueError naming the entry unless K is the number of `kinds`."""
+    if negatives.shape[1] != len(self.kinds):
+      raise ValueError(f"evals.{self.name}: records have {negatives.shape[1]} negative captions but "
+                       f"{len(self.kinds)} kinds are named ({', '.join(self.kinds)})")
+
   def run(self, ctx) -> dict:
     _, batches = ctx.batches(self.split, limit=self.num_examples, fields=(NEGATIVE_TEXT,))
     wins, total = np.zeros(len(self.kinds)), 0
@@ -32,9 +38,7 @@ class Compositional:
       images = ctx.embedder.embed_images(batch["image"])                 # [b, E]
       true = (images * ctx.embedder.embed_texts(batch["text"])).sum(-1)  # [b]
       negatives = batch["negative_text"]                                 # [b, K, T]
-      if negatives.shape[1] != len(self.kinds):
-        raise ValueError(f"evals.{self.name}: records have {negatives.shape[1]} negative captions but "
-                         f"{len(self.kinds)} kinds are named ({', '.join(self.kinds)})")
+      self.check_kinds(negatives)
       negative_embeds = ctx.embedder.embed_texts(negatives.reshape(-1, negatives.shape[-1]))
       scores = np.einsum("be,bke->bk", images, negative_embeds.reshape(*negatives.shape[:2], -1))
       wins += (true[:, None] > scores).sum(0)
@@ -43,11 +47,8 @@ class Compositional:
 
 
 @registry.register("evaluator", "vlm_compositional")
-class CaptionLikelihood:
-
-  def __init__(self, name: str, split: str = "test", kinds: tuple = ("attribute", "relation", "count"),
-               num_examples: int = 0):
-    self.name, self.split, self.kinds, self.num_examples = name, split, tuple(kinds), num_examples
+class CaptionLikelihood(Compositional):
+  """`compositional`'s arguments; the score is the caption's log-likelihood under the decoder."""
 
   def run(self, ctx) -> dict:
     embedder = ctx.embedder
@@ -78,9 +79,7 @@ class CaptionLikelihood:
     wins, margins, total = np.zeros(len(self.kinds)), np.zeros(len(self.kinds)), 0
     for batch in batches:
       negatives = batch["negative_text"]  # [b, K, T]
-      if negatives.shape[1] != len(self.kinds):
-        raise ValueError(f"evals.{self.name}: records have {negatives.shape[1]} negative captions but "
-                         f"{len(self.kinds)} kinds are named ({', '.join(self.kinds)})")
+      self.check_kinds(negatives)
       images = np.asarray(batch["image"], np.float32)
       true = score(images, batch["text"])
       for k in range(len(self.kinds)):
