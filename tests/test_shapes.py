@@ -5,6 +5,7 @@ temporary directories and reads it back through the TFDS random-access data
 source, which must work without TensorFlow.
 """
 
+import hashlib
 import pathlib
 import sys
 
@@ -58,7 +59,7 @@ def test_vocabulary():
 
 
 def test_split_lengths_and_image(tiny_dirs, sources):
-    assert pathlib.Path(tiny_dirs[0]).name == '1.0.0'
+    assert pathlib.Path(tiny_dirs[0]).name == '1.1.0'
     for split, n in TINY_SIZES.items():
         assert len(sources[split]) == n
     image = sources['train'][0]['image']
@@ -151,6 +152,80 @@ def test_labels_captions_and_negatives(sources):
         assert count.startswith('there ')
     # Even indices are single-object scenes: an exact 50/50 mix.
     assert num_single == len(source) // 2
+
+
+# sha256 of every 1.0.0 field of every record of `tiny` (all splits, in order), as version 1.0.0 of
+# the builder wrote them: version 1.1.0 only adds `questions`.
+TINY_1_0_0_DIGEST = '8fe423c75363caf73d72733b668e9db3d59b0165d360b77e363718b40d5bafd4'
+FIELDS_1_0_0 = ('image', 'caption', 'long_caption', 'negative_captions', 'objects', 'label', 'num_objects')
+
+
+def test_version_1_0_0_records_unchanged(sources):
+    digest = hashlib.sha256()
+    for split in shapes.SPLITS:
+        for i in range(len(sources[split])):
+            record = sources[split][i]
+            for key in FIELDS_1_0_0:
+                value = record[key]
+                parts = ([value[k] for k in sorted(value)] if isinstance(value, dict)
+                         else value if isinstance(value, (list, tuple)) else [value])
+                for part in parts:
+                    digest.update(part if isinstance(part, bytes) else np.asarray(part).tobytes())
+    assert digest.hexdigest() == TINY_1_0_0_DIGEST
+
+
+def _true_relation(a, b):
+    dx, dy = a['x'] - b['x'], a['y'] - b['y']
+    if abs(dx) >= abs(dy):
+        return 'left of' if dx < 0 else 'right of'
+    return 'above' if dy < 0 else 'below'
+
+
+def _cell_answer(obj):
+    row = 'top' if obj['y'] < 1 / 3 else ('bottom' if obj['y'] > 2 / 3 else 'middle')
+    col = 'left' if obj['x'] < 1 / 3 else ('right' if obj['x'] > 2 / 3 else 'center')
+    return {('middle', 'center'): 'center'}.get((row, col), col if row == 'middle' else row if col == 'center'
+                                                else f'{row} {col}')
+
+
+def test_questions_are_true_of_the_scene(sources):
+    seen_types, answers = set(), {'presence': [], 'relation': []}
+    for split in ('train', 'test_unseen'):
+        for i in range(len(sources[split])):
+            record = sources[split][i]
+            objects = [dict(shape=shapes.SHAPES[s], color=shapes.COLORS[c], size=shapes.SIZES[z], x=x, y=y)
+                       for s, c, z, x, y in zip(*(record['objects'][k] for k in ('shape', 'color', 'size', 'x', 'y')))]
+            names = {f"{o['color']} {o['shape']}": o for o in objects}
+            questions = record['questions']
+            types = [shapes.QUESTION_TYPES[t] for t in questions['type']]
+            assert len(set(types)) == len(types)
+            assert ('relation' in types) == (len(objects) > 1)
+            for kind, question, answer in zip(types, map(_text, questions['question']), map(_text, questions['answer'])):
+                seen_types.add(kind)
+                assert question.endswith('?') and answer
+                if kind == 'count':
+                    assert answer == shapes.NUMBER_WORDS[len(objects)]
+                elif kind == 'color':
+                    words = question[len('what color is the '):-1]
+                    matching = [o for o in objects if words in (o['shape'], f"{o['size']} {o['shape']}")]
+                    assert [o['color'] for o in matching] == [answer], question
+                elif kind == 'presence':
+                    name = question.split(' ', 3)[3][:-1]
+                    assert (name in names) == (answer == 'yes'), question
+                    if split != 'test_unseen':
+                        assert tuple(name.split()) not in shapes.UNSEEN
+                    answers['presence'].append(answer)
+                elif kind == 'position':
+                    assert _cell_answer(names[question[len('where is the '):-1]]) == answer, question
+                else:
+                    rest = question[len('is the '):-1]
+                    a, b = [n for n in names if rest.startswith(n)], [n for n in names if rest.endswith(n)]
+                    relation = rest[len(a[0]) + 1:-len(b[0]) - 5]
+                    assert (relation == _true_relation(names[a[0]], names[b[0]])) == (answer == 'yes'), question
+                    answers['relation'].append(answer)
+    assert seen_types == set(shapes.QUESTION_TYPES)
+    for kind, values in answers.items():  # yes and no about equally often
+        assert 0.4 < np.mean(np.array(values) == 'yes') < 0.6, kind
 
 
 def test_overrides_get_their_own_config(tmp_path):

@@ -2,8 +2,11 @@
 
 Every image shows 1-4 coloured shapes on a textured background.  Each example
 carries a short caption, a longer multi-sentence description, three hard
-negative captions (attribute swap, relation swap, wrong count) and the
-ground-truth object list.
+negative captions (attribute swap, relation swap, wrong count), the
+ground-truth object list and (from version 1.1.0) question-answer pairs about
+the scene, one per question type (`QUESTION_TYPES`: the colour of an object,
+the number of objects, the presence of a named object, an object's position on
+a 3x3 grid, the spatial relation of two objects).
 
 Six (colour, shape) pairs -- `UNSEEN` -- never appear in `train`,
 `validation` or `test` (neither in images nor in any caption text); the
@@ -16,7 +19,9 @@ Everything is generated locally from a seed; nothing is downloaded.  Each
 example depends only on `(seed, split, index)` through
 `np.random.default_rng([seed, split_id, index])`, and the files are written
 in generation order (`disable_shuffling=True`), so record `i` of a split is
-exactly `make_example(seed, split, i, image_size)`.
+exactly `make_example(seed, split, i, image_size)`.  The questions draw from
+their own RNG stream (`[seed, split_id, index, QUESTION_STREAM]`), so version
+1.1.0 adds them while every field of version 1.0.0 stays bit-identical.
 
 The dataset is stored as array_record and is meant to be read through the
 random-access data source API, which does not need TensorFlow:
@@ -98,6 +103,11 @@ SUPERSAMPLE = 4
 
 NUMBER_WORDS = ('zero', 'one', 'two', 'three', 'four', 'five')
 MAX_OBJECTS = 4
+
+# Question kinds of the `questions` feature (version 1.1.0), in the order a scene lists them.
+QUESTION_TYPES = ('color', 'count', 'presence', 'position', 'relation')
+# The last element of a scene's question RNG seed, apart from the image's stream.
+QUESTION_STREAM = 1
 
 # ---------------------------------------------------------------------------
 # Scene sampling.
@@ -415,6 +425,65 @@ def _count_negative(rng, num_objects: int) -> str:
 
 
 # ---------------------------------------------------------------------------
+# Questions.
+# ---------------------------------------------------------------------------
+
+
+def _position_answer(obj: dict) -> str:
+    """The grid cell as a short answer: 'top left', 'top', 'left', 'center'."""
+    return _position_phrase(*_grid_cell(obj['x'], obj['y'])).split(' ', 2)[-1]
+
+
+def _color_question(rng, objects) -> dict | None:
+    """'what color is the <shape>?' about an object its shape alone names (else its size and
+    shape); None when every object shares both with another."""
+    for words in (lambda o: o['shape'], lambda o: f"{o['size']} {o['shape']}"):
+        unique = [o for o in objects if sum(words(p) == words(o) for p in objects) == 1]
+        if unique:
+            obj = unique[rng.integers(len(unique))]
+            return dict(type='color', question=f'what color is the {words(obj)}?', answer=obj['color'])
+    return None
+
+
+def _presence_question(rng, objects, split) -> dict:
+    """'is there a <colour> <shape>?': yes (an object of the scene) or no (a pair the split may
+    show, absent from the scene), each half the time."""
+    if rng.integers(2):
+        return dict(type='presence', question=f'is there {_describe(objects[rng.integers(len(objects))], False)}?',
+                    answer='yes')
+    present = {(o['color'], o['shape']) for o in objects}
+    absent = [p for p in _allowed_pairs(split) if p not in present]
+    color, shape = absent[rng.integers(len(absent))]
+    return dict(type='presence', question=f'is there {_with_article(f"{color} {shape}")}?', answer='no')
+
+
+def _relation_question(rng, objects) -> dict:
+    """'is the <a> left of the <b>?' with the true or the reversed relation, each half the time."""
+    i, j = sorted(rng.choice(len(objects), size=2, replace=False))
+    a, b = objects[i], objects[j]
+    relation, truth = _relation(a, b), bool(rng.integers(2))
+    asked = relation if truth else _REVERSED_RELATION[relation]
+    return dict(type='relation', question=f'is the {_name(a)} {asked} the {_name(b)}?',
+                answer='yes' if truth else 'no')
+
+
+def make_questions(seed: int, split: str, index: int, objects: list[dict]) -> list[dict]:
+    """Question-answer pairs about scene `index` of `split`: {'type', 'question', 'answer'}, one per
+    type of `QUESTION_TYPES` that the scene allows (no relation with one object; no colour question
+    when no object can be named without it). Answers are one or two words. A pure function of its
+    arguments, drawn from the scene's own question stream."""
+    rng = np.random.default_rng([seed, SPLIT_IDS[split], index, QUESTION_STREAM])
+    questions = [_color_question(rng, objects),
+                 dict(type='count', question='how many objects are there?', answer=NUMBER_WORDS[len(objects)]),
+                 _presence_question(rng, objects, split)]
+    obj = objects[rng.integers(len(objects))]
+    questions.append(dict(type='position', question=f'where is the {_name(obj)}?', answer=_position_answer(obj)))
+    if len(objects) > 1:
+        questions.append(_relation_question(rng, objects))
+    return [q for q in questions if q is not None]
+
+
+# ---------------------------------------------------------------------------
 # Examples.
 # ---------------------------------------------------------------------------
 
@@ -452,6 +521,7 @@ def make_example(seed: int, split: str, index: int, image_size: int = 64) -> dic
         objects=objects,
         label=label,
         num_objects=num_objects,
+        questions=make_questions(seed, split, index, objects),
     )
 
 
@@ -525,8 +595,12 @@ class ShapesConfig(tfds.core.BuilderConfig):
 class VlmjaxShapes(tfds.core.GeneratorBasedBuilder):
     """Synthetic coloured-shapes scenes with captions and hard negatives."""
 
-    VERSION = tfds.core.Version('1.0.0')
-    RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+    VERSION = tfds.core.Version('1.1.0')
+    SUPPORTED_VERSIONS = [tfds.core.Version('1.0.0')]
+    RELEASE_NOTES = {
+        '1.0.0': 'Initial release.',
+        '1.1.0': 'Adds `questions` (type, question, answer); every 1.0.0 field is unchanged.',
+    }
     BUILDER_CONFIGS = [
         ShapesConfig(name='default', description='20k train images at 64x64.'),
         ShapesConfig(
@@ -552,10 +626,18 @@ class VlmjaxShapes(tfds.core.GeneratorBasedBuilder):
         # Build DatasetInfo directly: `dataset_info_from_configs` looks for
         # metadata files in the builder's package folder, which we do not have.
         size = self.builder_config.image_size
+        questions = {} if self.version < '1.1.0' else {
+            'questions': tfds.features.Sequence(tfds.features.FeaturesDict({
+                'type': tfds.features.ClassLabel(names=QUESTION_TYPES),
+                'question': tfds.features.Text(),
+                'answer': tfds.features.Text(),
+            })),
+        }
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__,
             features=tfds.features.FeaturesDict({
+                **questions,
                 'image': tfds.features.Image(shape=(size, size, 3), encoding_format='png'),
                 'caption': tfds.features.Text(),
                 'long_caption': tfds.features.Text(),
@@ -590,6 +672,8 @@ class VlmjaxShapes(tfds.core.GeneratorBasedBuilder):
         for index in range(num_examples):
             example = make_example(config.seed, split, index, config.image_size)
             example['image'] = _png_bytes(example['image'])
+            if self.version < '1.1.0':
+                del example['questions']
             yield index, example
 
 
@@ -603,7 +687,7 @@ def build(data_dir: str, config: str = 'default', **overrides) -> str:
     directory or with `tfds.data_source('vlmjax_shapes/<that name>', ...)`.
 
     Returns the prepared dataset directory
-    (`<data_dir>/vlmjax_shapes/<config>/1.0.0`), which is what
+    (`<data_dir>/vlmjax_shapes/<config>/<VERSION>`), which is what
     `tfds.builder_from_directory(...).as_data_source(split)` takes.
     """
     builder_config = next(
