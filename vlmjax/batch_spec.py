@@ -90,7 +90,8 @@ SOURCE = Field("source", lambda inp: (), "int32",
 # --- Decoder examples ----------------------------------------------------------------------------
 
 
-def caption_sequence(text, num_image_tokens: int, prompt=(), prefix_attention: str = "causal") -> dict:
+def caption_sequence(text, num_image_tokens: int, prompt=(), prefix_attention: str = "causal",
+                     question_len: int = 0) -> dict:
   """A caption as a decoder example. text int [L] = [BOS pieces EOS pad...] (`Tokenizer.encode`),
   prompt: piece ids (no BOS/EOS) -> int32/float32 arrays of length n + len(prompt) + L:
 
@@ -99,12 +100,17 @@ def caption_sequence(text, num_image_tokens: int, prompt=(), prefix_attention: s
   - `loss_weights`: 1.0 there, 0.0 at image, BOS/prompt and padding positions;
   - `attention_mask`: BIDIRECTIONAL for image slots (one block), CAUSAL for text, PAD for padding;
     with `prefix_attention='bidirectional'` BOS and the prompt are in the image's block too.
+
+  A question (visual question answering: text = [BOS question answer EOS pad...]) is its first
+  `question_len` pieces: part of the prefix like the prompt, so only the answer and its EOS are
+  supervised, and the layout up to the answer is `generation_prefix`'s with the question appended
+  to the prompt.
   """
   if prefix_attention not in PREFIX_ATTENTIONS:
     raise ValueError(f"prefix_attention must be one of {', '.join(PREFIX_ATTENTIONS)}, got {prefix_attention!r}")
   text, prompt = np.asarray(text, np.int32), np.asarray(prompt, np.int32).reshape(-1)
   tokens = np.concatenate([np.full(num_image_tokens, IMAGE_TOKEN, np.int32), text[:1], prompt, text[1:]])
-  start = num_image_tokens + 1 + len(prompt)  # the first caption piece
+  start = num_image_tokens + 1 + len(prompt) + question_len  # the first supervised piece
   is_caption = np.zeros(len(tokens), bool)
   is_caption[start:] = tokens[start:] != PAD
   supervised = np.append(is_caption[1:], False)

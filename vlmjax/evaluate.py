@@ -74,7 +74,8 @@ def plan_evals(evals, train_data, data_dir: str = "") -> list[Planned]:
                              image_size=common.entry_image_size(entry)))
     except (registry.RegistryError, ValueError, TypeError) as e:
       raise config_lib.ConfigError(str(e).replace("config: ", "", 1) if str(e).startswith("config: evals.")
-                                   else f"config: evals.{name}: {str(e).removeprefix('config: ')}") from None
+                                   else f"config: evals.{name}: "
+                                   f"{str(e).removeprefix('config: ').removeprefix(f'evals.{name}: ')}") from None
   return planned
 
 

@@ -63,12 +63,32 @@ def record_problem(record, max_caption_chars: int = 0) -> BadRecord | None:
   return None
 
 
+REASONING = "reasoning"  # `input.caption_field` of a text derived from the caption and the questions
+
+
+def reasoning_text(record) -> str:
+  """A scene's caption followed by each of its questions and answers, a text that reasons about the
+  described scene: 'a red circle and a blue square. is there a green star? no. where is the ...'."""
+  return " ".join([record["caption"], *(f"{q['question']} {q['answer']}." for q in record["questions"])])
+
+
 def caption_text(record, field: str):
-  """record[field], the text that stands for its caption; a KeyError naming `input.caption_field`."""
+  """record[field], the text that stands for its caption; a KeyError naming `input.caption_field`.
+  `field = 'reasoning'` (`REASONING`) is `reasoning_text` of a record with a caption and questions."""
+  if field == REASONING and field not in record and {"caption", "questions"} <= set(record):
+    return reasoning_text(record)
   if field not in record:
     raise KeyError(f"input.caption_field: the records have no '{field}' (they have: "
                    f"{', '.join(sorted(k for k in record if k != 'image'))})")
   return record[field]
+
+
+def tokenizer_text(record, field: str) -> str:
+  """The text a tokenizer learns from a training record: its caption text (`field`), or, for a
+  question record (no caption), its questions and answers."""
+  if "caption" not in record and field not in record and "questions" in record:
+    return " ".join(f"{q['question']} {q['answer']}" for q in record["questions"])
+  return caption_text(record, field)
 
 
 def caption_field(input_config) -> str:
@@ -176,10 +196,38 @@ class Preprocess(grain.transforms.RandomMap):
       pixels = np.clip(pixels + rng.uniform(-self.brightness, self.brightness), -1.0, 1.0)
     return pixels
 
+  def question_answer(self, questions, rng: np.random.Generator):
+    """One of a record's `questions` ({type, question, answer}), drawn with `rng` -> (text int32
+    [max_len]: BOS question answer EOS padding, the question's length in pieces), or a BadRecord:
+    no question, an empty answer (counted as an empty caption) or more pieces than
+    `input.max_text_len` (a long caption)."""
+    if not len(questions):
+      return BadRecord("empty_caption", "the record has no questions")
+    chosen = questions[int(rng.integers(len(questions)))]
+    if not (_is_utf8(chosen["question"]) and _is_utf8(chosen["answer"])):
+      return BadRecord("not_utf8", "a question or answer is not valid UTF-8")
+    if not str(chosen["answer"]).strip():
+      return BadRecord("empty_caption", f"the question '{chosen['question']}' has no answer")
+    question, answer = self.tokenizer.pieces([chosen["question"], chosen["answer"]])
+    row = [self.tokenizer.bos_id, *question, *answer, self.tokenizer.eos_id]
+    if len(row) > self.max_len:
+      return BadRecord("long_caption", f"question and answer of {len(row)} tokens, over input.max_text_len "
+                                       f"= {self.max_len}")
+    text = np.full(self.max_len, self.tokenizer.pad_id, np.int32)
+    text[:len(row)] = row
+    return text, len(question)
+
   def random_map(self, record, rng: np.random.Generator):
-    """-> the example, or a BadRecord saying why this record cannot be one."""
-    if self.caption_field != "caption" and not isinstance(record, BadRecord):
+    """-> the example, or a BadRecord saying why this record cannot be one. A record with
+    `questions` and no caption (visual question answering) gets one question and its answer as
+    'text' and the question's length as 'question_len' (`question_answer`)."""
+    if self.caption_field != "caption" and not isinstance(record, BadRecord) and "questions" not in record:
       record = {**record, "caption": caption_text(record, self.caption_field)}
+    qa = None
+    if not isinstance(record, BadRecord) and "caption" not in record and "questions" in record:
+      qa = self.question_answer(record["questions"], rng)
+      if isinstance(qa, BadRecord):
+        return qa
     problem = record if isinstance(record, BadRecord) else record_problem(record, self.max_caption_chars)
     if problem:
       return problem
@@ -195,6 +243,8 @@ class Preprocess(grain.transforms.RandomMap):
     out = {"image": self.augment(image, rng)}
     if "caption" in record:
       out["text"] = self.tokenizer.encode([record["caption"]], self.max_len)[0]
+    elif qa is not None:
+      out["text"], out["question_len"] = qa
     example = Example(record, image, out, rng, self)
     for field in self.fields:
       out[field.name] = np.asarray(field.make(example, field.shape(self.input_config)), field.dtype)
@@ -379,7 +429,8 @@ def eval_batches(source, preprocess: Preprocess, batch_size: int, indices=None, 
 @dataclasses.dataclass
 class CaptionPreprocess(grain.transforms.RandomMap):
   """A record -> a decoder example: `base` (a `Preprocess`) decodes, augments and tokenizes it, then
-  its 'text' becomes `caption_sequence(text, num_image_tokens, prompt, prefix_attention)`. Without
+  its 'text' becomes `caption_sequence(text, num_image_tokens, prompt, prefix_attention)` (a
+  question record's: supervised on the answer only, `question_len`). Without
   `with_image` (a text-only LM) the image is dropped. What `base` rejects (a BadRecord) is passed on
   unchanged."""
   base: Preprocess
@@ -387,12 +438,15 @@ class CaptionPreprocess(grain.transforms.RandomMap):
   prompt: tuple = ()
   with_image: bool = True
   prefix_attention: str = "causal"
+  keep_text: bool = False  # also keep 'text' (a model that embeds the caption with a text tower)
 
   def random_map(self, record, rng: np.random.Generator):
     example = self.base.random_map(record, rng)
     if not isinstance(example, dict):
       return example
-    example.update(caption_sequence(example.pop("text"), self.num_image_tokens, self.prompt, self.prefix_attention))
+    text = example["text"] if self.keep_text else example.pop("text")
+    example.update(caption_sequence(text, self.num_image_tokens, self.prompt, self.prefix_attention,
+                                    example.pop("question_len", 0)))
     if not self.with_image:
       example.pop("image")
     return example
@@ -420,6 +474,12 @@ def caption_preprocess(base: Preprocess, config, tokenizer: Tokenizer, model):
   num_image_tokens = model.num_image_tokens(config.input.image_size)
   return CaptionPreprocess(base, num_image_tokens, prompt_ids(tokenizer, config.input),
                            with_image=num_image_tokens > 0, prefix_attention=prefix_attention(config.input))
+
+
+@registry.register("preprocess", "close")
+def embedding_caption_preprocess(base: Preprocess, config, tokenizer: Tokenizer, model):
+  """A decoder example that keeps the caption's 'text' for the model's text tower (CLOSE)."""
+  return dataclasses.replace(caption_preprocess(base, config, tokenizer, model), keep_text=True)
 
 
 @registry.register("preprocess", "dual_encoder")

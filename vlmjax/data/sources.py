@@ -1,6 +1,8 @@
 """Random-access sources of (image, caption) records, selected by `config.data.name`.
 
-- `vlmjax_shapes`: the built-in dataset (built locally on first use, see `vlmjax.data.shapes`).
+- `vlmjax_shapes`: the built-in dataset (built locally on first use, see `vlmjax.data.shapes`);
+  `vlmjax_shapes_vqa`: the same scenes as visual question answering (no caption: a decoder answers
+  one of each scene's questions).
 - `tfds`: any TFDS dataset prepared in `data_dir` (array_record), with `fields` mapping our record
   keys to its feature paths, e.g. `{'image': 'image', 'caption': 'captions/text'}`.
 - `csv` / `jsonl`: a file of `image_path,caption` rows (open_clip's convention), paths relative to
@@ -93,6 +95,17 @@ class TfdsSource:
         raise ValueError(f"data: TFDS dataset '{name}' has no feature '{self.fields['label']}' (data.fields.label)") \
             from None
       self.class_names = tuple(getattr(feature, "names", None) or ())
+    self.question_types = ()
+    if "questions" in self.fields:  # a Sequence of {type, question, answer}: the types' names
+      feature = builder.info.features
+      try:
+        for key in self.fields["questions"].split("/"):
+          feature = feature[key]
+        feature = feature.feature["type"]
+      except (KeyError, TypeError, AttributeError):
+        raise ValueError(f"data: TFDS dataset '{name}' has no feature '{self.fields['questions']}' with "
+                         "type, question and answer (data.fields.questions)") from None
+      self.question_types = tuple(getattr(feature, "names", None) or ())
 
   def caption_groups(self, limit: int = 0):
     """-> (record indices [N], [captions of record i]): every record is one image; its captions are
@@ -125,7 +138,18 @@ class TfdsSource:
         out[key] = [_as_text([c]) for c in out[key]]
     if "label" in out:
       out["label"] = int(out["label"])
+    if "questions" in out:
+      out["questions"] = question_list(out["questions"], self.question_types)
     return out
+
+
+def question_list(questions, type_names=()) -> list[dict]:
+  """A TFDS-decoded Sequence of {type, question, answer} (a dict of arrays) -> [{'type': name,
+  'question': str, 'answer': str}]; an integer type is an index into `type_names`."""
+  kinds = [type_names[int(t)] if type_names and not isinstance(t, (bytes, str)) else _as_text([t])
+           for t in questions["type"]]
+  return [dict(type=kind, question=_as_text([q]), answer=_as_text([a]))
+          for kind, q, a in zip(kinds, questions["question"], questions["answer"])]
 
 
 class DataFileError(ValueError):
@@ -430,15 +454,18 @@ def read_labels(path: str, values: list, class_names: tuple) -> list[int]:
 DEFAULT_SHAPES_DIR = os.path.join("data", "tfds")  # where `make demo` builds vlmjax_shapes
 
 
+SHAPES_FIELDS = {"image": "image", "caption": "caption", "label": "label", "negative_captions": "negative_captions",
+                 "long_caption": "long_caption", "questions": "questions"}
+
+
 @registry.register("dataset", "vlmjax_shapes")
-def shapes_source(data_config, split: str):
+def shapes_source(data_config, split: str, default_fields=SHAPES_FIELDS):
+  """The built-in dataset: its records carry the caption and the scene's questions."""
   from vlmjax.data import shapes  # registers the builder with TFDS
   data_dir = data_config.get("data_dir") or DEFAULT_SHAPES_DIR
   shapes.build(data_dir, data_config.get("builder_config", "default"))
   name = f"vlmjax_shapes/{data_config.get('builder_config', 'default')}"
-  fields = dict(data_config.get("fields") or {"image": "image", "caption": "caption", "label": "label",
-                                              "negative_captions": "negative_captions",
-                                              "long_caption": "long_caption"})
+  fields = dict(data_config.get("fields") or default_fields)
   source = TfdsSource(name, split, data_dir, fields)
   source.class_names, source.prompts = shapes.CLASS_NAMES, shapes.zero_shot_prompts
   # Captioning references: every caption the generator could have written for record i's scene.
@@ -447,6 +474,13 @@ def shapes_source(data_config, split: str):
   source.scene_objects = lambda i: shapes.object_names(source.source[int(i)]["objects"])
   source.object_names = shapes.CLASS_NAMES
   return source
+
+
+@registry.register("dataset", "vlmjax_shapes_vqa")
+def shapes_vqa_source(data_config, split: str):
+  """The built-in dataset as visual question answering: records without the caption, so a decoder
+  trains on one of each scene's questions (`pipeline.Preprocess`), answering it."""
+  return shapes_source(data_config, split, {k: v for k, v in SHAPES_FIELDS.items() if k != "caption"})
 
 
 @registry.register("dataset", "tfds")

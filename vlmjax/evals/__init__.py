@@ -1,2 +1,2 @@
 """Evaluators: importing this package registers every evaluator by name."""
-from vlmjax.evals import captioning, compositional, linear_probe, objects, retrieval, zeroshot  # noqa: F401
+from vlmjax.evals import captioning, compositional, linear_probe, objects, retrieval, vqa, zeroshot  # noqa: F401

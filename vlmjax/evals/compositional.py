@@ -46,33 +46,45 @@ class Compositional:
     return {f"{self.name}/{kind}": float(w / total) for kind, w in zip(self.kinds, wins)}
 
 
+def likelihood_scorer(ctx, what: str):
+  """-> score(images float [b, S, S, 3], texts int [b, T], question_lens int [b] or None) -> float [b]:
+  each text's log-likelihood under the decoder, teacher-forced in the training layout
+  (`batch_spec.caption_sequence`): Σ log p(piece | image, prompt, pieces before) over its supervised
+  pieces and EOS (after the question's first `question_lens` pieces, for a question record), at
+  most the embedder's batch size at a time. ValueError naming `what` unless the model is a decoder."""
+  embedder = ctx.embedder
+  model, mesh, batch_size = embedder.model, embedder.mesh, embedder.batch_size
+  if not hasattr(model, "num_image_tokens"):
+    raise ValueError(f"{what}: scores texts with a decoder ('vlm'), not '{type(model).__name__}'")
+  layout = dict(num_image_tokens=model.num_image_tokens(ctx.input_config.image_size),
+                prompt=pipeline.prompt_ids(ctx.tokenizer, ctx.input_config),
+                prefix_attention=pipeline.prefix_attention(ctx.input_config))
+
+  @jax.jit
+  def log_likelihood(params, batch):
+    logits = model.apply({"params": params}, **trainer.model_inputs(model, batch, False))["logits"]
+    supervised = batch["loss_weights"] > 0
+    return -jnp.where(supervised, token_cross_entropy(logits, batch["targets"]), 0.0).sum(1)
+
+  def score(images, texts, question_lens=None):
+    question_lens = np.zeros(len(texts), int) if question_lens is None else question_lens
+    examples = [batch_spec.caption_sequence(text, **layout, question_len=int(q)) for text, q in zip(texts, question_lens)]
+    batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    batch["image"] = images
+    batch = {k: sharding.global_batch(sharding.padded(np.asarray(v), batch_size), mesh) for k, v in batch.items()}
+    with embedder.use():
+      return np.asarray(jax.device_get(log_likelihood(embedder.params, batch)))[:len(texts)]
+
+  return score
+
+
 @registry.register("evaluator", "vlm_compositional")
 class CaptionLikelihood(Compositional):
   """`compositional`'s arguments; the score is the caption's log-likelihood under the decoder."""
 
   def run(self, ctx) -> dict:
-    embedder = ctx.embedder
-    model, mesh, batch_size = embedder.model, embedder.mesh, embedder.batch_size
-    if not hasattr(model, "num_image_tokens"):
-      raise ValueError(f"evals.{self.name}: vlm_compositional scores captions with a decoder ('vlm'), "
-                       f"not '{type(model).__name__}' (use type 'compositional')")
-    layout = dict(num_image_tokens=model.num_image_tokens(ctx.input_config.image_size),
-                  prompt=pipeline.prompt_ids(ctx.tokenizer, ctx.input_config),
-                  prefix_attention=pipeline.prefix_attention(ctx.input_config))
-
-    @jax.jit
-    def log_likelihood(params, batch):
-      logits = model.apply({"params": params}, **trainer.model_inputs(model, batch, False))["logits"]
-      supervised = batch["loss_weights"] > 0
-      return -jnp.where(supervised, token_cross_entropy(logits, batch["targets"]), 0.0).sum(1)
-
-    def score(images, texts):
-      examples = [batch_spec.caption_sequence(text, **layout) for text in texts]
-      batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-      batch["image"] = images
-      batch = {k: sharding.global_batch(sharding.padded(np.asarray(v), batch_size), mesh) for k, v in batch.items()}
-      with embedder.use():
-        return np.asarray(jax.device_get(log_likelihood(embedder.params, batch)))[:len(texts)]
+    score = likelihood_scorer(ctx, f"evals.{self.name}: vlm_compositional (for a dual encoder use type "
+                                   "'compositional')")
 
     # The negatives are edits of the short caption: score that, whatever text the model trains on.
     _, batches = ctx.batches(self.split, limit=self.num_examples, fields=(NEGATIVE_TEXT,), caption_field="caption")
