@@ -102,7 +102,7 @@ def test_documented_training_command_dry_runs(args, tiny_data_dir, tiny_pairs, t
         config.data.files[split] = tiny_pairs
     config.batch_size = min(config.batch_size, 64)  # the tiny data's: an epoch's steps stay positive
   workdir = str(tmp_path / "w")
-  needs = [source for source, _ in config_lib.init_sources(config.init) if not os.path.isdir(source)]
+  needs = [source for source, _, _ in config_lib.init_sources(config.init) if not os.path.isdir(source)]
   needs += [config.tokenizer.path] if config.tokenizer.path and not os.path.isfile(config.tokenizer.path) else []
   if needs:  # a previous run's output: refused in one line naming it
     with pytest.raises(config_lib.ConfigError, match="|".join(re.escape(n) for n in needs)):

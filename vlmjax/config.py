@@ -88,10 +88,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = dict(name="dual_encoder", image=dict(variant="S/16"), text=dict(variant="S"), embed_dim=384)
   c.objectives = dict(clip=dict(weight=1.0))
   # Start the params matching `params` (a regex) from another run's checkpoint or a bundle; `also`:
-  # more sources by name, each dict(workdir=..., params=...), applied after it (big_vision's
-  # per-tower model_init), e.g. a VLM's decoder from a text-only LM run and its image tower from a
-  # CLIP run. `fit`: params fitted in closed form after that, before step 0, by registered fit name
-  # with its options (`vlmjax.projector_fit`'s ridge_projector).
+  # more sources by name, each dict(workdir=..., params=...[, into=dict(image='image_1')]), applied
+  # after it (big_vision's per-tower model_init), e.g. a VLM's decoder from a text-only LM run and its
+  # image tower from a CLIP run. `fit`: params computed from the loaded ones after that, before step
+  # 0, by registered fit name with its options (`vlmjax.projector_fit`'s ridge_projector,
+  # `vlmjax.weight_mix`'s weight_mix).
   c.init = dict(workdir="", params=".*", also={}, fit={})
   c.precision = dict(compute_dtype="float32")  # params are always float32; bfloat16 on accelerators
 
@@ -231,15 +232,21 @@ def _check_stack(what: str, settings: dict):
                       "iteration of the scanned loop)")
 
 
-def init_sources(init) -> list[tuple[str, str]]:
-  """(workdir, params regex) pairs to start params from, in order: `init` itself, then `init.also`."""
-  sources = [(init.workdir, init.params)] if init.workdir else []
+def init_sources(init) -> list[tuple[str, str, dict]]:
+  """(workdir, params regex, into) triples to start params from, in order: `init` itself, then
+  `init.also`. `into` ({} unless an `init.also` entry gives it) maps top-level param names of the
+  source to this model's: dict(image='image_1') puts a run's image tower in this model's second."""
+  sources = [(init.workdir, init.params, {})] if init.workdir else []
   for name, source in init.get("also", {}).items():
-    if not isinstance(source, (dict, ml_collections.ConfigDict)) or set(source.keys()) != {"workdir", "params"} \
-        or not all(isinstance(source[k], str) for k in ("workdir", "params")):
-      raise ConfigError(f"config: 'init.also.{name}' must be dict(workdir=str, params=str), got {source!r}")
+    keys = set(source.keys()) if isinstance(source, (dict, ml_collections.ConfigDict)) else set()
+    into = dict(source.get("into") or {}) if keys else {}
+    if not {"workdir", "params"} <= keys <= {"workdir", "params", "into"} \
+        or not all(isinstance(source[k], str) for k in ("workdir", "params")) \
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in into.items()):
+      raise ConfigError(f"config: 'init.also.{name}' must be dict(workdir=str, params=str[, into=dict(str=str)]), "
+                        f"got {source!r}")
     if source.workdir:
-      sources.append((source.workdir, source.params))
+      sources.append((source.workdir, source.params, into))
   return sources
 
 

@@ -21,7 +21,7 @@ TOKEN_EMBEDDINGS = ("text/token_embed/embedding", "decoder/embedding")  # rows i
 def inherited_tokenizer(init) -> str | None:
   """The tokenizer file of the first run or bundle in `init` (`config.init`) whose token embeddings the run
   starts from, if it has one: those rows mean that tokenizer's ids, so the run must write its texts with it."""
-  for source_path, pattern in init_sources(init):
+  for source_path, pattern, _ in init_sources(init):
     if not any(re.search(pattern, name) for name in TOKEN_EMBEDDINGS):
       continue
     source = open_run(source_path)
@@ -52,13 +52,22 @@ def merge(tree, update):
           for k, v in tree.items()}
 
 
-def init_params_from(path: str, params, pattern: str, step: int | None = None):
+def init_params_from(path: str, params, pattern: str, step: int | None = None, into: dict | None = None):
   """`params` with the leaves matching `pattern` taken from the run or bundle at `path`.
 
+  `into` maps the source's top-level names to this model's ({'image': 'image_1'}: the source's
+  `image/...` params, matched by `pattern` under their own names, become this model's `image_1/...`).
   A ViT position table of a source at another image size or patch grid is resampled to this
   model's grid (`run.resample_posembs`). Raises ValueError naming the source, or the first param
   missing from it or of another shape.
   """
+  if into:
+    missing = [name for name in into.values() if name not in params]
+    if missing:
+      raise ValueError(f"init.also: 'into' names '{missing[0]}', which this model has no params under "
+                       f"(it has: {', '.join(sorted(params))})")
+    view = init_params_from(path, {source: params[name] for source, name in into.items()}, pattern, step)
+    return {**params, **{name: view[source] for source, name in into.items()}}
   wanted = select(params, pattern)
   if not wanted:
     raise ValueError(f"init.params: '{pattern}' matches no parameter of this model")

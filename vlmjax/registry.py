@@ -1,5 +1,5 @@
 """Name -> model / objective / dataset / evaluator / preprocess (the example maker for a model type) /
-fit (params fitted in closed form before step 0).
+fit (params computed from the loaded ones before step 0: a closed-form fit, a weight mix).
 
 A config picks every piece by name, so the trainer wires things together without `if name == ...`
 ladders. Modules register themselves with `@register(kind, name)`; `get` imports the packages that
@@ -10,7 +10,8 @@ import importlib
 KINDS = ("model", "objective", "dataset", "evaluator", "preprocess", "fit")
 _ENTRIES = {kind: {} for kind in KINDS}
 _PACKAGES = ("vlmjax.models", "vlmjax.objectives", "vlmjax.data.sources", "vlmjax.data.columnar",
-             "vlmjax.data.webdataset", "vlmjax.data.pipeline", "vlmjax.evals", "vlmjax.projector_fit")
+             "vlmjax.data.webdataset", "vlmjax.data.pipeline", "vlmjax.evals", "vlmjax.projector_fit",
+             "vlmjax.weight_mix")
 _loaded = False
 
 

@@ -103,7 +103,7 @@ def dry_run(config, workdir: str, overwrite: bool = False) -> dict:
   train_source = mixture.train_source(config.data, config.seed)  # every part of a mixture
   check_evals(config)
   workdir_lib.check(config, workdir, overwrite)
-  for source, _ in config_lib.init_sources(config.init):
+  for source, _, _ in config_lib.init_sources(config.init):
     if not os.path.isdir(source):
       raise config_lib.ConfigError(f"config: init: '{source}' does not exist (a run, or a bundle, to start from)")
   run = RunDir(workdir)
@@ -166,9 +166,9 @@ def _train(config, run: RunDir, train_source, stop_after_steps: int | None) -> d
     print(f"Resuming from step {checkpointer.latest_step()} in {checkpointer.directory}", flush=True)
   else:
     state, state_shardings = experiment.init_state()
-    for source_workdir, pattern in config_lib.init_sources(config.init):
+    for source_workdir, pattern, into in config_lib.init_sources(config.init):
       try:
-        state["params"] = init_params_from(source_workdir, state["params"], pattern)
+        state["params"] = init_params_from(source_workdir, state["params"], pattern, into=into)
       except ValueError as e:
         raise config_lib.ConfigError(str(e)) from None
     for name, options in config.init.get("fit", {}).items():  # closed-form fits on the loaded params

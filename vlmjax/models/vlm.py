@@ -6,7 +6,9 @@ block attends bidirectionally, text causally (`attention_mask` kinds); with
 `input.prefix_attention='bidirectional'` BOS and the prompt join the image's block (PaliGemma's
 prefix-LM). Configs pick the pieces: `projector.kind` linear (LiMBeR / VLAP), mlp (LLaVA),
 hreducer (DocOwl) or tome (SimVLG's token merging connector); `decoder.pdrop_layers` for
-PyramidDrop; `optimizer.frozen` to freeze towers.
+PyramidDrop; `optimizer.frozen` to freeze towers. `extra_images` adds image towers (params
+`image_1`, `image_2`, ...) whose token grids are concatenated with the first's, channel by channel,
+before the projector (SPHINX's mixing of visual embeddings): every tower must give as many tokens.
 """
 import flax.linen as nn
 import jax
@@ -45,6 +47,7 @@ class VLM(nn.Module):
   decoder: dict
   vocab_size: int
   projector: dict | None = None  # default: {'kind': 'mlp'}
+  extra_images: tuple = ()  # more image tower configs, like `image`: params image_1, image_2, ...
   stop_image_gradient: bool = False
   assignment_codes: bool = False
   sequence_codes: bool = False
@@ -56,9 +59,21 @@ class VLM(nn.Module):
                 "loss_weights": "loss_weights", "negative_texts": "negative_text"}
   towers = {"image": ViT, "decoder": Decoder}
 
-  def image_kwargs(self) -> dict:
-    config = dict(self.image)
+  def image_kwargs(self, tower: dict | None = None) -> dict:
+    """The ViT arguments of `tower` (default: the first image tower, `image`)."""
+    config = dict(self.image if tower is None else tower)
     return {**decode_variant(config.pop("variant", "S/16")), **config}
+
+  def image_features(self, images, train: bool):
+    """images [B, S, S, 3] -> the towers' token features [B, N, sum of widths], concatenated."""
+    features = []
+    for i, tower in enumerate((self.image, *self.extra_images)):
+      kwargs = self.image_kwargs(tower)
+      features.append(ViT(**kwargs, dtype=self.dtype, name=f"image_{i}" if i else "image")(images, train)[1])
+      if features[-1].shape[1] != features[0].shape[1]:
+        raise ValueError(f"VLM: model.extra_images[{i - 1}] gives {features[-1].shape[1]} tokens, model.image "
+                         f"{features[0].shape[1]}: concatenated towers need one token grid")
+    return features[0] if len(features) == 1 else jnp.concatenate(features, axis=-1)
 
   def make_projector(self, **kwargs) -> Projector:
     config = dict(self.projector or {"kind": "mlp"})
@@ -82,7 +97,7 @@ class VLM(nn.Module):
                       dtype=self.dtype, name="decoder")
     out, image_embeddings = {}, None
     if images is not None:
-      _, features = ViT(**self.image_kwargs(), dtype=self.dtype, name="image")(images, train)
+      features = self.image_features(images, train)
       if self.stop_image_gradient:
         features = jax.lax.stop_gradient(features)
       image_embeddings = self.make_projector(name="projector")(features, train)
