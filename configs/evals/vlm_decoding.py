@@ -4,7 +4,10 @@
 
 Greedy decoding, beam search (4 beams) without and with a length penalty, and a repetition penalty
 on greedy and beam decoding, each on the first 250 `validation` and 500 `test` images of the run's
-own data.
+own data. `:nearest`: SITTA's decoding instead, a prompt of the 2, 4 or 8 vocabulary pieces nearest
+the image's mean projected token (`nearest_tokens`), greedy.
+
+  python -m vlmjax.evaluate --workdir workdirs/vlm_sitta --suite configs/evals/vlm_decoding.py:nearest
 """
 import ml_collections
 
@@ -17,8 +20,14 @@ SETTINGS = {
 }
 
 
+NEAREST = {f"nearest{k}": dict(nearest_tokens=k) for k in (2, 4, 8)}
+
+
 def get_config(arg=None):
-  del arg
+  if (arg or "") not in ("", "nearest"):
+    raise ValueError(f"configs/evals/vlm_decoding.py: unknown variant '{arg}'; known: nearest")
+  settings = NEAREST if arg else SETTINGS
   return ml_collections.ConfigDict({
-      f"{name}_{split}": dict(type="captioning", split=split, num_examples=count, max_new_tokens=32, **options)
-      for name, options in SETTINGS.items() for split, count in (("validation", 250), ("test", 500))})
+      f"{name}_{split}": dict(type="object_mentions" if arg else "captioning", split=split, num_examples=count,
+                              max_new_tokens=32, **options)
+      for name, options in settings.items() for split, count in (("validation", 250), ("test", 500))})

@@ -7,6 +7,10 @@
   generator could have written for the scene, 4 to 32 of them), else the record's caption. Texts are
   lower-cased and split into words and numbers (what COCO's PTBTokenizer does to such captions,
   without its Java dependency; CIDEr and BLEU themselves are pure Python).
+  With `nearest_tokens` = k > 0 (SITTA's decoding) the image reaches the LM as words instead: the
+  k vocabulary pieces whose input embeddings are nearest (cosine) to the image's mean projected
+  token (`image_code`) become the prompt, `BOS piece₁ … piece_k`, most similar first, and the LM
+  reads no image token.
 - `token_nll`: the teacher-forced per-token NLL, perplexity and next-token accuracy on a split's
   captions, with the training layout (image slots, prompt, masks).
 """
@@ -71,8 +75,12 @@ class Captioning:
 
   def __init__(self, name: str, split: str = "test", num_examples: int = 500, max_new_tokens: int = 32,
                temperature: float = 0.0, top_k: int = 0, seed: int = 0, beam_size: int = 1,
-               length_penalty: float = 0.0, min_length: int = 0, repetition_penalty: float = 1.0):
+               length_penalty: float = 0.0, min_length: int = 0, repetition_penalty: float = 1.0,
+               nearest_tokens: int = 0):
+    if nearest_tokens < 0:
+      raise ValueError(f"nearest_tokens {nearest_tokens} must be >= 0 (0: the image tokens themselves)")
     self.name, self.split, self.num_examples = name, split, num_examples
+    self.nearest_tokens = nearest_tokens
     self.max_new_tokens, self.temperature, self.top_k, self.seed = max_new_tokens, temperature, top_k, seed
     self.decoding = decoding_options(f"evals.{name}", max_new_tokens, temperature, beam_size, length_penalty,
                                      min_length, repetition_penalty)
@@ -97,12 +105,17 @@ class Captioning:
     rng = jax.random.PRNGKey(self.seed)
     prefixes = sharding.global_batch(np.tile(prefix, (batch_size, 1)), mesh)
     prefix_kinds = sharding.global_batch(np.tile(kinds, (batch_size, 1)), mesh)
+    nearest = self.nearest_token_prompts(ctx, prefixes, prefix_kinds) if self.nearest_tokens else None
     predictions = []
     _, batches = ctx.batches(self.split, limit=count)
     for i, batch in enumerate(batches):
       images = sharding.global_batch(sharding.padded(np.asarray(batch["image"], np.float32), batch_size), mesh)
       with embedder.use():
-        tokens = generate(embedder.params, prefixes, jax.random.fold_in(rng, i), images, prefix_kinds)
+        if nearest is None:
+          tokens = generate(embedder.params, prefixes, jax.random.fold_in(rng, i), images, prefix_kinds)
+        else:
+          prompts = sharding.global_batch(nearest(images), mesh)
+          tokens = generate(embedder.params, prompts, jax.random.fold_in(rng, i), None, None)
       predictions += ctx.tokenizer.decode(np.asarray(jax.device_get(tokens))[:len(batch["image"])])
     if len(predictions) != count:
       raise ValueError(f"evals.{self.name}: only {len(predictions)} of the first {count} records of "
@@ -111,6 +124,31 @@ class Captioning:
     metrics = caption_metrics(self.references, predictions)
     exact = np.mean([words(p) in {words(r) for r in refs} for p, refs in zip(predictions, self.references)])
     return {**{f"{self.name}/{k}": v for k, v in metrics.items()}, f"{self.name}/exact_match": float(exact)}
+
+
+  def nearest_token_prompts(self, ctx, prefixes, prefix_kinds):
+    """-> fn(images [b, S, S, 3]) -> int32 [b, 1 + k]: BOS and the k pieces nearest each image's mean
+    projected token (special pieces left out), the nearest first."""
+    embedder, tokenizer = ctx.embedder, ctx.tokenizer
+    specials = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id}
+    if hasattr(tokenizer, "sp"):
+      specials.add(tokenizer.sp.unk_id())
+    k = self.nearest_tokens
+
+    @jax.jit
+    def nearest(params, images):
+      out = embedder.model.apply({"params": params}, images=images, tokens=prefixes, attention_mask=prefix_kinds)
+      code, table = out["image_code"], out["word_embeddings"]
+      similarity = (code / jnp.linalg.norm(code, axis=-1, keepdims=True)) @ (
+          table / jnp.maximum(jnp.linalg.norm(table, axis=-1, keepdims=True), 1e-6)).T
+      similarity = similarity.at[:, jnp.array(sorted(i for i in specials if i >= 0))].set(-jnp.inf)
+      return jax.lax.top_k(similarity, k)[1].astype(jnp.int32)
+
+    def prompts(images):
+      with embedder.use():
+        ids = np.asarray(jax.device_get(nearest(embedder.params, images)))
+      return np.concatenate([np.full((len(ids), 1), tokenizer.bos_id, np.int32), ids], axis=1)
+    return prompts
 
 
 @registry.register("evaluator", "token_nll")
