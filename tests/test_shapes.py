@@ -193,14 +193,16 @@ def test_questions_are_true_of_the_scene(sources):
     for split in ('train', 'test_unseen'):
         for i in range(len(sources[split])):
             record = sources[split][i]
+            columns = (record['objects'][k] for k in ('shape', 'color', 'size', 'x', 'y'))
             objects = [dict(shape=shapes.SHAPES[s], color=shapes.COLORS[c], size=shapes.SIZES[z], x=x, y=y)
-                       for s, c, z, x, y in zip(*(record['objects'][k] for k in ('shape', 'color', 'size', 'x', 'y')))]
+                       for s, c, z, x, y in zip(*columns)]
             names = {f"{o['color']} {o['shape']}": o for o in objects}
             questions = record['questions']
             types = [shapes.QUESTION_TYPES[t] for t in questions['type']]
             assert len(set(types)) == len(types)
             assert ('relation' in types) == (len(objects) > 1)
-            for kind, question, answer in zip(types, map(_text, questions['question']), map(_text, questions['answer'])):
+            texts = zip(map(_text, questions['question']), map(_text, questions['answer']))
+            for kind, (question, answer) in zip(types, texts):
                 seen_types.add(kind)
                 assert question.endswith('?') and answer
                 if kind == 'count':

@@ -17,7 +17,7 @@ MESH = dict(data=2, fsdp=4, tensor=1)
 
 
 def _lm(tiny_data_dir, workdir, **overrides):
-  train(tiny_config(tiny_data_dir, total_steps=2, model=dict(name="lm", decoder=DECODER), mesh=MESH,
+  train(tiny_config(tiny_data_dir, total_steps=1, model=dict(name="lm", decoder=DECODER), mesh=MESH,
                     objectives={"ntp": {"weight": 1.0}}, **overrides), workdir)
   return RunDir(workdir).load()
 
@@ -26,7 +26,8 @@ def test_two_towers_and_a_weight_mixed_decoder(tiny_data_dir, tmp_path):
   train(tiny_config(tiny_data_dir, total_steps=1, mesh=MESH), str(tmp_path / "clip"))
   clip = RunDir(str(tmp_path / "clip")).load().params
   lm_a = _lm(tiny_data_dir, str(tmp_path / "lm_a"))
-  lm_b = _lm(tiny_data_dir, str(tmp_path / "lm_b"), seed=1, **{"tokenizer.path": str(tmp_path / "lm_a" / "tokenizer.model")})
+  lm_b = _lm(tiny_data_dir, str(tmp_path / "lm_b"), seed=1,
+             **{"tokenizer.path": str(tmp_path / "lm_a" / "tokenizer.model")})
   config = tiny_config(tiny_data_dir, **{
       "total_steps": 1, "optimizer.frozen": ".*", "optimizer.warmup_steps": 0, "mesh": MESH,
       "model": dict(name="vlm", image=TOWER, extra_images=(dict(TOWER),), decoder=DECODER, projector=dict(kind="mlp")),

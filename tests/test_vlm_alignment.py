@@ -279,18 +279,21 @@ def test_nearest_token_prompts_are_the_pieces_nearest_the_image_code(vlm_run, ti
   ctx = EvalContext(config.data, config.input, tokenizer, Embedder(model, params, single_device_mesh(), 4), 4)
   n = model.num_image_tokens(config.input.image_size)
   prefix, kinds = generation_prefix(n, (), tokenizer.bos_id)
-  prompts = Captioning("c", nearest_tokens=5).nearest_token_prompts(ctx, np.tile(prefix, (4, 1)), np.tile(kinds, (4, 1)))
+  prefixes, prefix_kinds = np.tile(prefix, (4, 1)), np.tile(kinds, (4, 1))
+  prompts = Captioning("c", nearest_tokens=5).nearest_token_prompts(ctx, prefixes, prefix_kinds)
   images = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
   got = prompts(images)
-  out = model.apply({"params": params}, images=images, tokens=np.tile(prefix, (4, 1)), attention_mask=np.tile(kinds, (4, 1)))
+  out = model.apply({"params": params}, images=images, tokens=prefixes, attention_mask=prefix_kinds)
   code, table = np.asarray(out["image_code"], np.float64), np.asarray(out["word_embeddings"], np.float64)
-  similarity = (code / np.linalg.norm(code, axis=1, keepdims=True)) @ (table / np.linalg.norm(table, axis=1, keepdims=True)).T
+  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+  similarity = unit(code) @ unit(table).T
   similarity[:, [0, 1, 2, 3]] = -np.inf  # pad, unknown, BOS, EOS
   assert (got[:, 0] == tokenizer.bos_id).all()
   np.testing.assert_array_equal(got[:, 1:], np.argsort(-similarity, axis=1)[:, :5])
   suite = tmp_path / "suite.py"
   data = dict(name="vlmjax_shapes", data_dir=tiny_data_dir, builder_config="tiny")
   suite.write_text("import ml_collections\ndef get_config(arg=None):\n  return ml_collections.ConfigDict(dict(c=dict("
-                   f"type='captioning', split='test', num_examples=6, max_new_tokens=5, nearest_tokens=3, data={data!r})))\n")
+                   "type='captioning', split='test', num_examples=6, max_new_tokens=5, nearest_tokens=3, "
+                   f"data={data!r})))\n")
   results = evaluate.evaluate_suite(str(suite), workdir=workdir, out=str(tmp_path / "out"), show=lambda *a: None)
   assert "c/CIDEr" in results["results"]

@@ -34,9 +34,9 @@ def get_tokenizer(config, run: RunDir, train_source) -> Tokenizer:
   logging.info("Training a %d-piece SentencePiece tokenizer on %d captions", config.tokenizer.vocab_size, count)
   records = (train_source[i] for i in range(count))
   field = pipeline.caption_field(config.input)
-  tokenizer = Tokenizer.train((pipeline.tokenizer_text(r, field) for r in records if not isinstance(r, pipeline.BadRecord)
-                               and not pipeline.record_problem(r, config.data.max_caption_chars)),
-                              config.tokenizer.vocab_size)
+  texts = (pipeline.tokenizer_text(r, field) for r in records
+           if not isinstance(r, pipeline.BadRecord) and not pipeline.record_problem(r, config.data.max_caption_chars))
+  tokenizer = Tokenizer.train(texts, config.tokenizer.vocab_size)
   if jax.process_index() == 0:
     tokenizer.save(path)
   return tokenizer

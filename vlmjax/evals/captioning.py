@@ -139,8 +139,8 @@ class Captioning:
     def nearest(params, images):
       out = embedder.model.apply({"params": params}, images=images, tokens=prefixes, attention_mask=prefix_kinds)
       code, table = out["image_code"], out["word_embeddings"]
-      similarity = (code / jnp.linalg.norm(code, axis=-1, keepdims=True)) @ (
-          table / jnp.maximum(jnp.linalg.norm(table, axis=-1, keepdims=True), 1e-6)).T
+      unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+      similarity = unit(code) @ unit(table).T
       similarity = similarity.at[:, jnp.array(sorted(i for i in specials if i >= 0))].set(-jnp.inf)
       return jax.lax.top_k(similarity, k)[1].astype(jnp.int32)
 

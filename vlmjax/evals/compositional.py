@@ -68,7 +68,8 @@ def likelihood_scorer(ctx, what: str):
 
   def score(images, texts, question_lens=None):
     question_lens = np.zeros(len(texts), int) if question_lens is None else question_lens
-    examples = [batch_spec.caption_sequence(text, **layout, question_len=int(q)) for text, q in zip(texts, question_lens)]
+    examples = [batch_spec.caption_sequence(text, **layout, question_len=int(q))
+                for text, q in zip(texts, question_lens)]
     batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
     batch["image"] = images
     batch = {k: sharding.global_batch(sharding.padded(np.asarray(v), batch_size), mesh) for k, v in batch.items()}
