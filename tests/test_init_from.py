@@ -85,7 +85,8 @@ def test_init_also_loads_each_tower_from_its_own_run(tiny_data_dir, tmp_path, so
 
 def test_init_also_entry_must_be_workdir_and_params(tiny_data_dir, tmp_path):
   config = tiny_config(tiny_data_dir, **ALL_DEVICES, **{"init.also": {"image": dict(path="x", params="^image/")}})
-  with pytest.raises(ConfigError, match=r"'init.also.image' must be dict\(workdir=str, params=str\)"):
+  with pytest.raises(ConfigError, match=r"'init.also.image' must be dict\(workdir=str, params=str\[, "
+                                         r"into=dict\(str=str\)\]\), got \{'params': '\^image/', 'path': 'x'\}$"):
     train(config, str(tmp_path / "a"))
 
 

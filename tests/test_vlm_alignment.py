@@ -254,6 +254,9 @@ def test_caption_field_makes_the_long_caption_the_text(tiny_data_dir, tiny_token
   preprocess = pipeline.Preprocess(tiny_tokenizer, 32, 200, caption_field="long_caption")
   assert tiny_tokenizer.decode([preprocess.map(record)["text"]]) == tiny_tokenizer.decode(
       [tiny_tokenizer.encode([record["long_caption"]], 200)[0]])
+  reasoning = pipeline.Preprocess(tiny_tokenizer, 32, 200, caption_field="reasoning").map(record)["text"]
+  expected = record["caption"] + " " + " ".join(f"{q['question']} {q['answer']}." for q in record["questions"])
+  assert tiny_tokenizer.decode([reasoning]) == tiny_tokenizer.decode([tiny_tokenizer.encode([expected], 200)[0]])
   with pytest.raises(KeyError, match="input.caption_field: the records have no 'longer_caption'"):
     pipeline.Preprocess(tiny_tokenizer, 32, 200, caption_field="longer_caption").map(record)
 

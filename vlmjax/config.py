@@ -243,8 +243,9 @@ def init_sources(init) -> list[tuple[str, str, dict]]:
     if not {"workdir", "params"} <= keys <= {"workdir", "params", "into"} \
         or not all(isinstance(source[k], str) for k in ("workdir", "params")) \
         or not all(isinstance(k, str) and isinstance(v, str) for k, v in into.items()):
+      got = source.to_dict() if hasattr(source, "to_dict") else source
       raise ConfigError(f"config: 'init.also.{name}' must be dict(workdir=str, params=str[, into=dict(str=str)]), "
-                        f"got {source!r}")
+                        f"got {got!r}")
     if source.workdir:
       sources.append((source.workdir, source.params, into))
   return sources

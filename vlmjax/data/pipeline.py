@@ -221,10 +221,11 @@ class Preprocess(grain.transforms.RandomMap):
     """-> the example, or a BadRecord saying why this record cannot be one. A record with
     `questions` and no caption (visual question answering) gets one question and its answer as
     'text' and the question's length as 'question_len' (`question_answer`)."""
-    if self.caption_field != "caption" and not isinstance(record, BadRecord) and "questions" not in record:
+    is_question = not isinstance(record, BadRecord) and "caption" not in record and "questions" in record
+    if self.caption_field != "caption" and not isinstance(record, BadRecord) and not is_question:
       record = {**record, "caption": caption_text(record, self.caption_field)}
     qa = None
-    if not isinstance(record, BadRecord) and "caption" not in record and "questions" in record:
+    if is_question:
       qa = self.question_answer(record["questions"], rng)
       if isinstance(qa, BadRecord):
         return qa
