@@ -16,13 +16,16 @@ train the same model), so one tokenizer serves both.
 The paper's claim: with noise, a decoder trained on text alone captions images; without it, the
 gap between image and text embeddings leaves it unable to. Here that reads as CIDEr with σ > 0
 well above σ = 0, with zero images seen in training.
+Current result: reproduced in direction, not in size. σ = 0.03 (chosen on `validation`) reaches
+CIDEr 279.8 on `test` against 266.7 at σ = 0; σ = 0.3 falls to 215.7. Without noise the decoder
+already captions, above configs/vlm_ntp.py's 235.5 (docs/results.md).
 """
 import os
 
 from vlmjax.config import load_file
 
 CLIP_WORKDIR = "workdirs/clip"
-SIGMA = 0.1  # without an argument
+SIGMA = 0.03  # without an argument: the σ of the best `validation` CIDEr among 0, 0.03, 0.1, 0.3
 
 
 def get_config(arg=None):
