@@ -95,8 +95,9 @@ def test_documented_training_command_dry_runs(args, tiny_data_dir, tiny_pairs, t
   monkeypatch.chdir(REPO)
   config = parse(args)
   with config.unlocked():
-    if config.data.name == "vlmjax_shapes":
-      config.data.data_dir, config.data.builder_config = tiny_data_dir, "tiny"
+    for data in [config.data] + [entry.data for entry in (config.data.get("mixture") or {}).values()]:
+      if data.name.startswith("vlmjax_shapes"):  # the built-in data, shrunk (and kept out of the repo)
+        data.data_dir, data.builder_config = tiny_data_dir, "tiny"
     for split, path in config.data.files.items():
       if path.startswith("/mnt/shared/"):
         config.data.files[split] = tiny_pairs
