@@ -16,6 +16,8 @@ The paper's claim: text embeddings stand in for image embeddings well enough tha
 pre-trained on them reads real images at once and learns faster from a few image steps. Here that
 reads as stage 1's CIDEr on `test` images above zero, and `:finetune` above `:baseline` at the same
 30 image steps.
+Current result: reproduced. Stage 1 captions at CIDEr 239.4 with no image step; after 30 image
+steps 241.8 against the baseline's 92.7 (docs/results.md).
 """
 import os
 

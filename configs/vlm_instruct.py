@@ -18,6 +18,9 @@ question of the first 500 `test` scenes, answered greedily (exact match) and by 
 answers of its type (configs/evals/vqa.py runs both on any decoder run, e.g. the captioning-only
 baseline). LLaVA's claim: instruction data makes the captioner follow questions; here that reads as
 VQA accuracy per type above the captioning-only run's at an equal CIDEr.
+Current result: reproduced for colour (74.0%) and count (89.2%), against no answer at all from the
+captioning-only run; presence 56.8% and relation 43.2% stay at chance; CIDEr 199.2 against 235.5,
+at half the captions (docs/results.md).
 """
 import os
 
