@@ -12,10 +12,10 @@ Every parameter is frozen, so the run's single step changes nothing: it only wri
 params as a checkpoint and evaluates them. `:random` skips the fit: the map stays at its random
 initialisation (the floor). configs/vlm_limber.py trains the same map by gradient for 300 steps
 (the ceiling at this budget). The paper's claim: the closed-form map captions without gradient
-information. Its own decoding turns the mapped embedding into a prompt of the nearest vocabulary
-tokens; here the mapped tokens are fed to the LM as they are.
-Current result: not reproduced. CIDEr 0.0 (every caption ends at once), the random map 10.9,
-LiMBeR 90.2 (docs/results.md).
+information. Here the mapped tokens are fed to the LM as they are; its own decoding, a prompt of the
+vocabulary pieces nearest the mapped embedding, is `configs/evals/vlm_decoding.py:nearest`.
+Current result: not reproduced. CIDEr 0.0 (every caption ends at once); 26.7 with 4 nearest-token
+prompts, below the random map's 38.4 with 8; LiMBeR 90.2 (docs/results.md).
 """
 import os
 
