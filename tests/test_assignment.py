@@ -27,6 +27,15 @@ def test_sinkhorn_plan_meets_both_marginals_at_small_epsilon(batch, words):
   np.testing.assert_allclose(plan.sum(0), prior, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_sinkhorn_rows_are_distributions_after_a_few_iterations(iterations):
+  rng = np.random.default_rng(iterations)
+  scores, prior = _scores(rng, 32, 256), rng.dirichlet(np.ones(256))
+  plan = np.asarray(sinkhorn_log(jnp.asarray(scores), jnp.log(jnp.asarray(prior, jnp.float32)), 0.01, iterations))
+  assert np.isfinite(plan).all() and (plan >= 0).all()
+  np.testing.assert_allclose(32 * plan.sum(1), np.ones(32), rtol=0, atol=1e-5)
+
+
 def test_sinkhorn_matches_a_float64_reference():
   """At ε = 0.1 plain float64 Sinkhorn-Knopp on exp(S/ε) is safe: the plans agree."""
   rng = np.random.default_rng(0)

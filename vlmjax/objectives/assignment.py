@@ -29,8 +29,9 @@ def sinkhorn_log(scores, log_prior, epsilon: float, iterations: int, warm_start:
   summing to 1. Alternates the dual potentials f [B], g [K] (kept in score units, so they carry
   over between temperatures): ε-scaling starts at `warm_start`·ε and anneals geometrically to ε over
   the first quarter of the iterations (the solution is that of ε alone; the warm start only speeds
-  up convergence, ~100× at ε = 0.01). After the last update the word marginal holds exactly and the
-  sample marginal to within the convergence.
+  up convergence, ~100× at ε = 0.01). A last row update at ε ends the loop (SwAV's final normalisation):
+  the sample marginal then holds exactly, so each row of B·plan is a distribution even after a few
+  iterations (VLAP's released setting is 3), and the word marginal holds to within the convergence.
   """
   scores = scores.astype(jnp.float32)
   batch = scores.shape[0]
@@ -44,7 +45,8 @@ def sinkhorn_log(scores, log_prior, epsilon: float, iterations: int, warm_start:
     g = eps * (log_prior - jax.nn.logsumexp((scores + f[:, None]) / eps, axis=0))
     return f, g
 
-  f, g = jax.lax.fori_loop(0, iterations, update, (jnp.zeros(batch), jnp.zeros(scores.shape[1])))
+  _, g = jax.lax.fori_loop(0, iterations, update, (jnp.zeros(batch), jnp.zeros(scores.shape[1])))
+  f = epsilon * (log_rows - jax.nn.logsumexp((scores + g[None, :]) / epsilon, axis=1))
   return jnp.exp((scores + f[:, None] + g[None, :]) / epsilon)
 
 
