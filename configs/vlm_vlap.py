@@ -11,7 +11,7 @@ prior from the training captions) and each predicts the other's assignment (τ =
 The argument is the number of Sinkhorn iterations (default 500, converged; VLAP's released code
 runs 3, after which the plan's last row update still makes each assignment a distribution).
 Current result: CIDEr 78.1 on `test` with 500 iterations and 76.1 with 3, below
-configs/vlm_limber.py's 89.2 (docs/results.md).
+configs/vlm_limber.py's 90.2 (docs/results.md).
 """
 import os
 
