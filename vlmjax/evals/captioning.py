@@ -125,7 +125,6 @@ class Captioning:
     exact = np.mean([words(p) in {words(r) for r in refs} for p, refs in zip(predictions, self.references)])
     return {**{f"{self.name}/{k}": v for k, v in metrics.items()}, f"{self.name}/exact_match": float(exact)}
 
-
   def nearest_token_prompts(self, ctx, prefixes, prefix_kinds):
     """-> fn(images [b, S, S, 3]) -> int32 [b, 1 + k]: BOS and the k pieces nearest each image's mean
     projected token (special pieces left out), the nearest first."""
