@@ -29,9 +29,10 @@ def _value_and_grads(loss, mesh, u, v, *scalars):
 @pytest.mark.parametrize("mesh_config", MESHES, ids=str)
 @pytest.mark.parametrize("global_loss,distributed_loss,scalars", [
     (clip_loss, clip_loss_local, (np.log(1 / 0.07),)),
+    (clip_loss, clip_loss_local, (np.log(1 / 0.07), 0.1)),
     (siglip_loss, siglip_loss_ring, (np.log(10.0), -10.0)),
     (siglip_loss, siglip_loss_ring, (1.0, 0.3)),
-], ids=["clip_local", "siglip_ring_init", "siglip_ring_trained"])
+], ids=["clip_local", "clip_local_smoothed", "siglip_ring_init", "siglip_ring_trained"])
 def test_distributed_equals_global(mesh_config, global_loss, distributed_loss, scalars):
   mesh = sharding.make_mesh(mesh_config)
   u, v = _inputs()

@@ -85,6 +85,16 @@ BAD_RECORDS = Field("bad_records", lambda inp: (len(BAD_REASONS),), "int32",
 # example comes from.
 SOURCE = Field("source", lambda inp: (), "int32",
                draw=lambda rng, batch_size, inp, vocab, batch: np.zeros((batch_size,), np.int32))
+# Each training example's record: its position in the train split (in a mixture, the parts'
+# positions follow each other in the parts' order), what per-example state in the train state is
+# indexed by (`pipeline.train_examples` tags it; -1 where nothing did, e.g. evaluation).
+RECORD_INDEX = Field("record_index", lambda inp: (), "int32",
+                     make=lambda example, shape: example.record.get("record_index", -1),
+                     draw=lambda rng, batch_size, inp, vocab, batch: np.arange(batch_size, dtype=np.int32))
+# Whether the example's caption is another record's (`data.caption_noise`): for metrics only.
+CAPTION_NOISY = Field("caption_noisy", lambda inp: (), "int32",
+                      make=lambda example, shape: example.record.get("caption_noisy", 0),
+                      draw=lambda rng, batch_size, inp, vocab, batch: np.zeros((batch_size,), np.int32))
 
 
 # --- Decoder examples ----------------------------------------------------------------------------

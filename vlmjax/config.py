@@ -67,6 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
       max_bad_fraction=0.1,       # bad records (corrupt image, empty caption, ...) are skipped; more
                                   # than this fraction of those read stops the run
       max_caption_chars=1000,     # a longer caption is a bad record (0: no limit)
+      caption_noise=0.0,          # this fraction of training records carry another record's texts
+                                  # (vlmjax.data.caption_noise: ALIGN's noisy pairs); 0 = off
       # Train on a weighted mixture of datasets instead (vlmjax.data.mixture): {name: dict(weight=
       # number > 0, data=a data section, its unset keys the defaults above)}, e.g. dict(shapes=dict(
       # weight=0.7, data=dict(name='vlmjax_shapes')), pairs=dict(weight=0.3, data=dict(name='csv',
@@ -415,6 +417,8 @@ def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
     raise ConfigError(f"config: 'tokenizer.path' file '{config.tokenizer.path}' does not exist")
   if not 0.0 <= config.data.max_bad_fraction < 1.0:
     raise ConfigError(f"config: 'data.max_bad_fraction' {config.data.max_bad_fraction} must be in [0, 1)")
+  if not 0.0 <= config.data.get("caption_noise", 0.0) <= 1.0:
+    raise ConfigError(f"config: 'data.caption_noise' {config.data.caption_noise} must be in [0, 1]")
   if config.data.max_caption_chars < 0 or config.max_consecutive_nonfinite < 0:
     raise ConfigError("config: 'data.max_caption_chars' and 'max_consecutive_nonfinite' must be >= 0")
   if config.input.max_text_len < 3:

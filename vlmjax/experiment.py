@@ -51,6 +51,7 @@ class Experiment:
   schedule: object       # step -> learning rate
   fields: dict           # {batch key: batch_spec.Field}, model's then objectives'
   model_field_names: tuple  # the model's own fields: what init reads
+  train_examples: int = 0   # the train split's records: what per-example objective state is sized by
 
   @property
   def batch_size(self) -> int:
@@ -89,16 +90,23 @@ class Experiment:
     return batch_spec.abstract_batch(self.train_fields(), self.config.input, self.batch_size,
                                      sharding.batch_sharding(self.mesh))
 
+  def objective_states(self) -> dict:
+    """{name: initial state} of the objectives that keep one in the train state (`init_state`)."""
+    return {name: objective.init_state(self.train_examples) for name, (_, objective) in self.objectives.items()
+            if hasattr(objective, "init_state")}
+
   def init_state(self, seed: int | None = None):
     """-> (train state, its shardings), initialised in place on the mesh."""
     seed = self.config.seed if seed is None else seed
     return trainer.create_train_state(self.model, self.tx, self.sample_batch(), seed, self.mesh, self.rules,
-                                      ema=self.ema_decay > 0, num_sources=self.num_sources)
+                                      ema=self.ema_decay > 0, num_sources=self.num_sources,
+                                      objective_states=self.objective_states)
 
   def abstract_state(self):
     """-> (ShapeDtypeStructs with shardings, shardings): the restore target of a checkpoint."""
     return trainer.abstract_train_state(self.model, self.tx, self.sample_batch(), self.mesh, self.rules,
-                                        ema=self.ema_decay > 0, num_sources=self.num_sources)
+                                        ema=self.ema_decay > 0, num_sources=self.num_sources,
+                                        objective_states=self.objective_states)
 
   def abstract_params(self):
     return self.abstract_state()[0]["params"]
@@ -144,14 +152,15 @@ def check(config, devices=None, processes: int | None = None, mesh: Mesh | None 
 
 def build(config, vocab_size: int, *, total_steps: int | None = None, mesh: Mesh | None = None, devices=None,
           processes: int | None = None, objectives: bool = True, validate: bool = True,
-          prompt_len: int = 0) -> Experiment:
+          prompt_len: int = 0, train_examples: int = 0) -> Experiment:
   """Builds the experiment of `config` on `mesh` (default: `config.mesh` over `devices`, default all).
 
   `total_steps`: the schedule's length (default `config.total_steps`); `processes`: the process
   count the batch must split over (default this run's); `objectives`: False for a reader (evaluate,
   export) that runs no train step; `validate`: check the config first (a reader of a finished run
   or a bundle may use another mesh than the run trained on); `prompt_len`: the decoder prompt's
-  pieces (part of the sequence length). Raises ConfigError with one line naming the key at fault.
+  pieces (part of the sequence length); `train_examples`: the train split's records (the size of
+  per-example objective state; a synthetic run without data may leave it 0). Raises ConfigError with one line naming the key at fault.
   """
   if mesh is None or validate:
     mesh = check(config, devices, processes, mesh) if validate else make_mesh(config, devices)
@@ -163,4 +172,4 @@ def build(config, vocab_size: int, *, total_steps: int | None = None, mesh: Mesh
   fields = batch_spec.merge(model_fields,
                             *(getattr(registry.get("objective", name), "batch_fields", ()) for name in config.objectives))
   return Experiment(config, mesh, sharding.rules_from_config(config.sharding_rules), model, built, tx,
-                    schedule, fields, tuple(f.name for f in model_fields))
+                    schedule, fields, tuple(f.name for f in model_fields), train_examples)

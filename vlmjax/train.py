@@ -115,7 +115,7 @@ def dry_run(config, workdir: str, overwrite: bool = False) -> dict:
   prompt_len = len(pipeline.prompt_ids(tokenizer, config.input)) if tokenizer else 0
   steps = total_steps(config, len(train_source))
   experiment = experiment_lib.build(config, vocab_size, total_steps=steps, mesh=mesh, validate=False,
-                                    prompt_len=prompt_len)
+                                    prompt_len=prompt_len, train_examples=len(train_source))
   if tokenizer:  # what the trainer does before step 0 (VLAP's word prior, PRIOR's tokenizer check)
     for _, objective in experiment.objectives.values():
       if hasattr(objective, "prepare"):
@@ -146,7 +146,8 @@ def _train(config, run: RunDir, train_source, stop_after_steps: int | None) -> d
   tokenizer_lib.check_text_tower(tokenizer, config.model.get("text"), "config")
   steps = total_steps(config, len(train_source))
   prompt = pipeline.prompt_ids(tokenizer, config.input)
-  experiment = experiment_lib.build(config, tokenizer.vocab_size, total_steps=steps, prompt_len=len(prompt))
+  experiment = experiment_lib.build(config, tokenizer.vocab_size, total_steps=steps, prompt_len=len(prompt),
+                                    train_examples=len(train_source))
   mesh = experiment.mesh
 
   preprocess = experiment.preprocess(tokenizer)

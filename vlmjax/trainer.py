@@ -1,7 +1,8 @@
 """Train state, optimizer and the jitted train step.
 
 The train state is a plain pytree `{params, opt_state, step, rng, extras}` (and `ema`, an exponential
-moving average of the params, when `optimizer.ema_decay` > 0) created already sharded: its shapes
+moving average of the params, when `optimizer.ema_decay` > 0; `objectives`, the state of objectives
+that keep one, e.g. a statistic per training example) created already sharded: its shapes
 come from `jax.eval_shape`, its shardings from the params' logical axis names, and
 `jax.jit(init, out_shardings=...)` materialises it in place. The step is jitted with explicit in/out
 shardings and donates the old state. A step whose loss or gradients are not finite is
@@ -197,16 +198,25 @@ def reset_ema(state: dict) -> dict:
   return _with_ema(state, True) if "ema" in state else state
 
 
-def create_train_state(model, tx, sample_batch, seed: int, mesh, rules, ema: bool = False, num_sources: int = 0):
+def _with_objective_states(state: dict, objective_states) -> dict:
+  """The state with `objectives` ({name: pytree} of the objectives that keep a state) when any."""
+  states = objective_states() if objective_states else {}
+  return {**state, "objectives": states} if states else state
+
+
+def create_train_state(model, tx, sample_batch, seed: int, mesh, rules, ema: bool = False, num_sources: int = 0,
+                       objective_states=None):
   """-> (state, state_shardings). `sample_batch` holds arrays (or shapes) with batch dimension 1.
   `ema`: the state holds `ema`, the params' moving average, starting at the params. `num_sources`:
-  the parts of a data mixture, whose examples the extras count."""
+  the parts of a data mixture, whose examples the extras count. `objective_states`: () -> {name:
+  initial state} of the objectives that keep one (replicated, like the extras)."""
 
   def init(rng):
     init_rng, train_rng = jax.random.split(rng)
     params = model.init({"params": init_rng}, **model_inputs(model, sample_batch, False))["params"]
-    return _with_ema({"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-                      "rng": train_rng, "extras": init_extras(num_sources)}, ema)
+    state = _with_ema({"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+                       "rng": train_rng, "extras": init_extras(num_sources)}, ema)
+    return _with_objective_states(state, objective_states)
 
   rng = jax.random.PRNGKey(seed)
   abstract = jax.eval_shape(init, rng)
@@ -216,12 +226,14 @@ def create_train_state(model, tx, sample_batch, seed: int, mesh, rules, ema: boo
   return state, shardings
 
 
-def abstract_train_state(model, tx, sample_batch, mesh, rules, ema: bool = False, num_sources: int = 0):
+def abstract_train_state(model, tx, sample_batch, mesh, rules, ema: bool = False, num_sources: int = 0,
+                         objective_states=None):
   """ShapeDtypeStructs with shardings, the restore target for a checkpoint on this mesh."""
   def init(rng):
     params = model.init({"params": rng}, **model_inputs(model, sample_batch, False))["params"]
-    return _with_ema({"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-                      "rng": rng, "extras": init_extras(num_sources)}, ema)
+    state = _with_ema({"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+                       "rng": rng, "extras": init_extras(num_sources)}, ema)
+    return _with_objective_states(state, objective_states)
 
   abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
   shardings = sharding.logical_shardings(abstract, mesh, rules)
@@ -234,22 +246,30 @@ def make_train_step(model, objectives, tx, schedule, mesh, state_shardings, micr
   """-> jitted `step(state, batch) -> (state, metrics)`; the input state is donated. With
   `microbatches` > 1 the batch runs in that many pieces (`cached_value_and_grad`), same result.
   `rules` (the params' logical axis rules) also place the activations: batch over data×fsdp.
-  `ema_decay` > 0: the state's `ema` becomes decay·ema + (1 − decay)·params after each applied step."""
+  `ema_decay` > 0: the state's `ema` becomes decay·ema + (1 − decay)·params after each applied step.
+
+  An objective that keeps a state (`init_state`, in the train state's `objectives`) is called with
+  it, `objective(outputs, batch, step=, state=) -> (loss, metrics, new state)`; the new state is
+  kept when the step is applied."""
 
   def forward(params, batch, rng):
     return model.apply({"params": params}, **model_inputs(model, batch, True), rngs={"dropout": rng})
 
-  def objectives_loss(outputs, batch, step):
-    total, metrics = 0.0, {}
+  def objectives_loss(outputs, batch, step, states):
+    total, metrics, new_states = 0.0, {}, {}
     for name, (weight, objective) in objectives.items():
-      loss, extra = objective(outputs, batch, step=step)
+      if name in states:
+        loss, extra, new_states[name] = objective(outputs, batch, step=step, state=states[name])
+      else:
+        loss, extra = objective(outputs, batch, step=step)
       total = total + weight * loss
       metrics[f"{name}/loss"] = loss
       metrics.update({f"{name}/{k}": v for k, v in extra.items()})
-    return total, metrics
+    return total, (metrics, new_states)
 
   loss_and_grads = jax.value_and_grad(
-      lambda params, batch, rng, step: objectives_loss(forward(params, batch, rng), batch, step), has_aux=True)
+      lambda params, batch, rng, step, states: objectives_loss(forward(params, batch, rng), batch, step, states),
+      has_aux=True)
   if microbatches > 1:
     loss_and_grads = cached_value_and_grad(forward, objectives_loss, microbatches, sharding.batch_sharding(mesh))
 
@@ -258,7 +278,8 @@ def make_train_step(model, objectives, tx, schedule, mesh, state_shardings, micr
     # The activations' logical constraints (`layers.constrain`), in the model and in any model an
     # objective runs (PRIOR's reference LM).
     with nn.logical_axis_rules(rules):
-      (loss, metrics), grads = loss_and_grads(state["params"], batch, rng, state["step"])
+      (loss, (metrics, objective_states)), grads = loss_and_grads(
+          state["params"], batch, rng, state["step"], state.get("objectives", {}))
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     for _, objective in objectives.values():
@@ -281,6 +302,9 @@ def make_train_step(model, objectives, tx, schedule, mesh, state_shardings, micr
       metrics["source_examples"] = extras["source_examples"]
     new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"],
                  "extras": extras}
+    if "objectives" in state:  # a skipped step leaves them as they were
+      new_state["objectives"] = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                             jax.lax.stop_gradient(objective_states), state["objectives"])
     if ema_decay:
       # Of the params as applied (after any projection); a skipped step leaves it as it was.
       new_state["ema"] = jax.tree.map(lambda e, p: jnp.where(finite, ema_decay * e + (1.0 - ema_decay) * p, e),
@@ -328,14 +352,15 @@ def cached_value_and_grad(forward, loss_of_outputs, microbatches: int, batch_sha
   of the outputs. Memory: one microbatch's activations plus the whole batch's outputs; cost: one
   more forward pass. Dropout draws differ from the whole batch's (a key per microbatch).
 
-  forward(params, batch, rng) -> outputs (pytree); loss_of_outputs(outputs, batch, step) -> (loss, aux).
-  Returns `fn(params, batch, rng, step) -> ((loss, aux), grads)`, like `jax.value_and_grad`. Outputs
+  forward(params, batch, rng) -> outputs (pytree); loss_of_outputs(outputs, batch, step, states) ->
+  (loss, aux), `states` the objectives' (passed through). Returns `fn(params, batch, rng, step,
+  states) -> ((loss, aux), grads)`, like `jax.value_and_grad`. Outputs
   without a batch dimension (e.g. the logit scale) are the same in every microbatch; their gradient
   is shared out equally.
   """
   constrain = lambda tree: tree if batch_sharding is None else jax.lax.with_sharding_constraint(tree, batch_sharding)
 
-  def value_and_grad(params, batch, rng, step):
+  def value_and_grad(params, batch, rng, step, states):
     micro = split_microbatches(batch, microbatches)
     keys = jax.random.split(rng, microbatches)
     outputs_shape = jax.eval_shape(forward, params, batch, rng)
@@ -352,7 +377,7 @@ def cached_value_and_grad(forward, loss_of_outputs, microbatches: int, batch_sha
     def loss_of_floats(float_outputs):
       given = iter(float_outputs)
       leaves = [next(given) if f else x for x, f in zip(outputs, is_float)]
-      return loss_of_outputs(jax.tree.unflatten(treedef, leaves), batch, step)
+      return loss_of_outputs(jax.tree.unflatten(treedef, leaves), batch, step, states)
 
     (loss, aux), output_grads = jax.value_and_grad(loss_of_floats, has_aux=True)(floats(outputs))
     cotangents = [split_microbatches(g, microbatches) if e else

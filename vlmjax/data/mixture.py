@@ -26,7 +26,7 @@ import numpy as np
 
 from vlmjax import config as config_lib
 from vlmjax.config import ConfigError
-from vlmjax.data import sources
+from vlmjax.data import caption_noise, sources
 from vlmjax.evals.common import eval_data_config
 
 
@@ -73,9 +73,11 @@ class Mixture:
 def train_source(data_config, seed: int):
   """The training data of `data_config`: its `mixture` as a `Mixture` (every part opened, so a
   missing file or unprepared dataset is found before training), else its own train split's
-  source. A part that cannot be opened is a ConfigError naming its entry."""
+  source. A part that cannot be opened is a ConfigError naming its entry. `caption_noise` > 0 swaps
+  that fraction of the texts between records (`vlmjax.data.caption_noise`), in each part."""
   if not entries(data_config):
-    return sources.make_source(data_config, data_config.train_split)
+    return caption_noise.with_caption_noise(sources.make_source(data_config, data_config.train_split),
+                                            data_config, seed)
   config_lib.check_mixture(data_config)
   names, parts, weights = [], [], []
   for name, entry in entries(data_config).items():
@@ -88,7 +90,7 @@ def train_source(data_config, seed: int):
     if not len(part):
       raise ConfigError(f"config: data.mixture.{name}: split '{data.train_split}' has no records")
     names.append(name)
-    parts.append(part)
+    parts.append(caption_noise.with_caption_noise(part, data, part_seed(seed, len(parts))))
     weights.append(float(entry["weight"]))
   return Mixture(names, parts, weights, [part_seed(seed, i) for i in range(len(parts))])
 

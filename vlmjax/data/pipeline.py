@@ -303,24 +303,32 @@ def check_bad_records(counts, good_records: int, max_fraction: float):
                        f"over data.max_bad_fraction = {max_fraction:g}; fix the data or raise the threshold")
 
 
-def train_examples(source, preprocess: Preprocess, seed: int) -> grain.MapDataset:
+def train_examples(source, preprocess: Preprocess, seed: int, first_index: int = 0) -> grain.MapDataset:
   """The endless stream of preprocessed training examples, element i a function of i alone.
 
-  A source: shuffled with `seed` (a new order each epoch), augmented with the RNG of `seed + 1`
-  and the position, its bad records replaced by `SkipBadRecords`. A mixture (`vlmjax.data.mixture.
-  Mixture`: `parts`, `weights`, `seeds`): each part such a stream with its own seed, its examples
-  tagged with the part's index as 'source' (int32), interleaved by `grain.MapDataset.mix` in the
-  proportions of the weights. The skipping is per part, so a bad record's replacement comes from
-  its own part (the same slot of a later epoch of that part) and the mixture's proportions hold.
+  A source: each record tagged with its position (`record_index`, from `first_index`), shuffled with
+  `seed` (a new order each epoch), augmented with the RNG of `seed + 1` and the position, its bad
+  records replaced by `SkipBadRecords`. A mixture (`vlmjax.data.mixture.Mixture`: `parts`,
+  `weights`, `seeds`): each part such a stream with its own seed and its records' positions
+  following the previous parts', its examples tagged with the part's index as 'source' (int32),
+  interleaved by `grain.MapDataset.mix` in the proportions of the weights. The skipping is per
+  part, so a bad record's replacement comes from its own part (the same slot of a later epoch of
+  that part) and the mixture's proportions hold.
   """
   parts = getattr(source, "parts", None)
   if parts is None:
-    ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+    ds = grain.MapDataset.source(source).map_with_index(functools.partial(_tag_index, first=first_index))
+    ds = ds.shuffle(seed=seed).repeat(None)
     ds = ds.random_map(preprocess, seed=seed + 1)
     return SkipBadRecords(ds, stride=len(source))
-  streams = [train_examples(part, preprocess, part_seed).map(functools.partial(_tag_source, index=index))
-             for index, (part, part_seed) in enumerate(zip(parts, source.seeds))]
+  firsts = np.cumsum([first_index] + [len(part) for part in parts])
+  streams = [train_examples(part, preprocess, part_seed, int(first)).map(functools.partial(_tag_source, index=index))
+             for index, (part, part_seed, first) in enumerate(zip(parts, source.seeds, firsts))]
   return grain.MapDataset.mix(streams, list(source.weights))
+
+
+def _tag_index(index: int, record, first: int):
+  return record if isinstance(record, BadRecord) else {**record, "record_index": np.int32(first + index)}
 
 
 def _tag_source(example: dict, index: int) -> dict:

@@ -1,2 +1,3 @@
 """Training objectives: importing this package registers every objective by name."""
-from vlmjax.objectives import alignment, assignment, contrastive, dreamlip, ntp, regularizers  # noqa: F401
+from vlmjax.objectives import (alignment, assignment, contrastive, dreamlip, noise_adaptive, ntp,  # noqa: F401
+                               regularizers)

@@ -22,18 +22,26 @@ BATCH_AXES = ("data", "fsdp")
 MAX_LOGIT_SCALE = float(np.log(100.0))  # CLIP clips the scale exp(θ) to at most 100.
 
 
-def clip_loss(image_embeds, text_embeds, logit_scale):
+def smoothed_cross_entropy(logits, labels, label_smoothing: float = 0.0):
+  """Mean softmax cross-entropy of rows: logits [b, C], labels [b] int -> [].
+  With ε = `label_smoothing` the target is (1 − ε)·onehot(label) + ε/C over the C columns (ALIGN)."""
+  log_probs = jax.nn.log_softmax(logits, axis=1)
+  nll = -jnp.take_along_axis(log_probs, labels[:, None], 1)[:, 0]
+  return ((1.0 - label_smoothing) * nll - label_smoothing * log_probs.mean(axis=1)).mean()
+
+
+def clip_loss(image_embeds, text_embeds, logit_scale, label_smoothing: float = 0.0):
   """Symmetric softmax InfoNCE (CLIP).
 
   image_embeds [B, D], text_embeds [B, D] (L2-normalised), logit_scale θ [] -> loss [].
-  L = ½[CE(s·U Vᵀ, I) + CE(s·V Uᵀ, I)] with s = exp(θ).
+  L = ½[CE(s·U Vᵀ, I) + CE(s·V Uᵀ, I)] with s = exp(θ); `label_smoothing` ε > 0 replaces the
+  one-hot targets by (1 − ε)·I + ε/B (ALIGN).
   """
   logits = jnp.exp(logit_scale) * jnp.einsum(
       "id,jd->ij", image_embeds, text_embeds, preferred_element_type=jnp.float32)
   labels = jnp.arange(logits.shape[0])
-  image_to_text = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=1), labels[:, None], 1).mean()
-  text_to_image = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=0), labels[None, :], 0).mean()
-  return 0.5 * (image_to_text + text_to_image)
+  return 0.5 * (smoothed_cross_entropy(logits, labels, label_smoothing) +
+                smoothed_cross_entropy(logits.T, labels, label_smoothing))
 
 
 def _num_shards() -> int:
@@ -50,7 +58,7 @@ def _over_batch_shards(per_shard_loss, *arrays_and_scalars):
   return fn(*arrays_and_scalars)
 
 
-def clip_loss_local(image_embeds, text_embeds, logit_scale):
+def clip_loss_local(image_embeds, text_embeds, logit_scale, label_smoothing: float = 0.0):
   """CLIP loss with each device computing only its own rows against the gathered other modality.
 
   Same arguments and value as `clip_loss`; memory per device is O(b·B) instead of O(B²). The
@@ -66,8 +74,8 @@ def clip_loss_local(image_embeds, text_embeds, logit_scale):
     scale = jnp.exp(theta)
     image_rows = scale * jnp.einsum("id,jd->ij", u, all_v, preferred_element_type=jnp.float32)
     text_rows = scale * jnp.einsum("id,jd->ij", v, all_u, preferred_element_type=jnp.float32)
-    ce = lambda logits: -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=1), labels[:, None], 1).mean()
-    return 0.5 * (ce(image_rows) + ce(text_rows))
+    return 0.5 * (smoothed_cross_entropy(image_rows, labels, label_smoothing) +
+                  smoothed_cross_entropy(text_rows, labels, label_smoothing))
 
   return _over_batch_shards(per_shard, image_embeds, text_embeds, logit_scale)
 
@@ -76,17 +84,23 @@ class ClipObjective:
   """CLIP softmax loss; after every update θ is projected onto [0, ln 100] (not clipped in the forward,
   which would stop its gradient at the bound while Adam's momentum pushes it further).
 
-  `distributed`: 'global' (one [B, B] matrix) or 'local' (`clip_loss_local`)."""
+  `distributed`: 'global' (one [B, B] matrix) or 'local' (`clip_loss_local`). `label_smoothing` ε:
+  ALIGN's smoothed targets (it uses 0.1), which soften the pull of a mismatched pair."""
 
-  def __init__(self, max_logit_scale: float = MAX_LOGIT_SCALE, distributed: str = "global"):
+  def __init__(self, max_logit_scale: float = MAX_LOGIT_SCALE, distributed: str = "global",
+               label_smoothing: float = 0.0):
     if distributed not in ("global", "local"):
       raise ValueError(f"objectives.clip.distributed must be 'global' or 'local', got '{distributed}'")
+    if not 0.0 <= label_smoothing < 1.0:
+      raise ValueError(f"objectives.clip.label_smoothing must be in [0, 1), got {label_smoothing}")
     self.max_logit_scale = max_logit_scale
     self.loss = clip_loss if distributed == "global" else clip_loss_local
+    self.label_smoothing = label_smoothing
 
   def __call__(self, outputs, batch, step=None):
     del batch, step
-    loss = self.loss(outputs["image_embeds"], outputs["text_embeds"], outputs["logit_scale"])
+    loss = self.loss(outputs["image_embeds"], outputs["text_embeds"], outputs["logit_scale"],
+                     self.label_smoothing)
     return loss, {"logit_scale": jnp.exp(outputs["logit_scale"])}
 
   def project_params(self, params):
