@@ -62,3 +62,59 @@ def test_filip_masked_max_is_not_zero_padding():
   mask = np.array([[True, False]])
   s_image, _ = filip_similarities(x, y, mask)
   np.testing.assert_allclose(s_image, [[-1.0]])
+
+
+# --- FILIP's own score at evaluation: token-wise retrieval ---------------------------------------
+
+
+def _reference_scores(x, y, mask):
+  """[N, n, E], [M, T, E], [M, T] -> (image→text [N, M], text→image [N, M]) by loops, float64."""
+  s_image, s_text = np.zeros((len(x), len(y))), np.zeros((len(x), len(y)))
+  for i in range(len(x)):
+    for j in range(len(y)):
+      valid = np.flatnonzero(mask[j])
+      if len(valid):
+        sims = x[i] @ y[j][valid].T
+        s_image[i, j], s_text[i, j] = sims.max(axis=1).mean(), sims.max(axis=0).mean()
+  return s_image, s_text
+
+
+def test_token_scores_match_reference_in_image_chunks():
+  from vlmjax.evals.retrieval import token_scores
+  rng = np.random.default_rng(4)
+  x, y = _normalised(rng, (10, 6, 8)), _normalised(rng, (7, 5, 8))
+  mask = np.arange(5)[None] < rng.integers(1, 6, size=7)[:, None]
+  got = token_scores(np.float32(x), np.float32(y), mask, images_per_chunk=3)
+  for g, want in zip(got, _reference_scores(x, y, mask)):
+    np.testing.assert_allclose(g, want, atol=1e-5)
+
+
+def test_token_retrieval_ranks_by_late_interaction(tiny_data_dir, tiny_tokenizer):
+  """The evaluator's recalls on a (randomly initialised) model equal the recalls of the reference
+  scores of its own token embeddings: image→text by the image-side score, text→image by the
+  text-side one. They differ from the pooled embeddings' recalls."""
+  from conftest import single_device_mesh, tiny_config
+  from vlmjax import experiment
+  from vlmjax.evals.common import Embedder, EvalContext
+  from vlmjax.evals.retrieval import Retrieval, multi_caption_recall
+  config = tiny_config(tiny_data_dir)
+  built = experiment.build(config, tiny_tokenizer.vocab_size, mesh=single_device_mesh(), validate=False)
+  embedder = Embedder(built.model, built.init_state(0)[0]["params"], built.mesh, batch_size=16)
+  ctx = EvalContext(config.data, config.input, tiny_tokenizer, embedder, 16)
+  got = Retrieval(name="ret", split="test", num_examples=48, score="tokens").run(ctx)
+  pooled = Retrieval(name="ret", split="test", num_examples=48).run(ctx)
+  source, batches = ctx.batches("test", indices=range(48))
+  images = np.concatenate([embedder.embed_image_tokens(b["image"]) for b in batches])
+  texts, mask = embedder.embed_text_tokens(ctx.tokenize([source[i]["caption"] for i in range(48)]))
+  s_image, s_text = _reference_scores(np.float64(images), np.float64(texts), mask)
+  want_i2t = multi_caption_recall(s_image, np.arange(48))["image_to_text"]
+  want_t2i = multi_caption_recall(s_text, np.arange(48))["text_to_image"]
+  assert {k: got[f"ret/image_to_text_R@{k}"] for k in (1, 5, 10)} == want_i2t
+  assert {k: got[f"ret/text_to_image_R@{k}"] for k in (1, 5, 10)} == want_t2i
+  assert any(got[k] != pooled[k] for k in got if "R@" in k)
+
+
+def test_unknown_retrieval_score_is_a_clear_error():
+  from vlmjax.evals.retrieval import Retrieval
+  with pytest.raises(ValueError, match="evals.ret.score must be one of pooled, tokens"):
+    Retrieval(name="ret", score="token")

@@ -18,6 +18,7 @@ import math
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import ml_collections
@@ -71,15 +72,24 @@ class Embedder:
   """Embeds images and texts with fixed-size, sharded batches (one compilation each), under the
   mesh and the logical axis `rules` the model trains with (`sharding.use`).
 
-  `embed_images(images [N, S, S, 3]) -> [N, E]`, `embed_texts(tokens [N, T]) -> [N, E]`, float32.
+  `embed_images(images [N, S, S, 3]) -> [N, E]`, `embed_texts(tokens [N, T]) -> [N, E]`, float32;
+  `embed_image_tokens` and `embed_text_tokens`: the projected, L2-normalised token embeddings (FILIP's
+  late interaction), [N, n, E] and ([N, T, E], mask [N, T]).
   """
 
   def __init__(self, model, params, mesh, batch_size: int, rules=sharding.DEFAULT_RULES):
     self.model, self.mesh, self.batch_size, self.params, self.rules = model, mesh, batch_size, params, rules
+    replicated = sharding.replicated(mesh)
     self._images = jax.jit(lambda p, x: model.apply({"params": p}, images=x)["image_embeds"],
-                           out_shardings=sharding.replicated(mesh))
+                           out_shardings=replicated)
     self._texts = jax.jit(lambda p, x: model.apply({"params": p}, texts=x)["text_embeds"],
-                          out_shardings=sharding.replicated(mesh))
+                          out_shardings=replicated)
+    l2 = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+    self._image_tokens = jax.jit(lambda p, x: l2(model.apply({"params": p}, images=x)["image_tokens"]),
+                                 out_shardings=replicated)
+    self._text_tokens = jax.jit(
+        lambda p, x: (lambda out: (l2(out["text_tokens"]), out["text_mask"]))(model.apply({"params": p}, texts=x)),
+        out_shardings=replicated)
 
   def use(self):
     """The context a jitted apply of the model is traced and run under: mesh and rules."""
@@ -91,14 +101,22 @@ class Embedder:
       chunk = x[start:start + self.batch_size]
       batch = sharding.global_batch(sharding.padded(chunk, self.batch_size), self.mesh)
       with self.use():
-        out.append(np.asarray(fn(self.params, batch))[:len(chunk)])
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        out.append(jax.tree.map(lambda y: np.asarray(y)[:len(chunk)], fn(self.params, batch)))
+    if not out:
+      return np.zeros((0, 0), np.float32)
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
 
   def embed_images(self, images):
     return self._run(self._images, np.asarray(images, np.float32))
 
   def embed_texts(self, tokens):
     return self._run(self._texts, np.asarray(tokens, np.int32))
+
+  def embed_image_tokens(self, images):
+    return self._run(self._image_tokens, np.asarray(images, np.float32))
+
+  def embed_text_tokens(self, tokens):
+    return self._run(self._text_tokens, np.asarray(tokens, np.int32))
 
 
 @dataclasses.dataclass
