@@ -52,3 +52,56 @@ def test_structure_lambda_warms_up():
   half, metrics = objective(outputs, None, step=5)
   np.testing.assert_allclose(half, 0.5 * full, rtol=1e-6)
   assert float(metrics["ramp"]) == 0.5
+
+
+# --- TCL's local mutual-information term -----------------------------------------------------------
+
+
+def _reference_local_mi(g, l, mask, theta):
+  """Loops straight from TCL's in_batch_g2l_loss, float64."""
+  s = np.exp(theta)
+  batch, locals_ = mask.shape
+  per_sample = []
+  for i in range(batch):
+    negatives = [s * g[i] @ l[j, k] for j in range(batch) if j != i for k in range(locals_) if mask[j, k]]
+    losses = []
+    for k in range(locals_):
+      if mask[i, k]:
+        positive = s * g[i] @ l[i, k]
+        losses.append(-positive + np.log(np.exp(positive) + np.sum(np.exp(negatives))))
+    per_sample.append(np.mean(losses) if losses else 0.0)
+  return np.mean(per_sample)
+
+
+def _unit(rng, shape):
+  x = rng.normal(size=shape)
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_local_mi_matches_reference_values_and_gradients():
+  from vlmjax.objectives.regularizers import local_mi_loss
+  rng = np.random.default_rng(0)
+  g, l = _unit(rng, (5, 6)), _unit(rng, (5, 4, 6))
+  mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]], bool)
+  theta = 1.2
+  got = local_mi_loss(np.float32(g), np.float32(l), mask, np.float32(theta))
+  np.testing.assert_allclose(float(got), _reference_local_mi(g, l, mask, theta), rtol=1e-5)
+  with jax.enable_x64(True):
+    grad_g = np.asarray(jax.grad(local_mi_loss)(g, l, mask, np.float64(theta)))
+  eps = 1e-6
+  for i, d in [(0, 0), (2, 3), (3, 5), (4, 1)]:
+    bumped = lambda e: _reference_local_mi(g + e * np.eye(5)[i][:, None] * np.eye(6)[d][None], l, mask, theta)
+    np.testing.assert_allclose(grad_g[i, d], (bumped(eps) - bumped(-eps)) / (2 * eps), rtol=1e-5, atol=1e-8)
+  assert not np.any(grad_g[3])  # a text without a valid token contributes nothing
+
+
+def test_image_locals_are_window_means_of_normalised_tokens():
+  from vlmjax.objectives.regularizers import pooled_image_locals
+  rng = np.random.default_rng(1)
+  tokens = rng.normal(size=(2, 64, 3))
+  got = np.asarray(pooled_image_locals(np.float32(tokens), 4))
+  grid = (tokens / np.linalg.norm(tokens, axis=-1, keepdims=True)).reshape(2, 8, 8, 3)
+  want = np.stack([grid[:, 2 * r:2 * r + 2, 2 * c:2 * c + 2].mean(axis=(1, 2)) for r in range(4) for c in range(4)], 1)
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  with pytest.raises(ValueError, match="local_grid 3 must divide the 8×8 patch grid"):
+    pooled_image_locals(np.float32(tokens), 3)

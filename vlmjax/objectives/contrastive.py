@@ -16,6 +16,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from vlmjax import batch_spec, registry
+from vlmjax.models.dual_encoder import l2_normalize
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -322,10 +323,6 @@ def filip_loss_local(image_tokens, text_tokens, text_mask, logit_scale, chunk_si
   return _over_batch_shards(per_shard, image_tokens, text_tokens, text_mask, logit_scale)
 
 
-def _l2(x):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
-
-
 class FilipObjective(ClipObjective):
   """FILIP on the model's projected token embeddings (class token excluded, padding masked); the
   temperature θ is CLIP's, clamped to [0, ln 100] after each update.
@@ -346,7 +343,7 @@ class FilipObjective(ClipObjective):
 
   def __call__(self, outputs, batch, step=None):
     del batch, step
-    tokens = (_l2(outputs["image_tokens"]), _l2(outputs["text_tokens"]), outputs["text_mask"])
+    tokens = (l2_normalize(outputs["image_tokens"]), l2_normalize(outputs["text_tokens"]), outputs["text_mask"])
     if self.distributed == "local":
       loss = filip_loss_local(*tokens, outputs["logit_scale"], self.chunk_size, self.top_token_fraction)
     else:

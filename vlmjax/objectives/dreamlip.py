@@ -9,7 +9,8 @@ import jax.numpy as jnp
 
 from vlmjax import batch_spec, registry
 from vlmjax.data.pipeline import sample_sentences
-from vlmjax.objectives.contrastive import MAX_LOGIT_SCALE, NEG, _l2
+from vlmjax.models.dual_encoder import l2_normalize
+from vlmjax.objectives.contrastive import MAX_LOGIT_SCALE, NEG
 
 
 def masked_clip_loss(image_embeds, text_embeds, valid, logit_scale):
@@ -53,7 +54,7 @@ def grouped_patches(patch_embeds, text_embeds, sigma: float = 0.0):
   weights = jnp.where(weights < sigma, 0.0, weights)
   total = weights.sum(-1, keepdims=True)
   weights = jnp.where(total > 0, weights / jnp.where(total > 0, total, 1.0), 1.0 / sims.shape[-1])
-  return _l2(jnp.einsum("bkp,bpd->bkd", weights, patch_embeds))
+  return l2_normalize(jnp.einsum("bkp,bpd->bkd", weights, patch_embeds))
 
 
 def grouping_loss(patch_embeds, text_embeds, text_valid, logit_scale_local, sigma: float = 0.0):
@@ -98,7 +99,7 @@ class DreamlipObjective:
       if "logit_scale_local" not in outputs:
         raise ValueError("objectives.dreamlip: the grouping loss needs model.local_logit_scale=True "
                          "(or set grouping_weight=0)")
-      group = grouping_loss(_l2(outputs["image_tokens"]), texts, valid, outputs["logit_scale_local"],
+      group = grouping_loss(l2_normalize(outputs["image_tokens"]), texts, valid, outputs["logit_scale_local"],
                             self.sigma)
       loss = loss + self.grouping_weight * group
       metrics.update(grouping=group, logit_scale_local=jnp.exp(outputs["logit_scale_local"]))

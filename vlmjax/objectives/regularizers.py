@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 
 from vlmjax import batch_spec, registry
+from vlmjax.models.dual_encoder import l2_normalize
 from vlmjax.objectives.contrastive import clip_loss
 
 
@@ -15,24 +16,76 @@ TEXT_VIEW2 = batch_spec.Field("text_view2", batch_spec.TEXT.shape, "int32",
                               draw=lambda rng, n, inp, vocab, batch: batch["text"])
 
 
-class TclObjective:
-  """TCL intra-modal contrast (Yang et al. 2022): two augmented views of each image, and two dropout
-  passes of each text, contrasted within their modality with the symmetric InfoNCE and CLIP's
-  temperature. Use beside a cross-modal objective: `objectives = {'clip': ..., 'tcl': ...}`.
+def local_mi_loss(global_embeds, local_embeds, local_mask, logit_scale):
+  """TCL's local mutual-information term: each sample's global embedding picks out its own local
+  embeddings against every other sample's locals (global-to-local InfoNCE, in-batch negatives).
 
-  Simplified from the paper: in-batch negatives (no momentum encoder, no queue) and no local-MI term.
+  global_embeds [B, D], local_embeds [B, K, D] (L2-normalised), local_mask [B, K] bool, θ [] -> [].
+  With u_ijk = exp(θ)·g_i·l_jk, local k of sample i has the loss
+  −log(e^{u_iik} / (e^{u_iik} + Σ_{j≠i, valid k'} e^{u_ijk'})), averaged over i's valid locals
+  (a sample without any contributes 0), then over the batch.
+  """
+  scores = jnp.exp(logit_scale) * jnp.einsum("id,jkd->ijk", global_embeds, local_embeds,
+                                             preferred_element_type=jnp.float32)
+  batch = scores.shape[0]
+  positive = scores[jnp.arange(batch), jnp.arange(batch)]                            # [B, K]
+  is_negative = (~jnp.eye(batch, dtype=bool))[:, :, None] & local_mask[None, :, :]   # [B, B, K]
+  negatives = jax.nn.logsumexp(jnp.where(is_negative, scores, -jnp.inf), axis=(1, 2))  # [B]
+  per_local = jnp.logaddexp(positive, negatives[:, None]) - positive
+  valid = local_mask.astype(jnp.float32)
+  return jnp.mean(jnp.sum(per_local * valid, axis=1) / jnp.maximum(valid.sum(axis=1), 1.0))
+
+
+def pooled_image_locals(image_tokens, grid: int):
+  """image_tokens [B, N, D] (a square patch grid) -> [B, grid², D]: L2-normalised, then averaged
+  over non-overlapping windows down to a grid × grid grid (TCL's 16 image locals at grid 4)."""
+  batch, num, dim = image_tokens.shape
+  side = int(round(num ** 0.5))
+  if side * side != num or side % grid:
+    raise ValueError(f"TCL local_grid {grid} must divide the {side}×{side} patch grid ({num} image tokens)")
+  x = l2_normalize(image_tokens)
+  window = side // grid
+  x = x.reshape(batch, grid, window, grid, window, dim).mean(axis=(2, 4))
+  return x.reshape(batch, grid * grid, dim)
+
+
+class TclObjective:
+  """TCL (Yang et al. 2022) beside a cross-modal objective (`objectives = {'clip': ..., 'tcl': ...}`),
+  with CLIP's temperature:
+
+  - intra-modal contrast: two augmented views of each image, and two dropout passes of each text,
+    contrasted within their modality with the symmetric InfoNCE (`image_weight`, `text_weight`);
+  - local mutual information (`local_weight`, 0: off): the image's global embedding against its own
+    pooled patch embeddings (`local_grid`²), the text's against its own valid token embeddings,
+    other samples' locals as negatives (`local_mi_loss`).
+
+  Simplified from the paper: in-batch negatives and the online model's own locals, with no gradient
+  through them, where TCL has a momentum encoder and a queue.
   """
   batch_fields = (IMAGE_VIEW2, TEXT_VIEW2)
 
-  def __init__(self, image_weight: float = 1.0, text_weight: float = 1.0):
+  def __init__(self, image_weight: float = 1.0, text_weight: float = 1.0, local_weight: float = 0.0,
+               local_grid: int = 4):
+    if local_grid < 1:
+      raise ValueError(f"local_grid must be at least 1, got {local_grid}")
     self.image_weight, self.text_weight = image_weight, text_weight
+    self.local_weight, self.local_grid = local_weight, local_grid
 
   def __call__(self, outputs, batch, step=None):
     del batch, step
     theta = outputs["logit_scale"]
     image = clip_loss(outputs["image_embeds"], outputs["image_embeds_view2"], theta)
     text = clip_loss(outputs["text_embeds"], outputs["text_embeds_view2"], theta)
-    return self.image_weight * image + self.text_weight * text, {"image": image, "text": text}
+    total, metrics = self.image_weight * image + self.text_weight * text, {"image": image, "text": text}
+    if self.local_weight:
+      image_locals = jax.lax.stop_gradient(pooled_image_locals(outputs["image_tokens"], self.local_grid))
+      text_locals = jax.lax.stop_gradient(l2_normalize(outputs["text_tokens"]))
+      local_image = local_mi_loss(outputs["image_embeds"], image_locals,
+                                  jnp.ones(image_locals.shape[:2], bool), theta)
+      local_text = local_mi_loss(outputs["text_embeds"], text_locals, outputs["text_mask"], theta)
+      total = total + self.local_weight * (local_image + local_text)
+      metrics.update(local_image=local_image, local_text=local_text)
+    return total, metrics
 
 
 registry.register("objective", "tcl")(TclObjective)
