@@ -16,6 +16,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from vlmjax import batch_spec, registry
+from vlmjax.data import text_negatives
 from vlmjax.models.dual_encoder import l2_normalize
 
 BATCH_AXES = ("data", "fsdp")
@@ -223,6 +224,24 @@ class ClipNegativesObjective(ClipObjective):
 
 
 registry.register("objective", "clip_negatives")(ClipNegativesObjective)
+
+
+# The same batch key made from the caption text alone (`text_negatives.rule_negatives`), for any data.
+RULE_NEGATIVE_TEXT = batch_spec.Field(
+    "negative_text", NEGATIVE_TEXT.shape, "int32",
+    make=lambda example, shape: example.tokenize(
+        text_negatives.rule_negatives(example.record["caption"], shape[0], example.rng)),
+    draw=NEGATIVE_TEXT.draw)
+
+
+class ClipRuleNegativesObjective(ClipNegativesObjective):
+  """SVLC's rule-based negatives: CLIP with hard-negative captions made from each caption's own text
+  (a colour or shape replaced, two colours exchanged, a size or a relation reversed), with no
+  access to the scene, as extra columns of each image's row."""
+  batch_fields = (RULE_NEGATIVE_TEXT,)
+
+
+registry.register("objective", "clip_rule_negatives")(ClipRuleNegativesObjective)
 
 
 NEG = -1e9  # masked similarities: a large finite negative, so an all-padding row stays finite
