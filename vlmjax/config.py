@@ -84,7 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
                  prefix_attention="causal",
                  # the record's text the model is trained on and scored against: 'caption', or e.g.
                  # 'long_caption' (vlmjax_shapes' one sentence per object and pair: ImageInWords)
-                 caption_field="caption")
+                 caption_field="caption",
+                 # records with object regions (vlmjax.data.regions): at most this many per example
+                 max_regions=4)
   c.tokenizer = dict(path="", vocab_size=1000, train_examples=20000)
 
   c.model = dict(name="dual_encoder", image=dict(variant="S/16"), text=dict(variant="S"), embed_dim=384)

@@ -149,6 +149,7 @@ class Example:
   made: dict
   rng: np.random.Generator
   preprocess: "Preprocess"
+  crop: tuple = ()  # (x0, y0, side) of the square the augmentation cut from `image`, in its pixels; () if none
 
   def tokenize(self, texts) -> np.ndarray:
     """texts -> int32 [len(texts), max_len] rows, as the caption is tokenized."""
@@ -185,16 +186,23 @@ class Preprocess(grain.transforms.RandomMap):
   caption_field: str = "caption"  # the record's text that becomes 'text' (`input.caption_field`)
 
   def augment(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
+    return self.augment_with_crop(image, rng)[0]
+
+  def augment_with_crop(self, image: Image.Image, rng: np.random.Generator) -> tuple:
+    """-> (pixels float32 [S, S, 3], crop): `crop` = (x0, y0, side), the square cut from `image` in
+    its pixels, or () when the whole image was kept (what maps boxes into the augmented image)."""
+    crop = ()
     if self.train and self.crop_min < 1.0:
       w, h = image.size
       side = rng.uniform(self.crop_min, 1.0) * min(w, h)
       x0, y0 = rng.uniform(0, w - side), rng.uniform(0, h - side)
       image = image.crop((x0, y0, x0 + side, y0 + side))
+      crop = (x0, y0, side)
     image = resize(image, self.image_size, self.resize)
     pixels = np.asarray(image, np.float32) / 127.5 - 1.0
     if self.train and self.brightness:
       pixels = np.clip(pixels + rng.uniform(-self.brightness, self.brightness), -1.0, 1.0)
-    return pixels
+    return pixels, crop
 
   def question_answer(self, questions, rng: np.random.Generator):
     """One of a record's `questions` ({type, question, answer}), drawn with `rng` -> (text int32
@@ -241,12 +249,13 @@ class Preprocess(grain.transforms.RandomMap):
       return BadRecord("corrupt_image", f"{type(e).__name__}: {e}")
     if min(image.size) == 0:
       return BadRecord("empty_image", f"the image is {image.size[0]}x{image.size[1]}")
-    out = {"image": self.augment(image, rng)}
+    out = {}
+    out["image"], crop = self.augment_with_crop(image, rng)
     if "caption" in record:
       out["text"] = self.tokenizer.encode([record["caption"]], self.max_len)[0]
     elif qa is not None:
       out["text"], out["question_len"] = qa
-    example = Example(record, image, out, rng, self)
+    example = Example(record, image, out, rng, self, crop)
     for field in self.fields:
       out[field.name] = np.asarray(field.make(example, field.shape(self.input_config)), field.dtype)
     for key in self.passthrough:

@@ -530,6 +530,43 @@ def object_names(objects) -> list[str]:
     return sorted({f'{COLORS[int(c)]} {SHAPES[int(s)]}' for s, c in zip(objects['shape'], objects['color'])})
 
 
+def _object_dicts(objects) -> list[dict]:
+    """A TFDS-decoded record's `objects` (a dict of arrays with class-label ids) -> object dicts."""
+    return [dict(shape=SHAPES[int(s)], color=COLORS[int(c)], size=SIZES[int(z)], x=float(x), y=float(y))
+            for s, c, z, x, y in zip(objects['shape'], objects['color'], objects['size'],
+                                     objects['x'], objects['y'])]
+
+
+def object_box(obj: dict) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1), in [0, 1] image coordinates, of the polygon or circle `_object_mask` draws."""
+    r = SIZE_RADIUS[obj['size']]
+    if obj['shape'] == 'circle':
+        return obj['x'] - r, obj['y'] - r, obj['x'] + r, obj['y'] + r
+    xs, ys = zip(*_shape_polygon(obj['shape'], obj['x'], obj['y'], r))
+    return float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys))
+
+
+# The attributes a region carries (`regions[i]['attributes']`), each a class index.
+REGION_ATTRIBUTES = {'color': COLORS, 'shape': SHAPES, 'size': SIZES}
+
+
+def regions_and_triplets(objects) -> tuple[list[dict], list[tuple]]:
+    """A TFDS-decoded record's `objects` -> the dataset-independent region records of
+    `vlmjax.data.regions`: (regions, triplets).
+
+    regions: per object {'box': (x0, y0, x1, y1) in [0, 1], 'label': its class index in
+    CLASS_NAMES, 'text': 'a small red circle', 'attributes': (colour, shape, size) indices};
+    triplets: (subject, relation, object) for every ordered pair of objects, the relation as the
+    captions say it ('left of', 'above', ...)."""
+    objects = _object_dicts(objects)
+    regions = [{'box': object_box(o), 'label': CLASS_NAMES.index(f"{o['color']} {o['shape']}"),
+                'text': f"a {o['size']} {o['color']} {o['shape']}",
+                'attributes': tuple(values.index(o[key]) for key, values in REGION_ATTRIBUTES.items())}
+               for o in objects]
+    triplets = [(i, _relation(a, b), j) for i, a in enumerate(objects) for j, b in enumerate(objects) if i != j]
+    return regions, triplets
+
+
 def reference_captions(objects) -> list[str]:
     """Every short caption the generator could have written for a scene (each choice of which
     objects name their size, of the position phrase for one object, of the count prefix for
@@ -539,9 +576,7 @@ def reference_captions(objects) -> list[str]:
     class-label ids for shape, colour and size).
     """
     if isinstance(objects, dict):
-        objects = [dict(shape=SHAPES[int(s)], color=COLORS[int(c)], size=SIZES[int(z)], x=float(x), y=float(y))
-                   for s, c, z, x, y in zip(objects['shape'], objects['color'], objects['size'],
-                                            objects['x'], objects['y'])]
+        objects = _object_dicts(objects)
     out = []
     for sizes in range(2 ** len(objects)):
         for flag in (False, True):

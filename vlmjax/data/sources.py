@@ -86,6 +86,7 @@ class TfdsSource:
       raise FileNotFoundError(f"data: cannot open TFDS dataset '{name}' split '{split}' in {where}: {first}") from None
     self.fields = dict(fields)
     self.class_names = ()
+    self.convert = None  # record -> record, applied last (a dataset's own annotations made generic)
     if "label" in self.fields:
       feature = builder.info.features
       try:
@@ -140,7 +141,7 @@ class TfdsSource:
       out["label"] = int(out["label"])
     if "questions" in out:
       out["questions"] = question_list(out["questions"], self.question_types)
-    return out
+    return self.convert(out) if self.convert else out
 
 
 def question_list(questions, type_names=()) -> list[dict]:
@@ -455,18 +456,30 @@ DEFAULT_SHAPES_DIR = os.path.join("data", "tfds")  # where `make demo` builds vl
 
 
 SHAPES_FIELDS = {"image": "image", "caption": "caption", "label": "label", "negative_captions": "negative_captions",
-                 "long_caption": "long_caption", "questions": "questions"}
+                 "long_caption": "long_caption", "questions": "questions", "objects": "objects"}
+
+
+def _shapes_regions(record: dict) -> dict:
+  """The scene's `objects` as the dataset-independent `regions` and `triplets` (vlmjax.data.regions)."""
+  if "objects" not in record:
+    return record
+  out = {k: v for k, v in record.items() if k != "objects"}
+  from vlmjax.data import shapes
+  out["regions"], out["triplets"] = shapes.regions_and_triplets(record["objects"])
+  return out
 
 
 @registry.register("dataset", "vlmjax_shapes")
 def shapes_source(data_config, split: str, default_fields=SHAPES_FIELDS):
-  """The built-in dataset: its records carry the caption and the scene's questions."""
+  """The built-in dataset: its records carry the caption, the scene's questions and its objects'
+  boxes, descriptions and relations (`regions`, `triplets`)."""
   from vlmjax.data import shapes  # registers the builder with TFDS
   data_dir = data_config.get("data_dir") or DEFAULT_SHAPES_DIR
   shapes.build(data_dir, data_config.get("builder_config", "default"))
   name = f"vlmjax_shapes/{data_config.get('builder_config', 'default')}"
   fields = dict(data_config.get("fields") or default_fields)
   source = TfdsSource(name, split, data_dir, fields)
+  source.convert = _shapes_regions
   source.class_names, source.prompts = shapes.CLASS_NAMES, shapes.zero_shot_prompts
   # Captioning references: every caption the generator could have written for record i's scene.
   source.reference_captions = lambda i: shapes.reference_captions(source.source[int(i)]["objects"])

@@ -27,7 +27,8 @@ class DualEncoder(nn.Module):
   - `image_embeds_view2`, `text_embeds_view2` [B, E] for a second image view / text pass (TCL);
   - `negative_text_embeds` [B, K, E] when `negative_texts` [B, K, T] (hard-negative captions) is given;
   - `multi_text_embeds` [B, K, E] and `multi_text_valid` [B, K] when `multi_texts` [B, K, T] (several
-    positive texts per image, DreamLIP) is given; `logit_scale_local` [] with `local_logit_scale`.
+    positive texts per image, DreamLIP) is given; `logit_scale_local` [] with `local_logit_scale`;
+  - `region_text_embeds` [B, K, E] when `region_texts` [B, K, T] (each object's description) is given.
 
   Either input may be None; its outputs are then absent.
 
@@ -49,7 +50,7 @@ class DualEncoder(nn.Module):
 
   batch_keys = {"images": "image", "texts": "text", "negative_texts": "negative_text",
                 "multi_texts": "multi_text", "images_view2": "image_view2",
-                "texts_view2": "text_view2"}  # call argument -> batch key
+                "texts_view2": "text_view2", "region_texts": "region_text"}  # call argument -> batch key
   towers = {"image": ViT, "text": TextTransformer}   # config.model.<tower> -> its module, for validation
 
   def batch_fields(self, input_config, prompt_len: int = 0) -> tuple:
@@ -92,7 +93,7 @@ class DualEncoder(nn.Module):
     return l2_normalize(self.text_proj(pooled)).reshape(batch, k, -1)
 
   def __call__(self, images=None, texts=None, negative_texts=None, multi_texts=None, images_view2=None,
-               texts_view2=None, train: bool = False):
+               texts_view2=None, region_texts=None, train: bool = False):
     out = {"logit_scale": self.logit_scale, "logit_bias": self.logit_bias}
     if self.local_logit_scale:
       out["logit_scale_local"] = self.logit_scale_local
@@ -116,6 +117,8 @@ class DualEncoder(nn.Module):
     if multi_texts is not None:
       out["multi_text_embeds"] = self.embed_text_sets(multi_texts, train)
       out["multi_text_valid"] = (multi_texts != 0).any(axis=-1)
+    if region_texts is not None:
+      out["region_text_embeds"] = self.embed_text_sets(region_texts, train)
     return out
 
 

@@ -1,0 +1,20 @@
+"""GRAIN: the global CLIP loss plus each object's region (the image tokens in its box) contrasted
+with its description ('a small red circle') across the batch's objects, at the comparison's budget
+(configs/clip.py).
+
+  python -m vlmjax.train --config configs/grain.py --workdir workdirs/grain
+
+GRAIN (Ilyas et al. 2025) claims that grounding descriptions in image regions while aligning
+captions globally improves zero-shot classification and retrieval. Whether it reproduces that
+direction here: docs/results.md.
+"""
+import os
+
+from vlmjax.config import load_file
+
+
+def get_config(arg=None):
+  del arg
+  c = load_file(os.path.join(os.path.dirname(__file__), "clip.py"))
+  c.objectives = dict(clip=dict(weight=1.0), grain=dict(weight=0.5))
+  return c
