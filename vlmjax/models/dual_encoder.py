@@ -28,7 +28,9 @@ class DualEncoder(nn.Module):
   - `negative_text_embeds` [B, K, E] when `negative_texts` [B, K, T] (hard-negative captions) is given;
   - `multi_text_embeds` [B, K, E] and `multi_text_valid` [B, K] when `multi_texts` [B, K, T] (several
     positive texts per image, DreamLIP) is given; `logit_scale_local` [] with `local_logit_scale`;
-  - `region_text_embeds` [B, K, E] when `region_texts` [B, K, T] (each object's description) is given.
+  - `region_text_embeds` [B, K, E] when `region_texts` [B, K, T] (each object's description) is given;
+  - `attribute_logits` [B, Σ attribute_classes] with `attribute_classes` (a linear head on the image
+    tower's pooled output predicting which attributes the scene shows, PLIP).
 
   Either input may be None; its outputs are then absent.
 
@@ -46,6 +48,7 @@ class DualEncoder(nn.Module):
   logit_scale_init: float = float(np.log(1 / 0.07))
   logit_bias_init: float = -10.0
   local_logit_scale: bool = False  # a second temperature, for DreamLIP's grouping loss
+  attribute_classes: tuple = ()  # classes per attribute kind of the attribute head (): none
   dtype: jnp.dtype = jnp.float32
 
   batch_keys = {"images": "image", "texts": "text", "negative_texts": "negative_text",
@@ -72,6 +75,10 @@ class DualEncoder(nn.Module):
     if self.local_logit_scale:
       self.logit_scale_local = self.param(
           "logit_scale_local", nn.initializers.constant(self.logit_scale_init), ())
+    if self.attribute_classes:
+      self.attribute_head = nn.Dense(sum(self.attribute_classes), dtype=self.dtype, name="attribute_head",
+                                     kernel_init=layers.kernel_init(("embed", "proj")),
+                                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("proj",)))
 
   def projection(self, tower: str, head: str, width: int):
     """The map from a tower's width to the shared space ([.., W] -> [.., E]) that `head` names."""
@@ -102,6 +109,8 @@ class DualEncoder(nn.Module):
       out["image_features"] = pooled.astype(jnp.float32)
       out["image_embeds"] = l2_normalize(self.image_proj(pooled))
       out["image_tokens"] = self.image_proj(tokens).astype(jnp.float32)
+      if self.attribute_classes:
+        out["attribute_logits"] = self.attribute_head(pooled).astype(jnp.float32)
     if texts is not None:
       pooled, tokens, mask = self.text_tower(texts, train)
       out["text_features"] = pooled.astype(jnp.float32)
