@@ -4,7 +4,7 @@ with its description ('a small red circle') across the batch's objects, at the c
 
   python -m vlmjax.train --config configs/grain.py --workdir workdirs/grain
 
-GRAIN (Ilyas et al. 2025) claims that grounding descriptions in image regions while aligning
+GRAIN (Grounding Descriptions in Images, 2024) claims that grounding descriptions in image regions while aligning
 captions globally improves zero-shot classification and retrieval. Whether it reproduces that
 direction here: docs/results.md.
 """

@@ -5,7 +5,7 @@ from a two-component mixture fitted to each record's latest loss, at the compari
   python -m vlmjax.train --config configs/nevlp.py --workdir workdirs/nevlp_noisy
   python -m vlmjax.train --config configs/nevlp.py:clean --workdir workdirs/nevlp
 
-NEVLP (Tu et al. 2024) claims that weighting out the pairs the model has not fitted early in training
+NEVLP (2024) claims that weighting out the pairs the model has not fitted early in training
 makes contrastive pre-training robust to noisy web pairs. Compare with `clip.py` and `align.py:noisy`
 at the same noise; whether it reproduces: docs/results.md, "Noisy pairs".
 """
