@@ -2,10 +2,15 @@
 STRUCTURE keeping the batch's neighbourhood structure of each frozen tower's features in the aligned
 embeddings (λ warmed up over 100 steps), at the comparison's budget.
 
-  python -m vlmjax.train --config configs/clip.py --workdir workdirs/clip    # first, the image tower
+  python -m vlmjax.train --config configs/clip.py --workdir workdirs/clip    # first, the towers
   python -m vlmjax.train --config configs/lit_structure.py:workdirs/clip --workdir workdirs/lit_structure
+  python -m vlmjax.train --config configs/lit_structure.py:frozen --workdir workdirs/lit_structure_frozen
+  python -m vlmjax.train --config configs/lit.py:frozen --workdir workdirs/lit_frozen
 
-Current result: 51.7% zero-shot top-1, level with configs/lit.py (docs/results.md).
+':frozen' is STRUCTURE's own setting: both towers pretrained and frozen (here the CLIP run's image
+and text towers), only the two projections trained, so both reference features come from frozen
+pretrained towers. STRUCTURE (Gröger et al. 2025) claims that the regulariser improves alignment
+of frozen towers over the contrastive loss alone (configs/lit.py:frozen). Results: docs/results.md.
 """
 import os
 

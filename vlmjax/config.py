@@ -67,6 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
       max_bad_fraction=0.1,       # bad records (corrupt image, empty caption, ...) are skipped; more
                                   # than this fraction of those read stops the run
       max_caption_chars=1000,     # a longer caption is a bad record (0: no limit)
+      caption_file="",            # new captions for train records: 'index<TAB>caption' lines
+                                  # (vlmjax.data.recaption, `python -m vlmjax.gist`)
       subset_file="",             # train only on the train split's records listed in this file (one
                                   # index per line: vlmjax.data.subset, `python -m vlmjax.select_data`)
       caption_noise=0.0,          # this fraction of training records carry another record's texts

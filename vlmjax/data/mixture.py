@@ -26,7 +26,7 @@ import numpy as np
 
 from vlmjax import config as config_lib
 from vlmjax.config import ConfigError
-from vlmjax.data import caption_noise, sources, subset
+from vlmjax.data import caption_noise, recaption, sources, subset
 from vlmjax.evals.common import eval_data_config
 
 
@@ -73,18 +73,21 @@ class Mixture:
 def train_source(data_config, seed: int):
   """The training data of `data_config`: its `mixture` as a `Mixture` (every part opened, so a
   missing file or unprepared dataset is found before training), else its own train split's
-  source. A part that cannot be opened is a ConfigError naming its entry. `subset_file` keeps only
-  the records it lists (`vlmjax.data.subset`); `caption_noise` > 0 then swaps that fraction of the
+  source. A part that cannot be opened is a ConfigError naming its entry. `caption_file` gives
+  records new captions (`vlmjax.data.recaption`), `subset_file` keeps only the records it lists
+  (`vlmjax.data.subset`); `caption_noise` > 0 then swaps that fraction of the
   texts between records (`vlmjax.data.caption_noise`), in each part."""
   if not entries(data_config):
-    source = subset.with_subset(sources.make_source(data_config, data_config.train_split), data_config)
+    source = sources.make_source(data_config, data_config.train_split)
+    source = subset.with_subset(recaption.with_captions(source, data_config), data_config)
     return caption_noise.with_caption_noise(source, data_config, seed)
   config_lib.check_mixture(data_config)
   names, parts, weights = [], [], []
   for name, entry in entries(data_config).items():
     data = part_config(data_config, name)
     try:
-      part = subset.with_subset(sources.make_source(data, data.train_split), data)
+      part = sources.make_source(data, data.train_split)
+      part = subset.with_subset(recaption.with_captions(part, data), data)
     except (OSError, ValueError, KeyError) as e:
       message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
       raise ConfigError(f"config: data.mixture.{name}: {message}") from None

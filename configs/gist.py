@@ -1,0 +1,31 @@
+"""GIST: the CLIP run fine-tuned on its labelled (single-object) training images paired with the
+class description that matches each image best (`python -m vlmjax.gist`), for 100 steps.
+
+  python -m vlmjax.gist --workdir workdirs/clip --out workdirs/gist
+  python -m vlmjax.train --config configs/gist.py --workdir workdirs/gist_ft
+  python -m vlmjax.train --config configs/gist.py:captions --workdir workdirs/gist_captions
+
+':captions' is the control: the same images, steps and schedule with their own dataset captions.
+GIST (Lewis et al. 2023) claims that image-specific descriptions, matched by a pretrained CLIP, make
+a better fine-tuning text than the labels for fine-grained classification. Results: docs/results.md.
+"""
+import os
+
+from vlmjax.config import load_file
+
+GIST = "workdirs/gist"  # where the python -m vlmjax.gist command above writes
+
+
+def get_config(arg=None):
+  if arg not in (None, "", "captions"):
+    raise ValueError(f"configs/gist.py: unknown variant '{arg}' (use ':captions' or nothing)")
+  c = load_file(os.path.join(os.path.dirname(__file__), "clip.py"))
+  c.init = dict(workdir="workdirs/clip", params=".*")
+  c.data.subset_file = os.path.join(GIST, "subset.txt")
+  if arg != "captions":
+    c.data.caption_file = os.path.join(GIST, "captions.tsv")
+  c.total_steps = 100
+  c.optimizer.learning_rate = 1e-4
+  c.optimizer.warmup_steps = 10
+  c.checkpoint.every_steps = 100
+  return c
