@@ -19,9 +19,10 @@ SUBSETS = "workdirs/subsets"  # where the select_data commands above write, rela
 FRACTION = 0.3
 
 
-def get_config(arg=None):
+def get_config(arg="centroids"):
+  arg = arg or "centroids"
   if arg not in ("centroids", "random"):
-    raise ValueError(f"configs/tldr.py: give the subset, ':centroids' or ':random' (got '{arg}')")
+    raise ValueError(f"configs/tldr.py: unknown subset '{arg}' (use ':centroids' or ':random')")
   c = load_file(os.path.join(os.path.dirname(__file__), "clip.py"))
   c.data.subset_file = os.path.join(SUBSETS, f"{arg}_{FRACTION}.txt")
   return c
