@@ -6,6 +6,7 @@ import pytest
 
 from conftest import tiny_config
 from vlmjax import gist, select_data
+from vlmjax.evals import classes
 from vlmjax.data import mixture, recaption, shapes, subset
 from vlmjax.train import train
 
@@ -18,7 +19,7 @@ def tiny_run(tiny_data_dir, tmp_path_factory):
 
 
 def test_class_descriptions_add_size_and_place():
-  descriptions = gist.class_descriptions("orange cross")
+  descriptions = classes.class_descriptions("orange cross")
   assert len(descriptions) == len(set(descriptions)) == 30
   assert descriptions[:3] == ["an orange cross", "a small orange cross", "a large orange cross"]
   assert "a large orange cross in the top left" in descriptions
@@ -32,7 +33,7 @@ def test_gist_matches_each_labelled_image_to_its_own_classes_descriptions(tiny_r
   assert size == len(tiny_source) and count == len(labelled) > 0
   assert sorted(captions) == indices.tolist() == labelled
   for index, caption in captions.items():
-    assert caption in gist.class_descriptions(shapes.CLASS_NAMES[tiny_source[index]["label"]])
+    assert caption in classes.class_descriptions(shapes.CLASS_NAMES[tiny_source[index]["label"]])
 
 
 def test_select_data_on_a_run_writes_a_usable_subset(tiny_run, tiny_data_dir, tmp_path):
@@ -66,3 +67,8 @@ def test_bad_caption_files_are_one_line_errors(tiny_data_dir, tmp_path, text, ma
   path.write_text(text)
   with pytest.raises(recaption.CaptionFileError, match=match):
     mixture.train_source(tiny_config(tiny_data_dir, **{"data.caption_file": str(path)}).data, 0)
+
+
+def test_zero_shot_can_prompt_with_the_class_descriptions():
+  from vlmjax.evals.zeroshot import ZeroShot
+  assert ZeroShot(name="zs", prompts="descriptions").prompts("red circle") == classes.class_descriptions("red circle")

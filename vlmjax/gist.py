@@ -3,8 +3,8 @@
   python -m vlmjax.gist --workdir workdirs/clip --out workdirs/gist
 
 For each class, descriptions are written from templates that add the details a class name leaves
-out (a size, a place in the picture: 'a small red circle on the left'); GIST writes them with an
-LLM. The run in --workdir then embeds every labelled training image and its class's descriptions
+out (a size, a place in the picture: 'a small red circle on the left', `classes.class_descriptions`);
+GIST writes them with an LLM. The run in --workdir then embeds every labelled training image and its class's descriptions
 and keeps the description that matches the image best. Written to --out:
 
 - `captions.tsv`: `index<TAB>description` per labelled training record (`data.caption_file`);
@@ -19,25 +19,10 @@ import numpy as np
 
 from vlmjax import cli, config as config_lib
 from vlmjax.data import pipeline, recaption, sources, subset
+from vlmjax.evals import classes
 from vlmjax.evals.common import Embedder
 from vlmjax.metrics import quiet_absl_logging
 from vlmjax.run import RunDir
-
-SIZES = ("small", "large")
-PLACES = ("on the left", "on the right", "at the top", "at the bottom", "in the center", "in the top left",
-          "in the top right", "in the bottom left", "in the bottom right")
-
-
-def class_descriptions(class_name: str) -> list[str]:
-  """Descriptions of an object of `class_name` with the details a class name leaves out: its size,
-  its place, or both ('a large red circle in the top left'): 1 + 2 + 9 + 18 = 30 per class."""
-  article = lambda word: "an" if word[0] in "aeiou" else "a"
-  out = [f"{article(class_name)} {class_name}"]
-  out += [f"a {size} {class_name}" for size in SIZES]
-  out += [f"{article(class_name)} {class_name} {place}" for place in PLACES]
-  out += [f"a {size} {class_name} {place}" for size in SIZES for place in PLACES]
-  return out
-
 
 def best_descriptions(workdir: str, batch_size: int = 256) -> tuple[dict, int]:
   """{train record index: its class's description that the run in `workdir` scores highest
@@ -49,7 +34,7 @@ def best_descriptions(workdir: str, batch_size: int = 256) -> tuple[dict, int]:
   if not class_names:
     raise ValueError(f"gist: the training data of '{workdir}' has no class names (records need a label)")
   embedder = Embedder(loaded.model, loaded.params, loaded.experiment.mesh, batch_size)
-  texts = [class_descriptions(name) for name in class_names]
+  texts = [classes.class_descriptions(name) for name in class_names]
   tokens = loaded.tokenizer.encode([t for group in texts for t in group], config.input.max_text_len)
   text_embeds = embedder.embed_texts(tokens).reshape(len(class_names), len(texts[0]), -1)
   preprocess = pipeline.Preprocess(loaded.tokenizer, config.input.image_size, config.input.max_text_len,

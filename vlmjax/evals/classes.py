@@ -355,3 +355,20 @@ def read_class_names_file(path: str | os.PathLike) -> tuple[str, ...]:
   if not names:
     raise ValueError(f"class names file '{shown}' holds no class names (one a line expected)")
   return tuple(names)
+
+
+DESCRIPTION_SIZES = ("small", "large")
+DESCRIPTION_PLACES = ("on the left", "on the right", "at the top", "at the bottom", "in the center",
+                      "in the top left", "in the top right", "in the bottom left", "in the bottom right")
+
+
+def class_descriptions(class_name: str) -> list[str]:
+  """Descriptions of an object of `class_name` with the details a class name leaves out: its size,
+  its place, or both ('a large red circle in the top left'): 1 + 2 + 9 + 18 = 30 per class. GIST's
+  descriptions to match images to, and zero-shot's `prompts='descriptions'` (GRAIN's evaluation)."""
+  article = lambda word: "an" if word[0] in "aeiou" else "a"
+  out = [f"{article(class_name)} {class_name}"]
+  out += [f"a {size} {class_name}" for size in DESCRIPTION_SIZES]
+  out += [f"{article(class_name)} {class_name} {place}" for place in DESCRIPTION_PLACES]
+  out += [f"a {size} {class_name} {place}" for size in DESCRIPTION_SIZES for place in DESCRIPTION_PLACES]
+  return out

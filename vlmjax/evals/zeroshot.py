@@ -10,7 +10,8 @@ multi-object scenes) are skipped. Reports top-1 and top-5 accuracy and the mean 
 Class names: the evaluator's `class_names` (a list, or a shipped set: `evals.classes`), else the
 data's (a TFDS `ClassLabel`, a CSV's class names). Prompts: `prompts` (templates with '{}', or a
 shipped set such as 'imagenet' (80) or 'imagenet_simple' (7), or 'vlmjax_shapes': the built-in
-dataset's caption-worded prompts), else the data's, else two generic ones.
+dataset's caption-worded prompts, or 'descriptions': 30 descriptions of each class that add a size
+and a place, `classes.class_descriptions`), else the data's, else two generic ones.
 """
 import numpy as np
 
@@ -19,7 +20,8 @@ from vlmjax.data import shapes
 from vlmjax.evals import classes
 
 DEFAULT_PROMPTS = ("a photo of a {}.", "a {}.")
-PROMPT_FUNCTIONS = {"vlmjax_shapes": shapes.zero_shot_prompts}  # class name -> its prompts
+# class name -> its prompts
+PROMPT_FUNCTIONS = {"vlmjax_shapes": shapes.zero_shot_prompts, "descriptions": classes.class_descriptions}
 
 
 def accuracies(scores, labels, num_classes: int) -> dict:
