@@ -188,3 +188,32 @@ def test_nevlp_resumed_run_equals_uninterrupted_exactly(nevlp_runs):
   assert sorted(b) == list(range(1, TOTAL + 1))
   assert b == a
   assert all(a[s][1] == 1.0 for s in (1, 2)) and all(a[s][1] < 1.0 for s in range(3, TOTAL + 1))
+
+
+def test_nevlp_step_with_microbatches_equals_the_whole_batch(tiny_data_dir):
+  """The per-record state goes through gradient caching too: the same loss, weights and new state."""
+  from conftest import single_device_mesh
+  from vlmjax import sharding, trainer
+  config = tiny_config(tiny_data_dir, objectives=dict(nevlp=dict(weight=1.0, warmup_steps=0)))
+  built = experiment.build(config, 64, mesh=single_device_mesh(), validate=False, train_examples=40)
+  batch = built.synthetic_batch(64)
+  batch["record_index"] = np.arange(16, dtype=np.int32) * 2
+  state, shardings = built.init_state()
+  stored = np.linspace(0.5, 4.0, 40).astype(np.float32)
+  state["objectives"]["nevlp"] = {"loss": jnp.asarray(stored), "seen": jnp.ones((40,), jnp.int32)}
+  results = []
+  for count in (1, 4):
+    step = trainer.make_train_step(built.model, built.objectives, built.tx, built.schedule, built.mesh, shardings,
+                                   microbatches=count)
+    with built.use_mesh():
+      new_state, metrics = step(jax.tree.map(jnp.copy, state), sharding.global_batch(batch, built.mesh))
+    results.append((jax.device_get(new_state["objectives"]["nevlp"]), jax.device_get(metrics)))
+  (state_a, metrics_a), (state_b, metrics_b) = results
+  np.testing.assert_allclose(metrics_b["loss"], metrics_a["loss"], rtol=1e-5)
+  np.testing.assert_allclose(metrics_b["nevlp/weight"], metrics_a["nevlp/weight"], rtol=1e-5)
+  np.testing.assert_allclose(state_b["loss"], state_a["loss"], rtol=1e-5)
+  assert metrics_a["nevlp/weight"] < 1.0
+  assert state_a["seen"].tolist() == [1] * 40
+  assert not np.allclose(state_a["loss"][0:32:2], stored[0:32:2])  # this batch's records: their new losses
+  np.testing.assert_array_equal(state_a["loss"][1::2], stored[1::2])  # the others untouched
+  np.testing.assert_array_equal(state_a["loss"][32:], stored[32:])
