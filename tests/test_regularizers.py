@@ -103,5 +103,5 @@ def test_image_locals_are_window_means_of_normalised_tokens():
   grid = (tokens / np.linalg.norm(tokens, axis=-1, keepdims=True)).reshape(2, 8, 8, 3)
   want = np.stack([grid[:, 2 * r:2 * r + 2, 2 * c:2 * c + 2].mean(axis=(1, 2)) for r in range(4) for c in range(4)], 1)
   np.testing.assert_allclose(got, want, atol=1e-6)
-  with pytest.raises(ValueError, match="local_grid 3 must divide the 8×8 patch grid"):
+  with pytest.raises(ValueError, match="objectives.tcl.local_grid 3 must divide the 8×8 patch grid"):
     pooled_image_locals(np.float32(tokens), 3)

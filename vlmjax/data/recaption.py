@@ -4,9 +4,10 @@ A tab-separated file of `index<TAB>caption` lines (index: a record of the train 
 starting with '#' are comments) gives those records the listed caption in place of their own, as
 `python -m vlmjax.gist` writes it for image-specific descriptions. Records not listed keep theirs.
 """
+from vlmjax.data.sources import DataFileError
 
 
-class CaptionFileError(ValueError):
+class CaptionFileError(DataFileError):
   """A caption file that cannot be used: the one-line message names the file and the line."""
 
 
@@ -15,6 +16,9 @@ def read_captions(path: str, num_records: int) -> dict:
   try:
     with open(path, encoding="utf-8") as f:
       lines = f.read().splitlines()
+  except FileNotFoundError:
+    raise CaptionFileError(f"config: data.caption_file '{path}' does not exist (write it with "
+                           "python -m vlmjax.gist)") from None
   except (OSError, UnicodeDecodeError) as e:
     raise CaptionFileError(f"config: data.caption_file '{path}' cannot be read: {e}") from None
   captions = {}

@@ -15,6 +15,7 @@ left out (`region_valid` 0), and so are regions past `input.max_regions`.
 import numpy as np
 
 from vlmjax.batch_spec import Field, random_texts
+from vlmjax.data.sources import DataFileError
 
 MIN_VISIBLE = 0.5  # a cropped region keeps at least this share of its box's area, or is dropped
 
@@ -49,8 +50,8 @@ def box_in_view(box, image_size: tuple, view: tuple):
 
 def _regions(example) -> list:
   if "regions" not in example.record:
-    raise ValueError("data: this objective needs records with object regions ('regions': boxes and "
-                     "descriptions), which this dataset does not give")
+    raise DataFileError("data: this objective needs records with object regions ('regions': boxes and "
+                        "descriptions), which this dataset does not give")
   return list(example.record["regions"])
 
 

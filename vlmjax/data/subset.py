@@ -6,8 +6,10 @@ the file's order before shuffling, and an epoch is the subset.
 """
 import numpy as np
 
+from vlmjax.data.sources import DataFileError
 
-class SubsetError(ValueError):
+
+class SubsetError(DataFileError):
   """A subset file that cannot be used: the one-line message names the file and the line."""
 
 
@@ -16,6 +18,9 @@ def read_indices(path: str, num_records: int) -> np.ndarray:
   try:
     with open(path) as f:
       lines = f.read().splitlines()
+  except FileNotFoundError:
+    raise SubsetError(f"config: data.subset_file '{path}' does not exist (write it with "
+                      "python -m vlmjax.select_data)") from None
   except OSError as e:
     raise SubsetError(f"config: data.subset_file '{path}' cannot be read: {e.strerror}") from None
   indices, seen = [], set()

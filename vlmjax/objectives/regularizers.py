@@ -42,7 +42,8 @@ def pooled_image_locals(image_tokens, grid: int):
   batch, num, dim = image_tokens.shape
   side = int(round(num ** 0.5))
   if side * side != num or side % grid:
-    raise ValueError(f"TCL local_grid {grid} must divide the {side}×{side} patch grid ({num} image tokens)")
+    raise ValueError(f"objectives.tcl.local_grid {grid} must divide the {side}×{side} patch grid ({num} image "
+                     "tokens)")
   x = l2_normalize(image_tokens)
   window = side // grid
   x = x.reshape(batch, grid, window, grid, window, dim).mean(axis=(2, 4))
