@@ -16,7 +16,11 @@ def region_embeddings(image_tokens, boxes, valid):
   if grid * grid != image_tokens.shape[1]:
     raise ValueError(f"region embeddings need a square patch grid, got {image_tokens.shape[1]} image tokens")
   weights = regions.token_weights(boxes, valid, grid)
-  return l2_normalize(jnp.einsum("bkn,bne->bke", weights, image_tokens.astype(jnp.float32)))
+  pooled = jnp.einsum("bkn,bne->bke", weights, image_tokens.astype(jnp.float32))
+  # An invalid region pools nothing: a zero vector, whose norm has a NaN gradient. It is given the
+  # image's mean token instead (a loss masks it out; only its gradient must stay finite).
+  pooled = jnp.where(valid[..., None], pooled, image_tokens.astype(jnp.float32).mean(axis=1, keepdims=True))
+  return l2_normalize(pooled)
 
 
 def region_text_loss(region_embeds, text_embeds, valid, same_text, logit_scale):
