@@ -72,3 +72,13 @@ def test_bad_caption_files_are_one_line_errors(tiny_data_dir, tmp_path, text, ma
 def test_zero_shot_can_prompt_with_the_class_descriptions():
   from vlmjax.evals.zeroshot import ZeroShot
   assert ZeroShot(name="zs", prompts="descriptions").prompts("red circle") == classes.class_descriptions("red circle")
+
+
+def test_gist_names_writes_the_class_names(tiny_run, tiny_source, tmp_path):
+  count, size = gist.write(tiny_run, str(tmp_path), text="names")
+  captions = recaption.read_captions(str(tmp_path / "captions.tsv"), size)
+  for index, caption in captions.items():
+    name = shapes.CLASS_NAMES[tiny_source[index]["label"]]
+    assert caption == classes.class_descriptions(name)[0] and caption.endswith(name)
+  with pytest.raises(ValueError, match="--text 'labels' must be one of descriptions, names"):
+    gist.write(tiny_run, str(tmp_path), text="labels")
