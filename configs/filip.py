@@ -7,7 +7,9 @@
 
 Texts are scored 32 at a time (chunk_size), so the [B, c, N, T] similarity block stays small.
 Zero-shot and `retrieval` use the pooled embeddings; `retrieval_tokens` ranks by FILIP's own
-token-wise late interaction, as its paper retrieves. Results: docs/results.md.
+token-wise late interaction, as its paper retrieves: level with the pooled score image→text (R@1
+22.5%), 4 points below it text→image (16.4% against 20.4%). 39.8% zero-shot top-1, 23.2% on unseen
+pairs (docs/results.md).
 """
 import os
 

@@ -6,8 +6,9 @@ from a two-component mixture fitted to each record's latest loss, at the compari
   python -m vlmjax.train --config configs/nevlp.py:clean --workdir workdirs/nevlp
 
 NEVLP (2024) claims that weighting out the pairs the model has not fitted early in training
-makes contrastive pre-training robust to noisy web pairs. Compare with `clip.py` and `align.py:noisy`
-at the same noise; whether it reproduces: docs/results.md, "Noisy pairs".
+makes contrastive pre-training robust to noisy web pairs. Direction reproduced, small: 25.8% zero-shot
+top-1 against CLIP's 23.9% at the same noise; the noisy pairs are found (clean probability 0.07
+against 0.92). `warmup_steps` chosen on validation from {50, 100, 200}. docs/results.md, "Noisy pairs".
 """
 import os
 

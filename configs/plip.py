@@ -6,7 +6,8 @@ predicts the scene's colours, shapes and sizes, at the comparison's budget (conf
 PLIP (Zuo et al. 2023) claims that identity-level contrast and attribute prediction give better
 zero-shot transfer and linear-probe features for fine-grained recognition. The labels here are the
 single-object scenes' colour–shape classes (multi-object scenes have none, so only their own caption
-is positive). Whether it reproduces that direction: docs/results.md.
+is positive). Reproduced: 62.2% zero-shot top-1 against CLIP's 48.0%, with the caveat that the labels
+are the zero-shot test's own classes. docs/results.md.
 """
 import os
 
