@@ -11,30 +11,22 @@ Evaluation splits are never made noisy.
 import numpy as np
 
 from vlmjax.data.pipeline import BadRecord
+from vlmjax.data.sources import SourceView
 
 TEXT_KEYS = ("caption", "long_caption", "negative_captions", "captions")
 NOISE_STREAM = 7  # the last word of each record's RNG seed: independent of any other stream
 
 
-class NoisyCaptions:
-  """`source` with a fraction `fraction` of its records' texts replaced by another record's.
-
-  Everything else the source offers (class names, prompts, references) is the source's own."""
+class NoisyCaptions(SourceView):
+  """`source` with a fraction `fraction` of its records' texts replaced by another record's."""
 
   def __init__(self, source, fraction: float, seed: int):
     if not 0.0 <= fraction <= 1.0:
       raise ValueError(f"config: data.caption_noise must be in [0, 1], got {fraction}")
     if len(source) < 2 and fraction:
       raise ValueError("config: data.caption_noise needs a training split of at least 2 records")
-    self.source, self.fraction, self.seed = source, float(fraction), int(seed)
-
-  def __getattr__(self, name):  # class_names, prompts, ... of the wrapped source
-    if name == "source":
-      raise AttributeError(name)
-    return getattr(self.source, name)
-
-  def __len__(self):
-    return len(self.source)
+    super().__init__(source)
+    self.fraction, self.seed = float(fraction), int(seed)
 
   def partner(self, index: int) -> int | None:
     """The record whose texts record `index` carries, or None when it keeps its own."""

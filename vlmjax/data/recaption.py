@@ -4,7 +4,7 @@ A tab-separated file of `index<TAB>caption` lines (index: a record of the train 
 starting with '#' are comments) gives those records the listed caption in place of their own, as
 `python -m vlmjax.gist` writes it for image-specific descriptions. Records not listed keep theirs.
 """
-from vlmjax.data.sources import DataFileError
+from vlmjax.data.sources import DataFileError, SourceView
 
 
 class CaptionFileError(DataFileError):
@@ -41,19 +41,12 @@ def read_captions(path: str, num_records: int) -> dict:
   return captions
 
 
-class Recaptioned:
+class Recaptioned(SourceView):
   """`source` whose records listed in `captions` ({index: caption}) carry that caption."""
 
   def __init__(self, source, captions: dict):
-    self.source, self.captions = source, dict(captions)
-
-  def __getattr__(self, name):
-    if name in ("source", "captions"):
-      raise AttributeError(name)
-    return getattr(self.source, name)
-
-  def __len__(self):
-    return len(self.source)
+    super().__init__(source)
+    self.captions = dict(captions)
 
   def __getitem__(self, index):
     record = self.source[index]

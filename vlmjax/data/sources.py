@@ -153,6 +153,22 @@ def question_list(questions, type_names=()) -> list[dict]:
           for kind, q, a in zip(kinds, questions["question"], questions["answer"])]
 
 
+class SourceView:
+  """A source seen through a change of its records (a subset, new captions, caption noise):
+  everything else it offers (class names, prompts, references) is the wrapped source's own."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __getattr__(self, name):
+    if name == "source":  # not set yet (e.g. while unpickling): no recursion
+      raise AttributeError(name)
+    return getattr(self.source, name)
+
+  def __len__(self):
+    return len(self.source)
+
+
 class DataFileError(ValueError):
   """A CSV/JSONL data file that cannot be read as one: the one-line message names the file and line."""
 

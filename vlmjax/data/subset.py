@@ -6,7 +6,7 @@ the file's order before shuffling, and an epoch is the subset.
 """
 import numpy as np
 
-from vlmjax.data.sources import DataFileError
+from vlmjax.data.sources import DataFileError, SourceView
 
 
 class SubsetError(DataFileError):
@@ -44,17 +44,12 @@ def read_indices(path: str, num_records: int) -> np.ndarray:
   return np.asarray(indices, np.int64)
 
 
-class Subset:
-  """`source` seen through `indices`: record i is source[indices[i]]; everything else the source
-  offers (class names, prompts, references) is its own."""
+class Subset(SourceView):
+  """`source` seen through `indices`: record i is source[indices[i]]."""
 
   def __init__(self, source, indices):
-    self.source, self.indices = source, np.asarray(indices, np.int64)
-
-  def __getattr__(self, name):
-    if name in ("source", "indices"):
-      raise AttributeError(name)
-    return getattr(self.source, name)
+    super().__init__(source)
+    self.indices = np.asarray(indices, np.int64)
 
   def __len__(self):
     return len(self.indices)
