@@ -10,7 +10,10 @@ class description that matches each image best (`python -m vlmjax.gist`), for 10
 ':names' is GIST's baseline, the class names as text ('a red circle'); ':captions' another
 control, the images' own dataset captions; both with the same images, steps and schedule.
 GIST (Lewis et al. 2023) claims that image-specific descriptions, matched by a pretrained CLIP, make
-a better fine-tuning text than the labels for fine-grained classification. Results: docs/results.md.
+a better fine-tuning text than the labels for fine-grained classification. Not reproduced: 48.5%
+zero-shot top-1 and a 68.1% linear probe, against 57.6% and 71.1% with the class names; the matcher
+names the right size for 98.9% of the images but the right place for 11.6% (chance 11.1%).
+docs/results.md.
 """
 import os
 
