@@ -79,15 +79,17 @@ def test_vit_conv_stem():
     ViT(patch_size=6, stem="conv", **TOWER).init(jax.random.PRNGKey(0), images)
 
 
+@pytest.mark.parametrize("implementation", ["einsum", "xla"])
 @pytest.mark.parametrize("num_kv_heads,use_bias", [(None, True), (2, False)])
-def test_attention_equals_plain_multi_head_attention(num_kv_heads, use_bias):
+def test_attention_equals_plain_multi_head_attention(num_kv_heads, use_bias, implementation):
   """One fused q/k/v matmul and batched-over-heads scores give textbook attention; the params are
   nn.DenseGeneral's (names, shapes and initial values), so checkpoints and exports are unchanged."""
   from vlmjax.models import layers
   heads, head_dim, width = 4, 8, 32
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, width))
   mask = jnp.tril(jnp.ones((5, 5), bool))[None, None].repeat(2, 0)
-  attention = layers.Attention(num_heads=heads, num_kv_heads=num_kv_heads, use_bias=use_bias)
+  attention = layers.Attention(num_heads=heads, num_kv_heads=num_kv_heads, use_bias=use_bias,
+                               implementation=implementation)
   params = nn.meta.unbox(attention.init(jax.random.PRNGKey(0), x, mask))["params"]
   kv = num_kv_heads or heads
   # Same initial values as DenseGeneral modules of the same names would get.
@@ -117,3 +119,53 @@ def test_attention_equals_plain_multi_head_attention(num_kv_heads, use_bias):
   expected = np.einsum("bthd,hde->bte", out, p["out"]["kernel"]) + (p["out"]["bias"] if use_bias else 0)
   got = attention.apply({"params": params}, x, mask)
   np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-5)
+
+
+def test_attention_implementations_agree_on_gradients_and_masked_rows():
+  """The XLA core (`jax.nn.dot_product_attention`) gives the einsum core's outputs and gradients,
+  grouped-query heads, a padding mask and a fully masked query row (uniform weights) included."""
+  from vlmjax.models import layers
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 32))
+  keep = jnp.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
+  mask = (keep[:, None, :, None] & keep[:, None, None, :]) | jnp.eye(6, dtype=bool)
+  mask = mask.at[1, 0, 2].set(False)  # a query that attends to nothing
+  outputs = {}
+  for implementation in ("einsum", "xla"):
+    attention = layers.Attention(num_heads=4, num_kv_heads=2, implementation=implementation)
+    params = attention.init(jax.random.PRNGKey(0), x, mask)["params"]
+    loss = lambda p, x: (attention.apply({"params": p}, x, mask) ** 2).sum()
+    outputs[implementation] = (attention.apply({"params": params}, x, mask), jax.grad(loss, (0, 1))(params, x))
+  np.testing.assert_allclose(outputs["xla"][0], outputs["einsum"][0], atol=1e-5, rtol=1e-5)
+  for got, want in zip(jax.tree.leaves(outputs["xla"][1]), jax.tree.leaves(outputs["einsum"][1])):
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_attention_implementation_errors():
+  from vlmjax import config as config_lib
+  from vlmjax.models import layers
+  x = jnp.ones((1, 3, 16))
+  with pytest.raises(ValueError, match="'cudnn' needs bfloat16 or float16 compute, not float32"):
+    layers.Attention(num_heads=2, implementation="cudnn").init(jax.random.PRNGKey(0), x)
+  with pytest.raises(ValueError, match="unknown implementation 'flash'"):
+    layers.Attention(num_heads=2, implementation="flash").init(jax.random.PRNGKey(0), x)
+  c = config_lib.base_config()
+  c.model.image.attention = "flash"
+  with pytest.raises(config_lib.ConfigError, match=r"'model.image.attention' 'flash' is not an attention"):
+    config_lib.validate(c, 1, 1)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_padded_attention_equals_unpadded(with_mask):
+  """The padding the cuDNN core needs (lengths up to a multiple of 8, padded keys masked by sequence
+  lengths or in the mask) changes nothing: checked through XLA's implementation, values and grads."""
+  from vlmjax.models import layers
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  q = jax.random.normal(keys[0], (2, 13, 4, 8))
+  k, v = (jax.random.normal(key, (2, 11, 2, 8)) for key in keys[1:])
+  mask = jax.random.bernoulli(keys[0], 0.7, (2, 1, 13, 11)) if with_mask else None
+  plain = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+  padded = lambda q, k, v: layers.padded_attention(q, k, v, mask, "xla")
+  np.testing.assert_allclose(padded(q, k, v), plain(q, k, v), atol=1e-5)
+  loss = lambda f: lambda *a: (f(*a) * jnp.arange(13.0)[:, None, None]).sum()
+  for got, want in zip(jax.grad(loss(padded), (0, 1, 2))(q, k, v), jax.grad(loss(plain), (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(got, want, atol=1e-5)

@@ -15,7 +15,7 @@ import ml_collections
 import jax.numpy as jnp
 
 from vlmjax import batch_spec, registry
-from vlmjax.models.layers import REMAT_POLICIES
+from vlmjax.models.layers import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES
 from vlmjax.models.sizes import decode_variant
 
 # Sections whose keys are free-form: they are checked against the constructor they configure.
@@ -230,7 +230,11 @@ def _check_kwargs(what: str, target, kwargs: dict, provided=()):
 
 
 def _check_stack(what: str, settings: dict):
-  """A transformer stack's `remat` and `unroll`, which the model would only reject when it is built."""
+  """A transformer stack's `remat`, `unroll` and `attention`, which the model would only reject when
+  it is built."""
+  if "attention" in settings and settings["attention"] not in ATTENTION_IMPLEMENTATIONS:
+    raise ConfigError(f"config: '{what}.attention' {settings['attention']!r} is not an attention "
+                      f"implementation (one of {', '.join(ATTENTION_IMPLEMENTATIONS)})")
   if "remat" in settings and settings["remat"] not in REMAT_POLICIES:
     raise ConfigError(f"config: '{what}.remat' {settings['remat']!r} is not a remat policy "
                       f"(one of {', '.join(REMAT_POLICIES)})")

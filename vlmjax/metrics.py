@@ -74,7 +74,7 @@ def quiet_absl_logging():
     logging.set_verbosity(logging.WARNING)
 
 
-def measure_matmul_peak(devices=None, dtype="float32", sizes=(512, 1024, 2048, 4096, 8192),
+def measure_matmul_peak(devices=None, dtype="float32", sizes=(512, 1024, 2048, 4096, 8192, 16384),
                         min_seconds: float = 0.2, repeats: int = 3) -> dict:
   """The best FLOP/s of a jitted square matmul run on every device at once.
 

@@ -20,8 +20,6 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
-from pycocoevalcap.bleu.bleu import Bleu
-from pycocoevalcap.cider.cider import Cider
 
 from vlmjax import batch_spec, registry, sharding, trainer
 from vlmjax.data import pipeline
@@ -40,6 +38,9 @@ def caption_metrics(references: list[list[str]], predictions: list[str]) -> dict
   references[i]."""
   if len(references) != len(predictions) or not predictions:
     raise ValueError(f"caption_metrics: {len(predictions)} predictions for {len(references)} reference sets")
+  # Imported here, not at the top: the package ships ~100 MB of Java tools, and only scoring needs it.
+  from pycocoevalcap.bleu.bleu import Bleu
+  from pycocoevalcap.cider.cider import Cider
   gts = {i: [words(r) for r in refs] for i, refs in enumerate(references)}
   res = {i: [words(p)] for i, p in enumerate(predictions)}
   cider, _ = Cider().compute_score(gts, res)

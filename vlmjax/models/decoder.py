@@ -109,7 +109,7 @@ class Decoder(layers.Tower, kw_only=True):
                 head_dim=self.head_dim, norm="rms", norm_eps=self.norm_eps, activation=self.activation,
                 gated_mlp=True, use_bias=False, use_rope=True,
                 rope_max_wavelength=self.rope_max_wavelength, decode=self.decode, dropout=self.dropout,
-                dtype=self.dtype)
+                attention=self.attention, dtype=self.dtype)
 
   def stage_context(self, stage: int, kinds):
     """-> (mask [B, 1, T, S], positions [B, T], cache_index) for a stage's current tokens."""

@@ -38,6 +38,12 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
 }
 
+# How the attention core (scores, softmax, weighted values) is computed: 'einsum' (this file's
+# matmuls, laid out for CPUs, any dtype), or `jax.nn.dot_product_attention` with XLA's ('xla') or
+# cuDNN's fused kernel ('cudnn': NVIDIA GPUs, bfloat16/float16 compute). All three give the same
+# function; a fully masked row gives uniform weights in each.
+ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
+
 
 def constrain(x: Array, axes: tuple) -> Array:
   """x with the sharding its logical `axes` (activation names, `activation_batch`, ...) map to under
@@ -147,6 +153,28 @@ class OutProjection(nn.Module):
     return y if bias is None else y + bias
 
 
+def padded_attention(q, k, v, mask, implementation: str, multiple: int = 8):
+  """`jax.nn.dot_product_attention` with both lengths padded up to a `multiple`, the padding masked.
+
+  q [B, T, H, Dh], k, v [B, S, K, Dh], mask [B, 1|H, T, S] or None -> [B, T, H, Dh]. jax's cuDNN path
+  rejects odd lengths in training (a ViT's 197 tokens, a 77-token caption). Padded keys are masked
+  out (by sequence lengths without a mask, cuDNN's cheaper form, else in the mask) and padded query
+  rows dropped, so the result is the unpadded attention."""
+  t, s = q.shape[1], k.shape[1]
+  if not (t % multiple or s % multiple):
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+  pad = lambda x, n: jnp.pad(x, ((0, 0), (0, -n % multiple), (0, 0), (0, 0)))
+  q, k, v = pad(q, t), pad(k, s), pad(v, s)
+  lengths = {}
+  if mask is None:
+    lengths = dict(query_seq_lengths=jnp.full(q.shape[:1], t, jnp.int32),
+                   key_value_seq_lengths=jnp.full(q.shape[:1], s, jnp.int32))
+  else:
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, q.shape[1] - t), (0, k.shape[1] - s)))
+  out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation, **lengths)
+  return out[:, :t]
+
+
 class Attention(nn.Module):
   """Multi-head attention with optional grouped-query heads, RoPE and a KV cache.
 
@@ -160,6 +188,7 @@ class Attention(nn.Module):
   query rows marked True: [B, S] float32 (PyramidDrop's ranking; no value path, no cache).
   With `inputs_kv` [B, S, D'], keys and values are projected from it and queries from x
   (cross-attention, as `nn.MultiHeadDotProductAttention(x, inputs_kv)`; no RoPE, no cache).
+  `implementation` computes the core (ATTENTION_IMPLEMENTATIONS); ranking always uses the einsums.
   """
   num_heads: int
   num_kv_heads: int | None = None
@@ -169,6 +198,7 @@ class Attention(nn.Module):
   rope_max_wavelength: float = 10_000.0  # RoPE's base (HF's `rope_theta`)
   decode: bool = False
   return_keys: bool = False
+  implementation: str = "einsum"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -206,10 +236,27 @@ class Attention(nn.Module):
     if self.decode:
       k, v = self.update_cache(k, v, cache_index)
     with jax.named_scope("core"):  # scores, softmax, weighted values: one name for profiles
-      weights = jax.nn.softmax(self.masked_logits(q, k, mask, num_kv, head_dim), axis=-1).astype(self.dtype)
-      out = checkpoint_name(self.attend(weights, v), "attention_context")
+      out = checkpoint_name(self.core(q, k, v, mask, num_kv, head_dim), "attention_context")
     out = OutProjection(width, self.use_bias, self.dtype, name="out")(out)
     return (out, k) if self.return_keys else out
+
+  def core(self, q, k, v, mask, num_kv, head_dim):
+    """q [B, T, H, Dh], k, v [B, S, K, Dh], mask [B, 1|H, T, S] or None -> [B, T, H, Dh]."""
+    if self.implementation == "einsum":
+      weights = jax.nn.softmax(self.masked_logits(q, k, mask, num_kv, head_dim), axis=-1).astype(self.dtype)
+      return self.attend(weights, v)
+    if self.implementation not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"attention: unknown implementation {self.implementation!r} "
+                       f"(one of {', '.join(ATTENTION_IMPLEMENTATIONS)})")
+    if self.implementation == "cudnn" and jnp.dtype(self.dtype) not in (jnp.bfloat16, jnp.float16):
+      raise ValueError(f"attention: implementation 'cudnn' needs bfloat16 or float16 compute, not "
+                       f"{jnp.dtype(self.dtype).name} (precision.compute_dtype)")
+    if self.implementation == "cudnn" and jax.default_backend() != "gpu":
+      raise ValueError(f"attention: implementation 'cudnn' runs on NVIDIA GPUs only, not on this "
+                       f"{jax.default_backend()} backend (use 'xla' or 'einsum')")
+    if self.implementation == "cudnn":
+      return padded_attention(q, k, v, mask, "cudnn")
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
 
   def project(self, x, *projections):
     """x [B, T, D] through each (kernel [D, N, Dh], bias [N, Dh]) of the same N -> a list of
@@ -295,6 +342,7 @@ class Block(nn.Module):
   rope_max_wavelength: float = 10_000.0
   decode: bool = False
   dropout: float = 0.0
+  attention: str = "einsum"  # the attention core's implementation (ATTENTION_IMPLEMENTATIONS)
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -306,7 +354,7 @@ class Block(nn.Module):
     h = Norm(self.norm, "norm1", self.norm_eps)(x).astype(self.dtype)
     h = Attention(self.num_heads, self.num_kv_heads, self.head_dim, use_bias=self.use_bias,
                   use_rope=self.use_rope, rope_max_wavelength=self.rope_max_wavelength,
-                  decode=self.decode, dtype=self.dtype, name="attn")(
+                  decode=self.decode, implementation=self.attention, dtype=self.dtype, name="attn")(
                       h, mask, positions, cache_index, rank_queries)
     if rank_queries is not None:
       return h
@@ -407,10 +455,12 @@ class Tower(nn.Module):
   scan: bool = True
   unroll: int = 1                 # layers per iteration of the scanned loop (see Transformer)
   remat: str = "none"
+  attention: str = "einsum"       # the attention core's implementation (ATTENTION_IMPLEMENTATIONS)
   dtype: jnp.dtype = jnp.float32
 
   def encoder(self) -> Transformer:
     return Transformer(
         self.depth, dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,
-                         norm_eps=self.norm_eps, dropout=self.dropout, dtype=self.dtype),
+                         norm_eps=self.norm_eps, dropout=self.dropout, attention=self.attention,
+                         dtype=self.dtype),
         scan=self.scan, remat=self.remat, unroll=self.unroll, name="encoder")
