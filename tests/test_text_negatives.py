@@ -63,3 +63,95 @@ def test_train_pipeline_makes_rule_negatives_of_each_caption(tiny_source, tiny_t
     assert example["negative_text"].shape == (3, 16)
     assert all(t and t != caption for t in texts), (caption, texts)
     np.testing.assert_array_equal(stream[i]["negative_text"], example["negative_text"])
+
+
+# Paraphrases: SVLC's positives, also from the caption text alone.
+
+@pytest.mark.parametrize("rule,caption,possible", [
+    ("reorder", "a red circle and a blue square.", {"a blue square and a red circle."}),
+    ("reorder", "three objects: a red circle, a blue square and a star.",
+     {f"three objects: {a}, {b} and {c}." for a, b, c in
+      [("a red circle", "a star", "a blue square"), ("a blue square", "a red circle", "a star"),
+       ("a blue square", "a star", "a red circle"), ("a star", "a red circle", "a blue square"),
+       ("a star", "a blue square", "a red circle")]}),
+    ("count", "a red circle and a blue square.", {"two objects: a red circle and a blue square."}),
+    ("count", "three objects: a red circle, a blue square and a star.", {"a red circle, a blue square and a star."}),
+    ("there_is", "A large red circle in the top left.", {"there is a large red circle in the top left."}),
+    ("there_is", "there is a small star at the top.", {"a small star at the top."}),
+    ("converse", "the red circle is left of the blue square.", {"the blue square is right of the red circle."}),
+    ("converse", "the star is above the cross.", {"the cross is below the star."}),
+])
+def test_each_paraphrase_rule_keeps_what_the_caption_asserts(rule, caption, possible):
+  from vlmjax.data.text_paraphrases import apply_rule as paraphrase
+  rng = np.random.default_rng(0)
+  seen = {paraphrase(caption, rule, rng) for _ in range(60)}
+  assert seen <= possible and len(seen) >= min(len(possible), 3), seen
+
+
+def test_paraphrase_rules_that_do_not_fit():
+  from vlmjax.data import text_paraphrases
+  rng = np.random.default_rng(0)
+  assert text_paraphrases.apply_rule("two red circles.", "there_is", rng) is None
+  assert text_paraphrases.apply_rule("a red circle left of a star and a cross.", "reorder", rng) is None
+  assert text_paraphrases.apply_rule("a red circle.", "converse", rng) is None
+  assert text_paraphrases.rule_paraphrases("a dog sleeps on a sofa", 2, rng) == [None, None]
+  with pytest.raises(ValueError, match="unknown paraphrase rule 'synonym'"):
+    text_paraphrases.apply_rule("a red circle", "synonym", rng)
+
+
+def test_svlc_pipeline_and_loss(tiny_source, tiny_tokenizer):
+  """The paraphrase field holds the example's own caption reworded (a slot no rule fills is all
+  padding, so not a positive), and the objective adds the multi-positive loss over them to the
+  rule-negatives loss, checked against a numpy reference."""
+  import jax
+  from conftest import tiny_config
+  from vlmjax.objectives.contrastive import RULE_NEGATIVE_TEXT, RULE_PARAPHRASE_TEXT, SvlcObjective
+  from vlmjax.batch_spec import RECORD_INDEX
+  preprocess = pipeline.Preprocess(tiny_tokenizer, 32, 16, train=True,
+                                   fields=(RULE_NEGATIVE_TEXT, RULE_PARAPHRASE_TEXT, RECORD_INDEX),
+                                   input_config=tiny_config("").input)
+  stream = pipeline.train_examples(tiny_source, preprocess, seed=0)
+  filled = 0
+  for i in range(6):
+    example = stream[i]
+    caption = tiny_source[int(example["record_index"])]["caption"].lower()
+    for row in example["multi_text"]:
+      if row.any():
+        filled += 1
+        text = tiny_tokenizer.decode(row[None])[0]
+        assert text != caption and sorted(text.replace(",", " ").split()) != [], (caption, text)
+  assert filled >= 6
+
+  rng = np.random.default_rng(0)
+  b, k, d = 4, 2, 8
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  image, text = unit(rng.normal(size=(b, d))), unit(rng.normal(size=(b, d)))
+  negatives, paraphrases = unit(rng.normal(size=(b, 3, d))), unit(rng.normal(size=(b, k, d)))
+  valid = np.array([[1, 1], [1, 0], [0, 0], [1, 0]], bool)
+  scale = 3.0
+
+  def log_softmax(x, axis):
+    x = x - x.max(axis, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis, keepdims=True))
+
+  logits = np.exp(scale) * image @ text.T
+  rows = log_softmax(np.concatenate([logits, np.exp(scale) * np.einsum("id,ikd->ik", image, negatives)], 1), 1)
+  want = 0.5 * (-np.diag(rows).mean() - np.diag(log_softmax(logits, 0)).mean())
+  slots = []
+  for slot in range(k):
+    ok = valid[:, slot]
+    if not ok.any():
+      continue
+    p = np.exp(scale) * image @ paraphrases[:, slot].T
+    p = np.where(ok[None, :], p, -1e9)
+    i2t, t2i = -np.diag(log_softmax(p, 1)), -np.diag(log_softmax(p, 0))
+    slots.append(0.5 * ((i2t * ok).sum() + (t2i * ok).sum()) / ok.sum())
+  want += 0.5 * np.mean(slots)
+  outputs = {"image_embeds": np.float32(image), "text_embeds": np.float32(text),
+             "negative_text_embeds": np.float32(negatives), "multi_text_embeds": np.float32(paraphrases),
+             "multi_text_valid": valid, "logit_scale": np.float32(scale)}
+  loss, metrics = SvlcObjective(paraphrase_weight=0.5)(outputs, {})
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  assert set(metrics) >= {"negatives", "paraphrases"}
+  grads = jax.grad(lambda e: SvlcObjective()({**outputs, "multi_text_embeds": e}, {})[0])(outputs["multi_text_embeds"])
+  assert np.abs(np.asarray(grads)[2]).max() == 0 and np.abs(np.asarray(grads)[0]).max() > 0  # padding: no gradient

@@ -16,12 +16,13 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from vlmjax import batch_spec, registry
-from vlmjax.data import text_negatives
+from vlmjax.data import text_negatives, text_paraphrases
 from vlmjax.models.dual_encoder import l2_normalize
 
 BATCH_AXES = ("data", "fsdp")
 
 MAX_LOGIT_SCALE = float(np.log(100.0))  # CLIP clips the scale exp(θ) to at most 100.
+NEG = -1e9  # masked similarities: a large finite negative, so an all-padding row stays finite
 
 
 def smoothed_cross_entropy(logits, labels, label_smoothing: float = 0.0):
@@ -244,7 +245,73 @@ class ClipRuleNegativesObjective(ClipNegativesObjective):
 registry.register("objective", "clip_rule_negatives")(ClipRuleNegativesObjective)
 
 
-NEG = -1e9  # masked similarities: a large finite negative, so an all-padding row stays finite
+def masked_clip_loss(image_embeds, text_embeds, valid, logit_scale):
+  """CLIP loss over the pairs whose text is `valid`.
+
+  image_embeds [B, D], text_embeds [B, D] (L2-normalised), valid bool [B], θ [] -> [].
+  Invalid texts are neither positives nor negatives; the mean runs over valid pairs (0 if none).
+  """
+  logits = jnp.exp(logit_scale) * jnp.einsum("id,jd->ij", image_embeds, text_embeds,
+                                             preferred_element_type=jnp.float32)
+  logits = jnp.where(valid[None, :], logits, NEG)
+  labels = jnp.arange(logits.shape[0])
+  image_to_text = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=1), labels[:, None], 1)[:, 0]
+  text_to_image = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=0), labels[None, :], 0)[0]
+  weights = valid.astype(jnp.float32)
+  count = jnp.maximum(weights.sum(), 1.0)
+  return 0.5 * ((image_to_text * weights).sum() + (text_to_image * weights).sum()) / count
+
+
+def multi_positive_loss(image_embeds, text_embeds, text_valid, logit_scale):
+  """Mean over the K slots of the CLIP loss between the images and that slot's texts (DreamLIP's
+  multi-positive loss; SVLC's paraphrases).
+
+  image_embeds [B, D], text_embeds [B, K, D] (L2-normalised), text_valid [B, K], θ [] -> [].
+  """
+  per_slot = jax.vmap(masked_clip_loss, in_axes=(None, 1, 1, None))(
+      image_embeds, text_embeds, text_valid, logit_scale)
+  slot_used = text_valid.any(axis=0).astype(jnp.float32)
+  return (per_slot * slot_used).sum() / jnp.maximum(slot_used.sum(), 1.0)
+
+
+PARAPHRASES_PER_EXAMPLE = 2
+
+
+def _paraphrase_tokens(example, shape):
+  """The caption's rule paraphrases tokenized, int32 [K, T]; a slot no rule filled is all padding
+  (not a positive)."""
+  paraphrases = text_paraphrases.rule_paraphrases(example.record["caption"], shape[0], example.rng)
+  tokens = example.tokenize([p or "" for p in paraphrases])
+  tokens[np.array([p is None for p in paraphrases])] = 0
+  return tokens
+
+
+# Paraphrases as the model's `multi_texts` (several positive texts per image).
+RULE_PARAPHRASE_TEXT = batch_spec.Field(
+    "multi_text", lambda inp: (PARAPHRASES_PER_EXAMPLE, inp.max_text_len), "int32", make=_paraphrase_tokens,
+    draw=lambda rng, n, inp, vocab, batch: batch_spec.random_texts(
+        rng, (n, PARAPHRASES_PER_EXAMPLE), inp.max_text_len, vocab))
+
+
+class SvlcObjective(ClipRuleNegativesObjective):
+  """SVLC from the caption text alone: the rule negatives (`clip_rule_negatives`) plus
+  `paraphrase_weight` × the multi-positive loss over the caption's rule paraphrases
+  (`text_paraphrases`: the same assertions reworded), so that rewording moves an embedding less
+  than the one-word changes of the negatives do. Paraphrases stand in for the paper's LLM ones."""
+  batch_fields = (RULE_NEGATIVE_TEXT, RULE_PARAPHRASE_TEXT)
+
+  def __init__(self, paraphrase_weight: float = 1.0, max_logit_scale: float = MAX_LOGIT_SCALE):
+    super().__init__(max_logit_scale)
+    self.paraphrase_weight = paraphrase_weight
+
+  def __call__(self, outputs, batch, step=None):
+    loss, metrics = super().__call__(outputs, batch, step)
+    paraphrases = multi_positive_loss(outputs["image_embeds"], outputs["multi_text_embeds"],
+                                      outputs["multi_text_valid"], outputs["logit_scale"])
+    return loss + self.paraphrase_weight * paraphrases, {**metrics, "negatives": loss, "paraphrases": paraphrases}
+
+
+registry.register("objective", "svlc")(SvlcObjective)
 
 
 def filip_similarities(image_tokens, text_tokens, text_mask, chunk_size: int = 0):

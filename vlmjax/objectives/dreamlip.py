@@ -10,35 +10,7 @@ import jax.numpy as jnp
 from vlmjax import batch_spec, registry
 from vlmjax.data.pipeline import sample_sentences
 from vlmjax.models.dual_encoder import l2_normalize
-from vlmjax.objectives.contrastive import MAX_LOGIT_SCALE, NEG
-
-
-def masked_clip_loss(image_embeds, text_embeds, valid, logit_scale):
-  """CLIP loss over the pairs whose text is `valid`.
-
-  image_embeds [B, D], text_embeds [B, D] (L2-normalised), valid bool [B], θ [] -> [].
-  Invalid texts are neither positives nor negatives; the mean runs over valid pairs (0 if none).
-  """
-  logits = jnp.exp(logit_scale) * jnp.einsum("id,jd->ij", image_embeds, text_embeds,
-                                             preferred_element_type=jnp.float32)
-  logits = jnp.where(valid[None, :], logits, NEG)
-  labels = jnp.arange(logits.shape[0])
-  image_to_text = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=1), labels[:, None], 1)[:, 0]
-  text_to_image = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=0), labels[None, :], 0)[0]
-  weights = valid.astype(jnp.float32)
-  count = jnp.maximum(weights.sum(), 1.0)
-  return 0.5 * ((image_to_text * weights).sum() + (text_to_image * weights).sum()) / count
-
-
-def multi_positive_loss(image_embeds, text_embeds, text_valid, logit_scale):
-  """Mean over the K slots of the CLIP loss between the images and that slot's texts.
-
-  image_embeds [B, D], text_embeds [B, K, D] (L2-normalised), text_valid [B, K], θ [] -> [].
-  """
-  per_slot = jax.vmap(masked_clip_loss, in_axes=(None, 1, 1, None))(
-      image_embeds, text_embeds, text_valid, logit_scale)
-  slot_used = text_valid.any(axis=0).astype(jnp.float32)
-  return (per_slot * slot_used).sum() / jnp.maximum(slot_used.sum(), 1.0)
+from vlmjax.objectives.contrastive import MAX_LOGIT_SCALE, masked_clip_loss, multi_positive_loss  # noqa: F401
 
 
 def grouped_patches(patch_embeds, text_embeds, sigma: float = 0.0):
