@@ -95,7 +95,8 @@ class Embedder:
     """The context a jitted apply of the model is traced and run under: mesh and rules."""
     return sharding.use(self.mesh, self.rules)
 
-  def _run(self, fn, x):
+  def run(self, fn, x):
+    """A jitted fn(params, batch) over x in fixed-size, sharded batches -> its outputs, concatenated."""
     out = []
     for start in range(0, len(x), self.batch_size):
       chunk = x[start:start + self.batch_size]
@@ -107,16 +108,16 @@ class Embedder:
     return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
 
   def embed_images(self, images):
-    return self._run(self._images, np.asarray(images, np.float32))
+    return self.run(self._images, np.asarray(images, np.float32))
 
   def embed_texts(self, tokens):
-    return self._run(self._texts, np.asarray(tokens, np.int32))
+    return self.run(self._texts, np.asarray(tokens, np.int32))
 
   def embed_image_tokens(self, images):
-    return self._run(self._image_tokens, np.asarray(images, np.float32))
+    return self.run(self._image_tokens, np.asarray(images, np.float32))
 
   def embed_text_tokens(self, tokens):
-    return self._run(self._text_tokens, np.asarray(tokens, np.int32))
+    return self.run(self._text_tokens, np.asarray(tokens, np.int32))
 
 
 @dataclasses.dataclass

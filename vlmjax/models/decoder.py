@@ -151,6 +151,8 @@ class Decoder(layers.Tower, kw_only=True):
     if rank_queries is None:
       rank_queries = rank_query_mask(kinds)
     index = jnp.broadcast_to(jnp.arange(length), (batch, length))  # input position of each token
+    if self.output_layer:
+      raise ValueError("decoder: output_layer picks an encoder tower's layer; a decoder has none")
     block_cls, block = layers.block_class(self.remat), self.block_config()
     current, positions = num_image, None
     for stage in range(len(bounds) - 1):

@@ -412,6 +412,11 @@ class Transformer(nn.Module):
   and initialisation. On a CPU that is faster for shallow stacks: the loop saves each layer's
   residuals into stacked buffers and slices them out again, copies a shallow stack pays for on every
   step (benchmarks/README.md).
+
+  `output_layer` k in 1..depth returns the k-th block's output instead of the last one's (the final
+  norm still applied): a frozen tower's intermediate layer as its features (STRUCTURE aligns the
+  layer `vlmjax.select_layer` picks). Every block is still built and run, so params and
+  checkpoints are those of the whole stack.
   """
   depth: int
   block: dict  # keyword arguments of Block
@@ -419,25 +424,34 @@ class Transformer(nn.Module):
   remat: str = "none"
   final_norm: bool = True
   unroll: int = 1
+  output_layer: int = 0  # 0: the last block's output
 
   @nn.compact
   def __call__(self, x, mask=None, positions=None, deterministic=True, cache_index=None):
     block_cls = block_class(self.remat)
+    if not 0 <= self.output_layer <= self.depth:
+      raise ValueError(f"output_layer: {self.output_layer} is not in 0..{self.depth} (0: the last layer)")
+    keep = bool(self.output_layer)
     if self.scan:
       if not isinstance(self.unroll, int) or isinstance(self.unroll, bool) or self.unroll < 1:
         raise ValueError(f"unroll: {self.unroll!r} is not a positive integer (layers per loop iteration)")
 
       def body(module, carry, _):
-        return module(carry, mask, positions, deterministic, cache_index), None
+        y = module(carry, mask, positions, deterministic, cache_index)
+        return y, (y if keep else None)
 
       stack = nn.scan(
           body, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
           length=self.depth, unroll=min(self.unroll, self.depth),
           metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = stack(block_cls(**self.block, name="blocks"), x, None)
+      x, outputs = stack(block_cls(**self.block, name="blocks"), x, None)
     else:
+      outputs = []
       for i in range(self.depth):
         x = block_cls(**self.block, name=f"block_{i}")(x, mask, positions, deterministic, cache_index)
+        outputs.append(x)
+    if keep:
+      x = outputs[self.output_layer - 1]
     if self.final_norm:
       x = Norm(self.block.get("norm", "layer"), "final_norm", self.block.get("norm_eps", 1e-6))(x)
     return x
@@ -456,6 +470,7 @@ class Tower(nn.Module):
   unroll: int = 1                 # layers per iteration of the scanned loop (see Transformer)
   remat: str = "none"
   attention: str = "einsum"       # the attention core's implementation (ATTENTION_IMPLEMENTATIONS)
+  output_layer: int = 0           # the block whose output the tower returns (0: the last; Transformer)
   dtype: jnp.dtype = jnp.float32
 
   def encoder(self) -> Transformer:
@@ -463,4 +478,5 @@ class Tower(nn.Module):
         self.depth, dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,
                          norm_eps=self.norm_eps, dropout=self.dropout, attention=self.attention,
                          dtype=self.dtype),
-        scan=self.scan, remat=self.remat, unroll=self.unroll, name="encoder")
+        scan=self.scan, remat=self.remat, unroll=self.unroll, output_layer=self.output_layer,
+        name="encoder")
