@@ -21,7 +21,7 @@ def test_method_configs_differ_from_clip_only_where_they_should():
   load = lambda name: config_lib.load_file(str(CONFIGS[0].parent / name))
   clip = load("clip.py")
   for name in ("siglip.py", "filip.py", "dreamlip.py", "negatives.py", "tcl.py", "lit.py", "lit_structure.py",
-               "align.py", "svlc.py", "grain.py", "plip.py", "nevlp.py", "tldr.py"):
+               "align.py", "svlc.py", "grain.py", "plip.py", "nevlp.py", "tldr.py", "s3a.py"):
     other = load(name)
     assert other.total_steps == clip.total_steps and other.batch_size == clip.batch_size, name
     assert other.model.image == clip.model.image, name

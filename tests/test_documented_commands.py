@@ -99,9 +99,9 @@ def test_documented_training_command_dry_runs(args, tiny_data_dir, tiny_pairs, t
     for data in [config.data] + [entry.data for entry in (config.data.get("mixture") or {}).values()]:
       if data.name.startswith("vlmjax_shapes"):  # the built-in data, shrunk (and kept out of the repo)
         data.data_dir, data.builder_config = tiny_data_dir, "tiny"
-        # A subset or caption file a previous command wrote indexes the full dataset, not the tiny
+        # A subset, caption or label file a previous command wrote indexes the full dataset, not the tiny
         # one: when it is there it is set aside; when it is not, the run must name it.
-        for key in ("subset_file", "caption_file"):
+        for key in ("subset_file", "caption_file", "pseudo_label_file"):
           if data.get(key) and os.path.isfile(data[key]):
             data[key] = ""
           elif data.get(key):

@@ -69,6 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
       max_caption_chars=1000,     # a longer caption is a bad record (0: no limit)
       caption_file="",            # new captions for train records: 'index<TAB>caption' lines
                                   # (vlmjax.data.recaption, `python -m vlmjax.gist`)
+      pseudo_label_file="",       # pseudo-labels for train records: 'index<TAB>class index' lines
+                                  # (vlmjax.data.recaption, `python -m vlmjax.pseudo_label`)
       subset_file="",             # train only on the train split's records listed in this file (one
                                   # index per line: vlmjax.data.subset, `python -m vlmjax.select_data`)
       caption_noise=0.0,          # this fraction of training records carry another record's texts
@@ -238,6 +240,10 @@ def _check_stack(what: str, settings: dict):
   if "remat" in settings and settings["remat"] not in REMAT_POLICIES:
     raise ConfigError(f"config: '{what}.remat' {settings['remat']!r} is not a remat policy "
                       f"(one of {', '.join(REMAT_POLICIES)})")
+  output_layer = settings.get("output_layer", 0)
+  if type(output_layer) is not int or output_layer < 0:
+    raise ConfigError(f"config: '{what}.output_layer' {output_layer!r} must be a layer number (1 = the first "
+                      "block; 0 = the last)")
   unroll = settings.get("unroll", 1)
   if type(unroll) is not int or unroll < 1:
     raise ConfigError(f"config: '{what}.unroll' {unroll!r} must be a positive integer (layers per "
@@ -393,6 +399,8 @@ def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
       if "weight" not in cfg:
         raise ConfigError(f"config: objectives.{name} needs a 'weight'")
       _check_kwargs(f"objectives.{name}", objective, {k: v for k, v in cfg.items() if k != "weight"})
+      if getattr(objective, "teacher_keys", ()) and not config.optimizer.get("ema_decay", 0.0) > 0:
+        raise ConfigError(f"config: objectives.{name} learns from an EMA teacher: set optimizer.ema_decay > 0")
     for name, cfg in config.evals.items():
       if "type" not in cfg:
         raise ConfigError(f"config: evals.{name} needs a 'type' (one of {', '.join(registry.names('evaluator'))})")

@@ -250,7 +250,10 @@ def make_train_step(model, objectives, tx, schedule, mesh, state_shardings, micr
 
   An objective that keeps a state (`init_state`, in the train state's `objectives`) is called with
   it, `objective(outputs, batch, step=, state=) -> (loss, metrics, new state)`; the new state is
-  kept when the step is applied."""
+  kept when the step is applied. An objective with `teacher_keys` reads a teacher: the model run
+  with the state's `ema` params (no dropout, no gradient) on the same batch, whose outputs under
+  those keys reach it as `batch['teacher_<key>']`."""
+  teacher_keys = sorted({k for _, objective in objectives.values() for k in getattr(objective, "teacher_keys", ())})
 
   def forward(params, batch, rng):
     return model.apply({"params": params}, **model_inputs(model, batch, True), rngs={"dropout": rng})
@@ -278,6 +281,9 @@ def make_train_step(model, objectives, tx, schedule, mesh, state_shardings, micr
     # The activations' logical constraints (`layers.constrain`), in the model and in any model an
     # objective runs (PRIOR's reference LM).
     with nn.logical_axis_rules(rules):
+      if teacher_keys:
+        teacher = model.apply({"params": state["ema"]}, **model_inputs(model, batch, False))
+        batch = {**batch, **{f"teacher_{k}": jax.lax.stop_gradient(teacher[k]) for k in teacher_keys}}
       (loss, (metrics, objective_states)), grads = loss_and_grads(
           state["params"], batch, rng, state["step"], state.get("objectives", {}))
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])

@@ -562,7 +562,7 @@ def with_absolute_paths(config):
   parts = [entry.data for entry in (data.get("mixture") or {}).values()  # before validation: any shape
            if hasattr(entry, "get") and hasattr(entry.get("data"), "get")]
   for data in [data] + [cfg.data for cfg in config.get("evals", {}).values() if cfg.get("data")] + parts:
-    for key in ("data_dir", "image_root", "class_names_file", "subset_file", "caption_file"):  # only those set
+    for key in ("data_dir", "image_root", "class_names_file", "subset_file", "caption_file", "pseudo_label_file"):  # only those set
       if data.get(key):  # (a locked config takes no new keys)
         data[key] = absolute(data[key])
     for split in list(data.get("files", {}).keys()):

@@ -20,12 +20,17 @@ integer label i of the TFDS dataset of the same name (imagenet2012, cifar10, cif
   fine_label_names.txt), line i for label i, so the order is TFDS's: cifar10 as listed, cifar100's
   100 fine labels in alphabetical order.
 
+- 'shapes_broad': every colour × shape name the caption rules know (`vlmjax.data.text_negatives`), a
+  superset of the built-in dataset's classes.
+
 `class_names` and `templates` take a shipped set's name or a list of one's own, `read_class_names_file`
 a text file with one name a line. Templates are format strings: `template.format(name)` is a prompt.
 """
 import collections.abc
 import os
 import string
+
+from vlmjax.data import text_negatives
 
 # Data, copied from the sources above (see the module docstring).
 
@@ -230,6 +235,9 @@ CLASS_NAMES: dict[str, tuple[str, ...]] = {
   "imagenet": _IMAGENET_CLASS_NAMES,  # 1000
   "cifar10": _CIFAR10_CLASS_NAMES,  # 10
   "cifar100": _CIFAR100_CLASS_NAMES,  # 100
+  # Every colour × shape the caption rules know (110): the built-in dataset's 36 classes and 74 that
+  # it never draws, an open vocabulary for label-free training (S3A, `python -m vlmjax.pseudo_label`).
+  "shapes_broad": tuple(f"{c} {s}" for s in text_negatives.SHAPES for c in text_negatives.COLOURS),
 }
 """Shipped class names by set: a tuple of C names, index i naming integer label i."""
 
