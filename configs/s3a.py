@@ -33,5 +33,6 @@ def get_config(arg=None):
   c.optimizer.learning_rate = 1e-4
   c.optimizer.ema_decay = 0.99
   c.data.pseudo_label_file = LABELS
-  c.objectives = dict(s3a=dict(weight=1.0, workdir="workdirs/clip", vocabulary="shapes_broad"))
+  c.objectives = dict(s3a=dict(weight=1.0, workdir="workdirs/clip", vocabulary="shapes_broad",
+                              structural_weight=1.0, individual_weight=1.0))
   return c

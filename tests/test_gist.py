@@ -252,3 +252,13 @@ def test_s3a_resumed_run_equals_uninterrupted_exactly(tiny_run, tiny_data_dir, t
   losses = lambda w: {m["step"]: (m["loss"], m["s3a/individual"]) for m in read_metrics(w) if "loss" in m}
   a, b = losses(workdir_a), losses(workdir_b)
   assert sorted(a) == list(range(1, S3A_TOTAL + 1)) and b == a
+
+
+def test_tool_errors_name_the_flag(tiny_run):
+  from vlmjax import pseudo_label
+  with pytest.raises(ValueError, match="--num_examples 2 must be at least 3"):
+    select_layer.select(tiny_run, "validation", 2)
+  with pytest.raises(ValueError, match="--clusters 1000000 must be in"):
+    pseudo_label.pseudo_labels(tiny_run, "shapes_broad", clusters=1_000_000)
+  with pytest.raises(ValueError, match="unknown set 'nope'"):
+    pseudo_label.pseudo_labels(tiny_run, "nope")

@@ -79,7 +79,7 @@ def pseudo_labels(workdir: str, vocabulary, clusters: int = 0, seed: int = 0) ->
   indices, images, text, size = run_embeddings(workdir, vocabulary)
   clusters = clusters or len(text)
   if not 1 <= clusters <= len(indices):
-    raise ValueError(f"{PROGRAM}: --clusters {clusters} must be in [1, {len(indices)}] (the readable records)")
+    raise ValueError(f"--clusters {clusters} must be in [1, {len(indices)}] (the readable records)")
   own = (images @ text.T).argmax(1)
   _, assignment = kmeans(images, clusters, seed)
   voted = cluster_vote(assignment, own, clusters)

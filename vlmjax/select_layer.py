@@ -65,7 +65,7 @@ def layer_features(workdir: str, split: str, num_examples: int, batch_size: int 
   loaded = RunDir(workdir).load()
   config = loaded.config
   if "image" not in config.model or "text" not in config.model:
-    raise ValueError(f"select_layer: the run in '{workdir}' is not a dual encoder (model.image, model.text)")
+    raise ValueError(f"the run in '{workdir}' is not a dual encoder (model.image, model.text)")
   source = sources.make_source(config.data, split)
   preprocess = pipeline.Preprocess(loaded.tokenizer, config.input.image_size, config.input.max_text_len,
                                    input_config=config.input, caption_field=pipeline.caption_field(config.input))
@@ -94,7 +94,7 @@ def layer_features(workdir: str, split: str, num_examples: int, batch_size: int 
 
 def select(workdir: str, split: str = "validation", num_examples: int = 1000, k: int = 0) -> dict:
   if num_examples < 3:
-    raise ValueError(f"select_layer: --num_examples {num_examples} must be at least 3")
+    raise ValueError(f"--num_examples {num_examples} must be at least 3")
   image, text = layer_features(workdir, split, num_examples)
   n = len(next(iter(image.values())))
   k = k or rice_k(n)
