@@ -155,3 +155,93 @@ def test_grain_step_has_finite_gradients_with_missing_regions(tiny_data_dir):
   metrics = jax.device_get(metrics)
   assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"]) and metrics["nonfinite_steps"] == 0
   assert metrics["grain/loss"] > 0
+
+
+# Structure-CLIP: the scene graph's triplets, the knowledge encoder and the hinge.
+
+def test_triplet_text_holds_the_visible_objects_pairs(tiny_source, tiny_tokenizer):
+  """Each ordered pair of the scene's objects, as (subject description, relation, object
+  description), in the record's order; all padding past them."""
+  preprocess = pipeline.Preprocess(tiny_tokenizer, 32, 16, fields=(regions.TRIPLET_TEXT,),
+                                   input_config=tiny_config("").input)
+  checked = 0
+  for index in range(12):
+    record = tiny_source[index]
+    example = preprocess.map(record)
+    want = [(record["regions"][s]["text"], relation, record["regions"][o]["text"])
+            for s, relation, o in record["triplets"]][:regions.MAX_TRIPLETS]
+    expected = tiny_tokenizer.encode([part for triplet in want for part in triplet], 16).reshape(-1, 3, 16)
+    np.testing.assert_array_equal(example["triplet_text"][:len(want)], expected)
+    assert not example["triplet_text"][len(want):].any()
+    checked += len(want)
+  assert checked >= 6
+
+
+def test_knowledge_encoder_is_directional_and_zero_without_triplets():
+  import jax.numpy as jnp
+  from vlmjax.models.knowledge import KnowledgeEncoder
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(4, 60, size=(3, 2, 3, 5)).astype(np.int32)
+  tokens[:, :, :, 4] = 0
+  tokens[1, 1] = 0          # one triplet of example 1 absent
+  tokens[2] = 0             # example 2: no scene graph
+  encoder = KnowledgeEncoder(vocab_size=64, width=16, embed_dim=8)
+  params = encoder.init(jax.random.PRNGKey(0), tokens)
+  out, swapped = encoder.apply(params, tokens), encoder.apply(params, tokens, swap=True)
+  assert out.shape == (3, 8) and np.abs(np.asarray(out[2])).max() == 0
+  assert np.abs(np.asarray(out[:2] - swapped[:2])).min() > 0
+  # An absent triplet changes nothing: example 1 equals itself with that row's tokens changed to padding.
+  again = tokens.copy()
+  again[1, 1] = 0
+  np.testing.assert_allclose(encoder.apply(params, again)[1], out[1], atol=1e-6)
+  np.testing.assert_allclose(encoder.apply(params, jnp.asarray(tokens[:, ::-1]))[1],  # triplet order: a set
+                             encoder.apply(params, tokens[:, ::-1])[1], atol=1e-6)
+
+
+def test_structure_clip_loss_matches_numpy():
+  from vlmjax.objectives.scene_graph import StructureClipObjective
+  rng = np.random.default_rng(0)
+  b, d = 4, 6
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  image, text = unit(rng.normal(size=(b, d))), unit(rng.normal(size=(b, d)))
+  negatives = unit(rng.normal(size=(b, 3, d)))
+  knowledge, swapped = rng.normal(size=(b, d)) * 0.3, rng.normal(size=(b, d)) * 0.3
+  scale = 2.0
+  t = unit(text + knowledge)
+  n = unit(negatives[:, 1] + swapped)
+  logits = np.exp(scale) * image @ t.T
+
+  def log_softmax(x, axis):
+    x = x - x.max(axis, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis, keepdims=True))
+  contrast = 0.5 * (-np.diag(log_softmax(logits, 1)).mean() - np.diag(log_softmax(logits, 0)).mean())
+  hinge = np.maximum(0.0, 0.2 - (image * t).sum(1) + (image * n).sum(1)).mean()
+  outputs = {"image_embeds": np.float32(image), "text_embeds": np.float32(text),
+             "negative_text_embeds": np.float32(negatives), "knowledge_embeds": np.float32(knowledge),
+             "swapped_knowledge_embeds": np.float32(swapped), "logit_scale": np.float32(scale)}
+  loss, metrics = StructureClipObjective(hinge_weight=0.5)(outputs, {})
+  np.testing.assert_allclose(loss, contrast + 0.5 * hinge, rtol=1e-5)
+  assert hinge > 0
+  with pytest.raises(ValueError, match="set model.knowledge"):
+    StructureClipObjective()({k: v for k, v in outputs.items() if "knowledge" not in k}, {})
+
+
+def test_structure_clip_step_trains_the_knowledge_encoder(tiny_data_dir):
+  import jax.numpy as jnp
+  from conftest import single_device_mesh
+  from vlmjax import experiment, sharding
+  config = tiny_config(tiny_data_dir, objectives=dict(structure_clip=dict(weight=1.0)),
+                       **{"model.knowledge": dict(width=16, depth=1, num_heads=2)})
+  built = experiment.build(config, 64, mesh=single_device_mesh(), validate=False)
+  batch = built.synthetic_batch(64)
+  batch["triplet_text"][::2] = 0  # scenes without a scene graph
+  state, shardings = built.init_state()
+  before = jax.device_get(state["params"]["knowledge"])
+  step = built.train_step(shardings)
+  with built.use_mesh():
+    for _ in range(2):  # the first step's learning rate is 0 (warm-up)
+      state, metrics = step(state, sharding.global_batch(batch, built.mesh))
+  metrics = jax.device_get(metrics)
+  assert np.isfinite(metrics["loss"]) and metrics["nonfinite_steps"] == 0 and metrics["structure_clip/hinge"] > 0
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), before, jax.device_get(state["params"]["knowledge"]))
+  assert min(jax.tree.leaves(moved)) > 0

@@ -5,7 +5,8 @@ A source whose records know their objects gives each record (the built-in datase
 - `regions`: a list of {'box': (x0, y0, x1, y1) in [0, 1] of the image, 'label': a class index,
   'text': a short description ('a small red circle'), 'attributes': class indices, one per kind};
 - `triplets`: (subject, relation, object) tuples, subject and object indices into `regions` and the
-  relation a phrase ('left of').
+  relation a phrase ('left of'); `triplet_text` gives each as three tokenized texts (Structure-CLIP's
+  scene-graph knowledge).
 
 The batch fields below turn them into fixed-size arrays of the augmented example: boxes follow the
 crop the augmentation cut (and the evaluation's centre crop), so a box always frames its object in
@@ -122,6 +123,32 @@ REGION_ATTRIBUTES = Field("region_attributes", lambda inp: (max_regions(inp), NU
                           make=_make_attributes,
                           draw=lambda rng, n, inp, vocab, batch: rng.integers(
                               0, 2, (n, max_regions(inp), NUM_ATTRIBUTES)).astype(np.int32))
+
+
+MAX_TRIPLETS = 6  # scene-graph triplets per example (the built-in scenes have up to 4·3 = 12)
+
+
+def _make_triplet_text(example, shape):
+  """The (subject, relation, object) triplets among the regions the model sees, each part tokenized:
+  int32 [M, 3, T], subject and object as their region's description; rows past the scene's
+  triplets all padding."""
+  record = example.record
+  if "triplets" not in record:
+    raise DataFileError("data: this objective needs records with scene-graph triplets ('triplets' over "
+                        "'regions'), which this dataset does not give")
+  regions = _regions(example)
+  seen = {i for i, _ in visible_regions(example)}
+  texts = [(regions[s]["text"], relation, regions[o]["text"]) for s, relation, o in record["triplets"]
+           if s in seen and o in seen][:shape[0]]
+  tokens = np.zeros(shape, np.int32)
+  if texts:
+    tokens[:len(texts)] = example.tokenize([part for triplet in texts for part in triplet]).reshape(len(texts), 3, -1)
+  return tokens
+
+
+TRIPLET_TEXT = Field("triplet_text", lambda inp: (MAX_TRIPLETS, 3, inp.max_text_len), "int32", make=_make_triplet_text,
+                     draw=lambda rng, n, inp, vocab, batch: random_texts(rng, (n, MAX_TRIPLETS, 3), inp.max_text_len,
+                                                                         vocab))
 
 
 def token_weights(boxes, valid, grid: int):

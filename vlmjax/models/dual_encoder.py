@@ -5,6 +5,7 @@ import numpy as np
 
 from vlmjax import batch_spec, registry
 from vlmjax.models import layers
+from vlmjax.models.knowledge import KnowledgeEncoder
 from vlmjax.models.sizes import decode_variant
 from vlmjax.models.text import TextTransformer
 from vlmjax.models.vit import ViT
@@ -30,7 +31,11 @@ class DualEncoder(nn.Module):
     positive texts per image, DreamLIP) is given; `logit_scale_local` [] with `local_logit_scale`;
   - `region_text_embeds` [B, K, E] when `region_texts` [B, K, T] (each object's description) is given;
   - `attribute_logits` [B, Σ attribute_classes] with `attribute_classes` (a linear head on the image
-    tower's pooled output predicting which attributes the scene shows, PLIP).
+    tower's pooled output predicting which attributes the scene shows, PLIP);
+  - `knowledge_embeds`, `swapped_knowledge_embeds` [B, E] when `triplet_texts` [B, M, 3, T] (the
+    scene graph) is given and `knowledge` (the keyword arguments of `KnowledgeEncoder`: width,
+    depth, num_heads) is set: Structure-CLIP's knowledge embedding of the triplets, and of the
+    same triplets with subject and object exchanged.
 
   Either input may be None; its outputs are then absent.
 
@@ -49,11 +54,13 @@ class DualEncoder(nn.Module):
   logit_bias_init: float = -10.0
   local_logit_scale: bool = False  # a second temperature, for DreamLIP's grouping loss
   attribute_classes: tuple = ()  # classes per attribute kind of the attribute head (): none
+  knowledge: dict | None = None  # a scene-graph knowledge encoder (Structure-CLIP): None = none
   dtype: jnp.dtype = jnp.float32
 
   batch_keys = {"images": "image", "texts": "text", "negative_texts": "negative_text",
                 "multi_texts": "multi_text", "images_view2": "image_view2",
-                "texts_view2": "text_view2", "region_texts": "region_text"}  # call argument -> batch key
+                "texts_view2": "text_view2", "region_texts": "region_text",
+                "triplet_texts": "triplet_text"}  # call argument -> batch key
   towers = {"image": ViT, "text": TextTransformer}   # config.model.<tower> -> its module, for validation
 
   def batch_fields(self, input_config, prompt_len: int = 0) -> tuple:
@@ -75,6 +82,9 @@ class DualEncoder(nn.Module):
     if self.local_logit_scale:
       self.logit_scale_local = self.param(
           "logit_scale_local", nn.initializers.constant(self.logit_scale_init), ())
+    if self.knowledge:
+      self.knowledge_encoder = KnowledgeEncoder(self.vocab_size, embed_dim=self.embed_dim, **self.knowledge,
+                                                dtype=self.dtype, name="knowledge")
     if self.attribute_classes:
       self.attribute_head = nn.Dense(sum(self.attribute_classes), dtype=self.dtype, name="attribute_head",
                                      kernel_init=layers.kernel_init(("embed", "proj")),
@@ -100,7 +110,7 @@ class DualEncoder(nn.Module):
     return l2_normalize(self.text_proj(pooled)).reshape(batch, k, -1)
 
   def __call__(self, images=None, texts=None, negative_texts=None, multi_texts=None, images_view2=None,
-               texts_view2=None, region_texts=None, train: bool = False):
+               texts_view2=None, region_texts=None, triplet_texts=None, train: bool = False):
     out = {"logit_scale": self.logit_scale, "logit_bias": self.logit_bias}
     if self.local_logit_scale:
       out["logit_scale_local"] = self.logit_scale_local
@@ -128,6 +138,11 @@ class DualEncoder(nn.Module):
       out["multi_text_valid"] = (multi_texts != 0).any(axis=-1)
     if region_texts is not None:
       out["region_text_embeds"] = self.embed_text_sets(region_texts, train)
+    if self.knowledge and triplet_texts is not None:
+      out["knowledge_embeds"] = self.knowledge_encoder(triplet_texts)
+      out["swapped_knowledge_embeds"] = self.knowledge_encoder(triplet_texts, swap=True)
+    elif self.knowledge and self.is_initializing():  # init sees images and captions only: make its params
+      self.knowledge_encoder(jnp.zeros((1, 1, 3, 1), jnp.int32))
     return out
 
 
