@@ -2,6 +2,9 @@
 relation negative, beside CLIP, at the comparison's budget (configs/clip.py).
 
   python -m vlmjax.train --config configs/structure_clip.py --workdir workdirs/structure_clip
+  python -m vlmjax.train --config configs/structure_clip.py:hinge --workdir workdirs/structure_clip_hinge
+
+`:hinge` is the ablation without knowledge: the same hinge on the plain caption embeddings.
 
 The scene graph is the record's: a (subject, relation, object) triplet for every ordered pair of
 the objects the crop leaves visible, subject and object as their descriptions ('a small red
@@ -20,8 +23,11 @@ from vlmjax.config import load_file
 
 
 def get_config(arg=None):
-  del arg
+  if arg not in (None, "", "hinge"):
+    raise ValueError(f"configs/structure_clip.py: unknown argument {arg!r} (none, or 'hinge')")
   c = load_file(os.path.join(os.path.dirname(__file__), "clip.py"))
   c.model.knowledge = dict(width=128, depth=1, num_heads=2)
-  c.objectives = dict(structure_clip=dict(weight=1.0, hinge_weight=1.0, margin=0.2))
+  c.objectives = dict(structure_clip=dict(weight=1.0, hinge_weight=1.0, margin=0.2, knowledge=arg != "hinge"))
+  if arg == "hinge":
+    c.model.knowledge = None
   return c

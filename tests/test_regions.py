@@ -222,8 +222,15 @@ def test_structure_clip_loss_matches_numpy():
   loss, metrics = StructureClipObjective(hinge_weight=0.5)(outputs, {})
   np.testing.assert_allclose(loss, contrast + 0.5 * hinge, rtol=1e-5)
   assert hinge > 0
+  plain = {k: v for k, v in outputs.items() if "knowledge" not in k}
   with pytest.raises(ValueError, match="set model.knowledge"):
-    StructureClipObjective()({k: v for k, v in outputs.items() if "knowledge" not in k}, {})
+    StructureClipObjective()(plain, {})
+  # The ablation without knowledge: the hinge on the plain embeddings.
+  logits = np.exp(scale) * image @ text.T
+  contrast = 0.5 * (-np.diag(log_softmax(logits, 1)).mean() - np.diag(log_softmax(logits, 0)).mean())
+  hinge = np.maximum(0.0, 0.2 - (image * text).sum(1) + (image * negatives[:, 1]).sum(1)).mean()
+  loss, _ = StructureClipObjective(knowledge=False)(plain, {})
+  np.testing.assert_allclose(loss, contrast + hinge, rtol=1e-5)
 
 
 def test_structure_clip_step_trains_the_knowledge_encoder(tiny_data_dir):

@@ -27,21 +27,25 @@ def hinge_loss(image_embeds, text_embeds, negative_embeds, margin: float):
 
 class StructureClipObjective(ClipObjective):
   """CLIP on knowledge-enhanced captions + `hinge_weight` × `hinge_loss` against their relation
-  negatives (knowledge of the exchanged triplets). Needs `model.knowledge`."""
+  negatives (knowledge of the exchanged triplets). Needs `model.knowledge`; `knowledge=False` leaves
+  the knowledge out (the hinge alone, the paper's ablation)."""
   batch_fields = (NEGATIVE_TEXT, regions.TRIPLET_TEXT)
 
-  def __init__(self, hinge_weight: float = 1.0, margin: float = 0.2, max_logit_scale: float = MAX_LOGIT_SCALE):
+  def __init__(self, hinge_weight: float = 1.0, margin: float = 0.2, knowledge: bool = True,
+               max_logit_scale: float = MAX_LOGIT_SCALE):
     super().__init__(max_logit_scale)
-    self.hinge_weight, self.margin = hinge_weight, margin
+    self.hinge_weight, self.margin, self.knowledge = hinge_weight, margin, knowledge
 
   def __call__(self, outputs, batch, step=None):
     del batch, step
-    if "knowledge_embeds" not in outputs:
+    if self.knowledge and "knowledge_embeds" not in outputs:
       raise ValueError("objectives.structure_clip needs the model's knowledge encoder: set model.knowledge "
                        "(e.g. dict(width=128, depth=1, num_heads=2))")
-    image = outputs["image_embeds"]
-    text = l2_normalize(outputs["text_embeds"] + outputs["knowledge_embeds"])
-    negative = l2_normalize(outputs["negative_text_embeds"][:, RELATION_NEGATIVE] + outputs["swapped_knowledge_embeds"])
+    image, text = outputs["image_embeds"], outputs["text_embeds"]
+    negative = outputs["negative_text_embeds"][:, RELATION_NEGATIVE]
+    if self.knowledge:
+      text = l2_normalize(text + outputs["knowledge_embeds"])
+      negative = l2_normalize(negative + outputs["swapped_knowledge_embeds"])
     contrast = clip_loss(image, text, outputs["logit_scale"])
     hinge = hinge_loss(image, text, negative, self.margin)
     return contrast + self.hinge_weight * hinge, {"contrast": contrast, "hinge": hinge,
