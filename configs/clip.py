@@ -5,7 +5,7 @@
 The demo's model and data, trained for the comparison's equal budget of STEPS steps, and evaluated on
 zero-shot classification, retrieval and compositional understanding (hard negatives per kind).
 Every configs/<method>.py of the comparison starts from this file and changes only the objective.
-Current result: 48.0% zero-shot top-1 on `test` (docs/results.md).
+Current result: 47.8% zero-shot top-1 on `test` (docs/results.md).
 """
 import os
 
