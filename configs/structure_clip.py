@@ -15,7 +15,9 @@ knowledge of the triplets with subject and object exchanged. Margin 0.2, hinge w
 The evaluators embed captions and prompts alone.
 
 Structure-CLIP (Huang et al. 2024) claims that scene-graph knowledge and structure-aware negatives
-improve compositional (relation and attribute) understanding. docs/results.md.
+improve compositional (relation and attribute) understanding. Reproduced for relations: 89.3%
+against CLIP's 73.6% (the hinge alone: 88.6%), at a cost in zero-shot top-1 (36.0% against 47.8%)
+and retrieval, as the evaluators embed captions without knowledge. docs/results.md.
 """
 import os
 
