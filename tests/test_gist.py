@@ -178,6 +178,13 @@ def test_vocabulary_loss_matches_numpy():
   log_probs -= np.log(np.exp(log_probs).sum(1, keepdims=True))
   want = -np.mean([log_probs[i, labels[i]] for i in range(5) if labels[i] >= 0])
   assert float(vocabulary_loss(np.float32(images), np.float32(names), labels, 0.05)) == pytest.approx(want, rel=1e-5)
+  # d/du_i = (softmax_i − onehot(y_i)) W / (τ · labelled count); unlabelled rows get none.
+  import jax
+  probs = np.exp(log_probs)
+  onehot = np.eye(7)[np.maximum(labels, 0)]
+  want_grad = ((probs - onehot) @ names) / 0.05 / 4 * (labels >= 0)[:, None]
+  got_grad = jax.grad(vocabulary_loss)(np.float32(images), np.float32(names), labels, 0.05)
+  np.testing.assert_allclose(got_grad, want_grad, rtol=1e-4, atol=1e-5)
 
 
 def test_pseudo_labels_vote_over_the_vocabulary(tiny_run, tiny_data_dir, tmp_path):

@@ -231,6 +231,12 @@ def test_structure_clip_loss_matches_numpy():
   hinge = np.maximum(0.0, 0.2 - (image * text).sum(1) + (image * negatives[:, 1]).sum(1)).mean()
   loss, _ = StructureClipObjective(knowledge=False)(plain, {})
   np.testing.assert_allclose(loss, contrast + hinge, rtol=1e-5)
+  # The hinge's gradient: −(v_i − n_i)/B for the images whose margin is violated, 0 otherwise.
+  from vlmjax.objectives.scene_graph import hinge_loss
+  active = (0.2 - (image * text).sum(1) + (image * negatives[:, 1]).sum(1)) > 0
+  want_grad = -(text - negatives[:, 1]) * active[:, None] / b
+  got_grad = jax.grad(hinge_loss)(np.float32(image), np.float32(text), np.float32(negatives[:, 1]), 0.2)
+  np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-6)
 
 
 def test_structure_clip_step_trains_the_knowledge_encoder(tiny_data_dir):
