@@ -6,7 +6,10 @@ from vlmjax.evals import classes
 
 
 def test_counts():
-  assert {k: len(v) for k, v in classes.CLASS_NAMES.items()} == {"imagenet": 1000, "cifar10": 10, "cifar100": 100}
+  assert {k: len(v) for k, v in classes.CLASS_NAMES.items()} == {"imagenet": 1000, "cifar10": 10, "cifar100": 100,
+                                                                 "shapes_broad": 110}
+  from vlmjax.data import shapes
+  assert set(shapes.CLASS_NAMES) < set(classes.class_names("shapes_broad"))  # the built-in classes and more
   assert {k: len(v) for k, v in classes.TEMPLATES.items()} == {
     "imagenet": 80, "imagenet_simple": 7, "cifar10": 18, "cifar100": 18}
   assert all(isinstance(v, tuple) and all(isinstance(s, str) for s in v)

@@ -118,7 +118,7 @@ def test_select_layer_scores_every_pair_of_layers(tiny_run):
   last = embedder.run(jax.jit(lambda p, x: loaded.model.apply({"params": p}, images=x)["image_features"]),
                       select_layer_images(tiny_run, 24))
   np.testing.assert_allclose(image[2], last, atol=1e-5)
-  result = select_layer.select(tiny_run, "validation", 24)
+  result = select_layer.score_layers(image, text)
   assert len(result["scores"]) == 4 and result["k"] == select_layer.rice_k(24)
   assert all(0.0 <= s["mutual_knn"] <= 1.0 for s in result["scores"])
   assert result["best"]["mutual_knn"] == max(s["mutual_knn"] for s in result["scores"])
@@ -187,13 +187,17 @@ def test_vocabulary_loss_matches_numpy():
   np.testing.assert_allclose(got_grad, want_grad, rtol=1e-4, atol=1e-5)
 
 
-def test_pseudo_labels_vote_over_the_vocabulary(tiny_run, tiny_data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_pseudo_labels(tiny_run):
+  from vlmjax import pseudo_label
+  return pseudo_label.pseudo_labels(tiny_run, "shapes_broad", clusters=5)
+
+
+def test_pseudo_labels_vote_over_the_vocabulary(tiny_pseudo_labels, tiny_source, tiny_data_dir, tmp_path):
   """Every train record gets one vocabulary index, its cluster's majority of the images' own nearest
   names; the file reads back as `data.pseudo_label_file` into the records' `pseudo_label`."""
-  from vlmjax import pseudo_label
-  labels, summary = pseudo_label.pseudo_labels(tiny_run, "shapes_broad", clusters=5)
-  indices, images, text, size = pseudo_label.run_embeddings(tiny_run, "shapes_broad")
-  assert text.shape[0] == 110 and sorted(labels) == sorted(indices.tolist())
+  labels, summary = tiny_pseudo_labels
+  assert summary["vocabulary"] == 110 and sorted(labels) == list(range(len(tiny_source)))
   assert summary["names_used"] <= 5 and all(0 <= v < 110 for v in labels.values())
   path = tmp_path / "labels.tsv"
   recaption.write_captions(str(path), labels, "pseudo-labels")
@@ -234,15 +238,14 @@ def test_teacher_is_the_ema_params_forward(tiny_data_dir):
     validate(tiny_config(tiny_data_dir, objectives=dict(s3a=dict(weight=1.0))), 1, 1)
 
 
-S3A_TOTAL, S3A_STOP = 4, 2
+S3A_TOTAL, S3A_STOP = 3, 1
 
 
-def test_s3a_resumed_run_equals_uninterrupted_exactly(tiny_run, tiny_data_dir, tmp_path):
+def test_s3a_resumed_run_equals_uninterrupted_exactly(tiny_run, tiny_pseudo_labels, tiny_data_dir, tmp_path):
   """The EMA teacher lives in the train state: SIGTERM + resume gives the uninterrupted run's losses."""
   from conftest import sigterm_after_step
   from vlmjax.run import read_metrics
-  from vlmjax import pseudo_label
-  labels, _ = pseudo_label.pseudo_labels(tiny_run, "shapes_broad", clusters=5)
+  labels, _ = tiny_pseudo_labels
   path = str(tmp_path / "labels.tsv")
   recaption.write_captions(path, labels)
   config = tiny_config(tiny_data_dir, total_steps=S3A_TOTAL, mesh=dict(data=1, fsdp=-1, tensor=1),

@@ -96,12 +96,18 @@ def select(workdir: str, split: str = "validation", num_examples: int = 1000, k:
   if num_examples < 3:
     raise ValueError(f"--num_examples {num_examples} must be at least 3")
   image, text = layer_features(workdir, split, num_examples)
+  return {"workdir": workdir, "split": split, **score_layers(image, text, k)}
+
+
+def score_layers(image: dict, text: dict, k: int = 0) -> dict:
+  """Mutual kNN of every ({image layer: [N, Wi]}, {text layer: [N, Wt]}) pair -> {'examples', 'k',
+  'scores', 'best', 'overrides'}; k = 0: the Rice rule."""
   n = len(next(iter(image.values())))
   k = k or rice_k(n)
   scores = [{"image_layer": i, "text_layer": t, "mutual_knn": mutual_knn(image[i], text[t], k)}
             for i in image for t in text]
   best = max(scores, key=lambda s: s["mutual_knn"])
-  return {"workdir": workdir, "split": split, "examples": n, "k": k, "scores": scores, "best": best,
+  return {"examples": n, "k": k, "scores": scores, "best": best,
           "overrides": [f"--config.model.image.output_layer={best['image_layer']}",
                         f"--config.model.text.output_layer={best['text_layer']}"]}
 
