@@ -126,7 +126,7 @@ def no_compilation_cache():
 # The files whose module fixtures run for a minute or more, first: `make test` hands whole files to its
 # two workers in collection order, so a long file collected last would leave one worker idle at the end.
 LONG_FILES = ("test_reliability.py", "test_multihost.py", "test_checkpoint_damage.py", "test_vlm.py",
-              "test_export_predict.py", "test_sharding.py", "test_resume.py", "test_mixture.py")
+              "test_export_predict.py", "test_sharding.py", "test_resume.py", "test_mixture.py", "test_gist.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -325,6 +325,10 @@ class Attention(nn.Module):
 class Block(nn.Module):
   """Pre-norm transformer block: x + Attn(Norm(x)), then x + Mlp(Norm(x)).
 
+  With `cross_attention`, between the two: x + CrossAttn(Norm(x), context), queries from x and keys
+  and values from `context` [B, S, D'] (another sequence: a fusion encoder's other modality),
+  `context_mask` bool [B, S] (True = attend) masking its padding.
+
   `decode` and `cache_index` are the attention's KV cache (see `Attention`). With `rank_queries`
   [B, T], returns only the attention ranking [B, S] of this block's (stop-gradient) input, as
   PyramidDrop ranks tokens with the next layer's query/key projections.
@@ -343,11 +347,12 @@ class Block(nn.Module):
   decode: bool = False
   dropout: float = 0.0
   attention: str = "einsum"  # the attention core's implementation (ATTENTION_IMPLEMENTATIONS)
+  cross_attention: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, mask=None, positions=None, deterministic=True, cache_index=None,
-               rank_queries=None):
+               rank_queries=None, context=None, context_mask=None):
     x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))
     if rank_queries is not None:
       x = jax.lax.stop_gradient(x)
@@ -359,6 +364,14 @@ class Block(nn.Module):
     if rank_queries is not None:
       return h
     x = x + nn.Dropout(self.dropout)(checkpoint_name(h, "attention_out"), deterministic)
+    if self.cross_attention:
+      if context is None:
+        raise ValueError("Block(cross_attention=True) needs a context [B, S, D]")
+      keys = None if context_mask is None else context_mask[:, None, None, :]
+      h = Norm(self.norm, "norm_cross", self.norm_eps)(x).astype(self.dtype)
+      h = Attention(self.num_heads, use_bias=self.use_bias, implementation=self.attention, dtype=self.dtype,
+                    name="cross_attn")(h, keys, inputs_kv=context.astype(self.dtype))
+      x = x + nn.Dropout(self.dropout)(h, deterministic)
     h = checkpoint_name(Norm(self.norm, "norm2", self.norm_eps)(x).astype(self.dtype), "mlp_in")
     h = Mlp(self.mlp_dim, self.activation, self.gated_mlp, self.use_bias, self.dropout, self.dtype,
             name="mlp")(h, deterministic)
@@ -427,7 +440,9 @@ class Transformer(nn.Module):
   output_layer: int = 0  # 0: the last block's output
 
   @nn.compact
-  def __call__(self, x, mask=None, positions=None, deterministic=True, cache_index=None):
+  def __call__(self, x, mask=None, positions=None, deterministic=True, cache_index=None, context=None,
+               context_mask=None):
+    """`context` [B, S, D'], `context_mask` [B, S]: what blocks built with `cross_attention` attend to."""
     block_cls = block_class(self.remat)
     if not 0 <= self.output_layer <= self.depth:
       raise ValueError(f"output_layer: {self.output_layer} is not in 0..{self.depth} (0: the last layer)")
@@ -437,7 +452,7 @@ class Transformer(nn.Module):
         raise ValueError(f"unroll: {self.unroll!r} is not a positive integer (layers per loop iteration)")
 
       def body(module, carry, _):
-        y = module(carry, mask, positions, deterministic, cache_index)
+        y = module(carry, mask, positions, deterministic, cache_index, None, context, context_mask)
         return y, (y if keep else None)
 
       stack = nn.scan(
@@ -448,7 +463,8 @@ class Transformer(nn.Module):
     else:
       outputs = []
       for i in range(self.depth):
-        x = block_cls(**self.block, name=f"block_{i}")(x, mask, positions, deterministic, cache_index)
+        x = block_cls(**self.block, name=f"block_{i}")(x, mask, positions, deterministic, cache_index, None,
+                                                       context, context_mask)
         outputs.append(x)
     if keep:
       x = outputs[self.output_layer - 1]
