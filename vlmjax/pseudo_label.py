@@ -17,20 +17,12 @@ from vlmjax import cli, config as config_lib
 from vlmjax.data import pipeline, recaption, sources
 from vlmjax.evals import classes
 from vlmjax.evals.common import Embedder
-from vlmjax.evals.zeroshot import DEFAULT_PROMPTS
+from vlmjax.evals.zeroshot import DEFAULT_PROMPTS, class_embeddings
 from vlmjax.metrics import quiet_absl_logging
 from vlmjax.run import RunDir
 from vlmjax.select_data import kmeans
 
 PROGRAM = "pseudo_label"
-
-
-def vocabulary_embeddings(embedder, tokenizer, names, prompts, max_len: int) -> np.ndarray:
-  """Each name's prompts embedded and averaged, L2-normalised: [C, E]. `prompts`: templates with
-  '{}' or a function name -> texts (a source's zero-shot prompts)."""
-  make = prompts if callable(prompts) else lambda name: [p.format(name) for p in prompts]
-  embeds = np.stack([embedder.embed_texts(tokenizer.encode(make(n), max_len)).mean(0) for n in names])
-  return embeds / np.linalg.norm(embeds, axis=-1, keepdims=True)
 
 
 def cluster_vote(assignment, predictions, num_clusters: int) -> np.ndarray:
@@ -51,8 +43,8 @@ def _open(workdir: str, batch_size: int):
 
 def _text_embeddings(loaded, source, embedder, vocabulary) -> np.ndarray:
   prompts = getattr(source, "prompts", None) or DEFAULT_PROMPTS
-  return vocabulary_embeddings(embedder, loaded.tokenizer, classes.class_names(vocabulary), prompts,
-                               loaded.config.input.max_text_len)
+  tokenize = lambda texts: loaded.tokenizer.encode(texts, loaded.config.input.max_text_len)
+  return class_embeddings(embedder, tokenize, classes.class_names(vocabulary), prompts)
 
 
 def run_text_embeddings(workdir: str, vocabulary, batch_size: int = 256) -> np.ndarray:

@@ -37,6 +37,14 @@ def accuracies(scores, labels, num_classes: int) -> dict:
   return {"top1": float(top1.mean()), "top5": float(top5.mean()), "mean_per_class_recall": float(np.mean(recall))}
 
 
+def class_embeddings(embedder, tokenize, class_names, prompts) -> np.ndarray:
+  """Each class's prompts embedded (`embedder.embed_texts` of `tokenize(texts)`), averaged and
+  L2-normalised: [C, E]. prompts: templates with '{}' or a function class name -> texts."""
+  make = prompts if callable(prompts) else lambda c: [p.format(c) for p in prompts]
+  embeds = np.stack([embedder.embed_texts(tokenize(make(c))).mean(axis=0) for c in class_names])
+  return embeds / np.linalg.norm(embeds, axis=-1, keepdims=True)
+
+
 @registry.register("evaluator", "zeroshot")
 class ZeroShot:
 
@@ -51,9 +59,7 @@ class ZeroShot:
 
   def class_embeddings(self, ctx, class_names, prompts):
     """prompts: templates with '{}' or a function class name -> texts. -> [C, E]"""
-    make = prompts if callable(prompts) else lambda c: [p.format(c) for p in prompts]
-    embeds = np.stack([ctx.embedder.embed_texts(ctx.tokenize(make(c))).mean(axis=0) for c in class_names])
-    return embeds / np.linalg.norm(embeds, axis=-1, keepdims=True)
+    return class_embeddings(ctx.embedder, ctx.tokenize, class_names, prompts)
 
   def check(self, source):
     """-> the class names for `source`; ValueError (one line) when there are none or they do not

@@ -48,7 +48,8 @@ class S3aObjective:
     self.structural_weight, self.individual_weight = structural_weight, individual_weight
     self.class_embeds = None
     if workdir:
-      self.class_embeds = run_vocabulary_embeddings(workdir, vocabulary)
+      from vlmjax.pseudo_label import run_text_embeddings  # the labelling tool's embedding, so both agree
+      self.class_embeds = run_text_embeddings(workdir, vocabulary)
 
   def __call__(self, outputs, batch, step=None):
     del step
@@ -65,12 +66,6 @@ class S3aObjective:
                "agrees_with_vote": jnp.sum((predicted == batch["pseudo_label"]) & labelled) / jnp.maximum(labelled.sum(), 1),
                "agrees_with_teacher": jnp.mean(predicted == teacher_labels)}
     return self.structural_weight * structural + self.individual_weight * individual, metrics
-
-
-def run_vocabulary_embeddings(workdir: str, vocabulary) -> np.ndarray:
-  """The vocabulary's names embedded by the run in `workdir` with its data's zero-shot prompts: [C, E]."""
-  from vlmjax.pseudo_label import run_text_embeddings  # the tool's own embedding, so both agree
-  return run_text_embeddings(workdir, vocabulary)
 
 
 registry.register("objective", "s3a")(S3aObjective)
