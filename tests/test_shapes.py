@@ -59,7 +59,7 @@ def test_vocabulary():
 
 
 def test_split_lengths_and_image(tiny_dirs, sources):
-    assert pathlib.Path(tiny_dirs[0]).name == '1.1.0'
+    assert pathlib.Path(tiny_dirs[0]).name == '1.2.0'
     for split, n in TINY_SIZES.items():
         assert len(sources[split]) == n
     image = sources['train'][0]['image']
@@ -160,18 +160,36 @@ TINY_1_0_0_DIGEST = '8fe423c75363caf73d72733b668e9db3d59b0165d360b77e363718b40d5
 FIELDS_1_0_0 = ('image', 'caption', 'long_caption', 'negative_captions', 'objects', 'label', 'num_objects')
 
 
-def test_version_1_0_0_records_unchanged(sources):
+# The same over every 1.1.0 field, as version 1.1.0 wrote them: version 1.2.0 only adds `translations`.
+TINY_1_1_0_DIGEST = '2016c00117f7b32617be3ec196b910934c5d14d63d87c8bb5e561513ccbd6df1'
+
+
+def _digest(sources, fields) -> str:
     digest = hashlib.sha256()
     for split in shapes.SPLITS:
         for i in range(len(sources[split])):
             record = sources[split][i]
-            for key in FIELDS_1_0_0:
+            for key in fields:
                 value = record[key]
                 parts = ([value[k] for k in sorted(value)] if isinstance(value, dict)
                          else value if isinstance(value, (list, tuple)) else [value])
                 for part in parts:
                     digest.update(part if isinstance(part, bytes) else np.asarray(part).tobytes())
-    assert digest.hexdigest() == TINY_1_0_0_DIGEST
+    return digest.hexdigest()
+
+
+def test_version_1_0_0_records_unchanged(sources):
+    assert _digest(sources, FIELDS_1_0_0) == TINY_1_0_0_DIGEST
+
+
+def test_version_1_1_0_records_unchanged(sources):
+    assert _digest(sources, (*FIELDS_1_0_0, 'questions')) == TINY_1_1_0_DIGEST
+
+
+def test_translations_are_in_every_record(sources):
+    record = sources['test_unseen'][0]
+    assert sorted(record['translations']) == ['de', 'fr']
+    assert all(isinstance(t, bytes) and t for t in record['translations'].values())
 
 
 def _true_relation(a, b):

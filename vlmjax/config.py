@@ -20,7 +20,7 @@ from vlmjax.models.sizes import decode_variant
 
 # Sections whose keys are free-form: they are checked against the constructor they configure.
 OPEN_SECTIONS = ("model", "objectives", "evals", "data.fields", "data.files", "data.mixture", "init.also",
-                 "init.fit")
+                 "init.fit", "input.languages")
 
 
 # An eval entry's keys that choose its data and resolution (vlmjax.evals.common); the others are its evaluator's.
@@ -73,6 +73,8 @@ def base_config() -> ml_collections.ConfigDict:
                                   # (vlmjax.data.recaption, `python -m vlmjax.pseudo_label`)
       subset_file="",             # train only on the train split's records listed in this file (one
                                   # index per line: vlmjax.data.subset, `python -m vlmjax.select_data`)
+      caption_language="en",     # the language of the records' `caption`; others come from their
+                                  # `translations` ({language: text}, vlmjax_shapes: 'de', 'fr')
       caption_noise=0.0,          # this fraction of training records carry another record's texts
                                   # (vlmjax.data.caption_noise: ALIGN's noisy pairs); 0 = off
       # Train on a weighted mixture of datasets instead (vlmjax.data.mixture): {name: dict(weight=
@@ -91,9 +93,14 @@ def base_config() -> ml_collections.ConfigDict:
                  # the record's text the model is trained on and scored against: 'caption', or e.g.
                  # 'long_caption' (vlmjax_shapes' one sentence per object and pair: ImageInWords)
                  caption_field="caption",
+                 # the language mix of the training captions: {language: weight >= 0}, each record's
+                 # caption taken in a language drawn with these weights (data.caption_language or one
+                 # of its `translations`), e.g. dict(en=0.5, de=0.25, fr=0.25); {} = the caption as is
+                 languages={},
                  # records with object regions (vlmjax.data.regions): at most this many per example
                  max_regions=4)
-  c.tokenizer = dict(path="", vocab_size=1000, train_examples=20000)
+  # languages: the tokenizer learns every record's caption in each of these (() = those of input.languages)
+  c.tokenizer = dict(path="", vocab_size=1000, train_examples=20000, languages=())
 
   c.model = dict(name="dual_encoder", image=dict(variant="S/16"), text=dict(variant="S"), embed_dim=384)
   c.objectives = dict(clip=dict(weight=1.0))
@@ -377,6 +384,19 @@ def check_keys_and_ranges(config):
     raise ConfigError(f"config: {e}") from None
 
 
+def _check_languages(config):
+  """input.languages: non-negative weights, one positive; over the caption itself."""
+  languages = dict(_get(config, "input.languages") or {})
+  for language, weight in languages.items():
+    if not isinstance(weight, (int, float)) or weight < 0:
+      raise ConfigError(f"config: 'input.languages.{language}' {weight!r} must be a number >= 0")
+  if languages and not sum(languages.values()) > 0:
+    raise ConfigError("config: 'input.languages' needs one weight > 0")
+  if languages and (_get(config, "input.caption_field") or "caption") != "caption":
+    raise ConfigError("config: 'input.languages' mixes languages of the caption; it cannot be used with "
+                      f"input.caption_field '{config.input.caption_field}'")
+
+
 def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
   """Raises ConfigError on the first problem. `batch_ways` = data × fsdp mesh size."""
   _check_against_base(config)
@@ -414,6 +434,7 @@ def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
   except registry.RegistryError as e:
     raise ConfigError(f"config: {e}") from None
   check_mixture(config.data)
+  _check_languages(config)
   if not config.objectives:
     raise ConfigError("config: 'objectives' is empty; name at least one (e.g. clip=dict(weight=1.0))")
   _check_ranges(config)

@@ -126,7 +126,9 @@ class Experiment:
                                crop_min=config.input.crop_min, brightness=config.input.brightness,
                                fields=tuple(f for f in self.fields.values() if f.make),
                                input_config=config.input, max_caption_chars=config.data.max_caption_chars,
-                               caption_field=pipeline.caption_field(config.input))
+                               caption_field=pipeline.caption_field(config.input),
+                               languages=pipeline.language_mix(config.input),
+                               caption_language=config.data.get("caption_language", "en"))
     return registry.get("preprocess", config.model.name)(base, config, tokenizer, self.model)
 
   def use_mesh(self):

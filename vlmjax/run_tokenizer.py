@@ -20,6 +20,12 @@ def existing_tokenizer(config, run: RunDir) -> str | None:
   return inherited_tokenizer(config.init)
 
 
+def tokenizer_languages(config) -> tuple:
+  """The languages whose captions the tokenizer learns: `tokenizer.languages`, else those of
+  `input.languages`; () = the caption text as the run reads it."""
+  return tuple(config.tokenizer.get("languages") or (name for name, _ in pipeline.language_mix(config.input)))
+
+
 def get_tokenizer(config, run: RunDir, train_source) -> Tokenizer:
   """`existing_tokenizer` (an init source's copied into the run); else one trained on the training captions."""
   path, found = run.tokenizer_file(config), existing_tokenizer(config, run)
@@ -34,8 +40,15 @@ def get_tokenizer(config, run: RunDir, train_source) -> Tokenizer:
   logging.info("Training a %d-piece SentencePiece tokenizer on %d captions", config.tokenizer.vocab_size, count)
   records = (train_source[i] for i in range(count))
   field = pipeline.caption_field(config.input)
-  texts = (pipeline.tokenizer_text(r, field) for r in records
-           if not isinstance(r, pipeline.BadRecord) and not pipeline.record_problem(r, config.data.max_caption_chars))
+  good = (r for r in records
+          if not isinstance(r, pipeline.BadRecord) and not pipeline.record_problem(r, config.data.max_caption_chars))
+  languages = tokenizer_languages(config)
+  if languages:  # one tokenizer for every language of the mix: each record's caption in each
+    caption_language = config.data.get("caption_language", "en")
+    pipeline.check_languages(languages, train_source, "tokenizer.languages")
+    texts = (pipeline.caption_in(r, language, caption_language) for r in good for language in languages)
+  else:
+    texts = (pipeline.tokenizer_text(r, field) for r in good)
   tokenizer = Tokenizer.train(texts, config.tokenizer.vocab_size)
   if jax.process_index() == 0:
     tokenizer.save(path)

@@ -81,9 +81,15 @@ def train(config, workdir: str, stop_after_steps: int | None = None, overwrite: 
   experiment_lib.check(config)
   with workdir_lib.lock(workdir, "train"):
     train_source = mixture.train_source(config.data, config.seed)  # every part of a mixture
+    check_languages(config, train_source)
     check_evals(config)
     workdir_lib.prepare(config, workdir, overwrite)  # refuses another run's workdir; writes config.json
     return _train(config, RunDir(workdir), train_source, stop_after_steps)
+
+
+def check_languages(config, train_source):
+  """The training data has captions in every language of `input.languages`."""
+  pipeline.check_languages([name for name, _ in pipeline.language_mix(config.input)], train_source)
 
 
 def check_evals(config):
@@ -101,6 +107,7 @@ def dry_run(config, workdir: str, overwrite: bool = False) -> dict:
   config = sources.with_absolute_paths(config)
   mesh = experiment_lib.check(config)
   train_source = mixture.train_source(config.data, config.seed)  # every part of a mixture
+  check_languages(config, train_source)
   check_evals(config)
   workdir_lib.check(config, workdir, overwrite)
   for source, _, _ in config_lib.init_sources(config.init):
@@ -236,7 +243,8 @@ def _train(config, run: RunDir, train_source, stop_after_steps: int | None) -> d
 
 
 USER_ERRORS = (config_lib.ConfigError, registry.RegistryError, distributed.DistributedEnvError, OSError,
-               KeyError, pipeline.BadDataError, sources.DataFileError, TokenizerError, NonFiniteError)
+               KeyError, pipeline.BadDataError, pipeline.LanguageError, sources.DataFileError, TokenizerError,
+               NonFiniteError)
 
 
 # The config's sections whose entries are named by the user, and the registry kind each entry picks.

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from vlmjax import registry
-from vlmjax.batch_spec import BAD_REASONS, caption_sequence
+from vlmjax.batch_spec import BAD_REASONS, PAD as PAD_ID, caption_sequence
 from vlmjax.data.tokenizer import Tokenizer
 MIN_RECORDS_FOR_BAD_FRACTION = 200  # the fraction of bad records is judged once this many were read
 MAX_BAD_IN_A_ROW = 100  # a slot whose next 100 candidates are all bad: the data is unreadable
@@ -81,6 +81,43 @@ def caption_text(record, field: str):
     raise KeyError(f"input.caption_field: the records have no '{field}' (they have: "
                    f"{', '.join(sorted(k for k in record if k != 'image'))})")
   return record[field]
+
+
+class LanguageError(ValueError):
+  """A language the records have no captions in: one line naming the config key and the languages they have."""
+
+
+def caption_in(record, language: str, caption_language: str = "en") -> str:
+  """The record's caption in `language`: its `caption` when that is `caption_language` (the language
+  its captions are in), else its `translations[language]`."""
+  if language == caption_language:
+    return record["caption"]
+  translations = record.get("translations") or {}
+  if language not in translations:
+    have = ", ".join([caption_language, *sorted(translations)])
+    raise LanguageError(f"input.languages: a record has no caption in '{language}' (it has: {have})")
+  return translations[language]
+
+
+def language_mix(input_config) -> tuple:
+  """`input.languages` as ((language, probability), ...) over the languages of positive weight; () = off."""
+  weights = {k: float(v) for k, v in dict((input_config or {}).get("languages") or {}).items() if v > 0}
+  total = sum(weights.values())
+  return tuple((k, v / total) for k, v in weights.items())
+
+
+def source_languages(source) -> tuple:
+  """The languages a source's records have captions in: their caption's (`caption_language`, default
+  'en'), then their `translations`'."""
+  return (getattr(source, "caption_language", "en"), *getattr(source, "translation_languages", ()))
+
+
+def check_languages(languages, source, key: str = "input.languages"):
+  """LanguageError (one line naming `key`) for a language of `languages` the source has no captions in."""
+  have = source_languages(source)
+  for language in languages:
+    if language not in have:
+      raise LanguageError(f"{key}: the data has no captions in '{language}' (it has: {', '.join(have)})")
 
 
 def tokenizer_text(record, field: str) -> str:
@@ -184,6 +221,9 @@ class Preprocess(grain.transforms.RandomMap):
   max_caption_chars: int = 0  # longer captions are bad records (0: no limit)
   resize: str = "squash"
   caption_field: str = "caption"  # the record's text that becomes 'text' (`input.caption_field`)
+  languages: tuple = ()  # ((language, probability), ...): the caption's language drawn per record (`language_mix`)
+  caption_language: str = "en"  # the language of the records' own `caption` (`data.caption_language`)
+  tag_language: bool = False  # add 'language': the caption's language (a decoder's prompt names it)
 
   def augment(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
     return self.augment_with_crop(image, rng)[0]
@@ -232,6 +272,11 @@ class Preprocess(grain.transforms.RandomMap):
     is_question = not isinstance(record, BadRecord) and "caption" not in record and "questions" in record
     if self.caption_field != "caption" and not isinstance(record, BadRecord) and not is_question:
       record = {**record, "caption": caption_text(record, self.caption_field)}
+    language = self.caption_language
+    if self.languages and not isinstance(record, BadRecord) and not is_question:
+      names, probabilities = zip(*self.languages)
+      language = names[rng.choice(len(names), p=probabilities)]
+      record = {**record, "caption": caption_in(record, language, self.caption_language)}
     qa = None
     if is_question:
       qa = self.question_answer(record["questions"], rng)
@@ -260,6 +305,8 @@ class Preprocess(grain.transforms.RandomMap):
       out[field.name] = np.asarray(field.make(example, field.shape(self.input_config)), field.dtype)
     for key in self.passthrough:
       out[key] = np.asarray(record[key])
+    if self.tag_language:
+      out["language"] = language
     return out
 
   def map(self, record):  # evaluation: no randomness
@@ -457,13 +504,15 @@ class CaptionPreprocess(grain.transforms.RandomMap):
   with_image: bool = True
   prefix_attention: str = "causal"
   keep_text: bool = False  # also keep 'text' (a model that embeds the caption with a text tower)
+  language_prompts: tuple = ()  # ((language, prompt), ...): the prompt says the caption's language
 
   def random_map(self, record, rng: np.random.Generator):
     example = self.base.random_map(record, rng)
     if not isinstance(example, dict):
       return example
     text = example["text"] if self.keep_text else example.pop("text")
-    example.update(caption_sequence(text, self.num_image_tokens, self.prompt, self.prefix_attention,
+    prompt = dict(self.language_prompts)[example.pop("language")] if self.language_prompts else self.prompt
+    example.update(caption_sequence(text, self.num_image_tokens, prompt, self.prefix_attention,
                                     example.pop("question_len", 0)))
     if not self.with_image:
       example.pop("image")
@@ -473,10 +522,35 @@ class CaptionPreprocess(grain.transforms.RandomMap):
     return self.random_map(record, np.random.default_rng(0))
 
 
-def prompt_ids(tokenizer: Tokenizer, input_config) -> tuple:
-  """The pieces of `input_config.prompt` (text put between BOS and a decoder's caption), or ()."""
+LANGUAGE_SLOT = "{language}"  # in `input.prompt`: replaced by the caption's language ('caption {language}')
+
+
+def prompt_languages(input_config) -> tuple:
+  """The languages a prompt with `LANGUAGE_SLOT` is written for: every key of `input.languages`,
+  those of weight 0 too (a run may be asked for a language it never trained on)."""
+  return tuple(dict((input_config or {}).get("languages") or {})) or ("en",)
+
+
+def prompt_ids(tokenizer: Tokenizer, input_config, language: str | None = None) -> tuple:
+  """The pieces of `input_config.prompt` (text put between BOS and a decoder's caption), or ().
+
+  A prompt with `LANGUAGE_SLOT` says which language to caption in: its pieces for `language`
+  (default 'en' where it is one of `prompt_languages`, else the first), left-padded with PAD to the
+  longest of `prompt_languages`, so that every language's sequence has one layout (padding attends
+  to nothing and nothing attends to it). LanguageError for a language outside them."""
   prompt = input_config.get("prompt", "")
-  return tuple(tokenizer.pieces([prompt])[0]) if prompt else ()
+  if not prompt:
+    return ()
+  if LANGUAGE_SLOT not in prompt:
+    return tuple(tokenizer.pieces([prompt])[0])
+  languages = prompt_languages(input_config)
+  language = language or ("en" if "en" in languages else languages[0])
+  if language not in languages:
+    raise LanguageError(f"input.prompt: no prompt in '{language}': the run's languages (input.languages) are "
+                        f"{', '.join(languages)}")
+  pieces = {k: tokenizer.pieces([prompt.replace(LANGUAGE_SLOT, k)])[0] for k in languages}
+  length = max(len(p) for p in pieces.values())
+  return (PAD_ID,) * (length - len(pieces[language])) + tuple(pieces[language])
 
 
 def prefix_attention(input_config) -> str:
@@ -490,8 +564,13 @@ def caption_preprocess(base: Preprocess, config, tokenizer: Tokenizer, model):
   """The decoder example maker for `model` (an LM or VLM) on `config.input` (`prompt`: text put
   between BOS and the caption, never supervised)."""
   num_image_tokens = model.num_image_tokens(config.input.image_size)
+  language_prompts = ()
+  if LANGUAGE_SLOT in config.input.get("prompt", ""):  # each example prompted in its caption's language
+    language_prompts = tuple((k, prompt_ids(tokenizer, config.input, k)) for k in prompt_languages(config.input))
+    base = dataclasses.replace(base, tag_language=True)
   return CaptionPreprocess(base, num_image_tokens, prompt_ids(tokenizer, config.input),
-                           with_image=num_image_tokens > 0, prefix_attention=prefix_attention(config.input))
+                           with_image=num_image_tokens > 0, prefix_attention=prefix_attention(config.input),
+                           language_prompts=language_prompts)
 
 
 @registry.register("preprocess", "close")

@@ -23,6 +23,10 @@ exactly `make_example(seed, split, i, image_size)`.  The questions draw from
 their own RNG stream (`[seed, split_id, index, QUESTION_STREAM]`), so version
 1.1.0 adds them while every field of version 1.0.0 stays bit-identical.
 
+Version 1.2.0 adds `translations`: the short caption in German and French (`shapes_languages`),
+written from the same objects and wording choices, so it draws nothing from the RNG and every
+field of version 1.1.0 stays bit-identical.
+
 The dataset is stored as array_record and is meant to be read through the
 random-access data source API, which does not need TensorFlow:
 
@@ -513,6 +517,7 @@ def make_example(seed: int, split: str, index: int, image_size: int = 64) -> dic
         _count_negative(rng, num_objects),
     ]
     label = CLASS_NAMES.index(_name(objects[0])) if single else -1
+    from vlmjax.data import shapes_languages  # it builds on this module's English grammar
     return dict(
         image=image,
         caption=_caption(objects, template),
@@ -522,6 +527,7 @@ def make_example(seed: int, split: str, index: int, image_size: int = 64) -> dic
         label=label,
         num_objects=num_objects,
         questions=make_questions(seed, split, index, objects),
+        translations=shapes_languages.translations(objects, template),
     )
 
 
@@ -630,11 +636,12 @@ class ShapesConfig(tfds.core.BuilderConfig):
 class VlmjaxShapes(tfds.core.GeneratorBasedBuilder):
     """Synthetic coloured-shapes scenes with captions and hard negatives."""
 
-    VERSION = tfds.core.Version('1.1.0')
-    SUPPORTED_VERSIONS = [tfds.core.Version('1.0.0')]
+    VERSION = tfds.core.Version('1.2.0')
+    SUPPORTED_VERSIONS = [tfds.core.Version('1.0.0'), tfds.core.Version('1.1.0')]
     RELEASE_NOTES = {
         '1.0.0': 'Initial release.',
         '1.1.0': 'Adds `questions` (type, question, answer); every 1.0.0 field is unchanged.',
+        '1.2.0': 'Adds `translations` (the caption in German and French); every 1.1.0 field is unchanged.',
     }
     BUILDER_CONFIGS = [
         ShapesConfig(name='default', description='20k train images at 64x64.'),
@@ -668,11 +675,17 @@ class VlmjaxShapes(tfds.core.GeneratorBasedBuilder):
                 'answer': tfds.features.Text(),
             })),
         }
+        from vlmjax.data import shapes_languages
+        translations = {} if self.version < '1.2.0' else {
+            'translations': tfds.features.FeaturesDict(
+                {language: tfds.features.Text() for language in shapes_languages.TRANSLATED}),
+        }
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__,
             features=tfds.features.FeaturesDict({
                 **questions,
+                **translations,
                 'image': tfds.features.Image(shape=(size, size, 3), encoding_format='png'),
                 'caption': tfds.features.Text(),
                 'long_caption': tfds.features.Text(),
@@ -709,6 +722,8 @@ class VlmjaxShapes(tfds.core.GeneratorBasedBuilder):
             example['image'] = _png_bytes(example['image'])
             if self.version < '1.1.0':
                 del example['questions']
+            if self.version < '1.2.0':
+                del example['translations']
             yield index, example
 
 

@@ -85,6 +85,16 @@ class TfdsSource:
         first = f"it is prepared without random access; prepare it again with: {prepare_command(name, data_dir)}"
       raise FileNotFoundError(f"data: cannot open TFDS dataset '{name}' split '{split}' in {where}: {first}") from None
     self.fields = dict(fields)
+    self.translation_languages = ()  # the languages of a `translations` field ({language: text})
+    if "translations" in self.fields:
+      feature = builder.info.features
+      try:
+        for key in self.fields["translations"].split("/"):
+          feature = feature[key]
+        self.translation_languages = tuple(sorted(feature.keys()))
+      except (KeyError, TypeError, AttributeError):
+        raise ValueError(f"data: TFDS dataset '{name}' has no feature '{self.fields['translations']}' of texts by "
+                         "language (data.fields.translations)") from None
     self.class_names = ()
     self.convert = None  # record -> record, applied last (a dataset's own annotations made generic)
     if "label" in self.fields:
@@ -137,6 +147,8 @@ class TfdsSource:
     for key in ("negative_captions", "captions"):
       if key in out:
         out[key] = [_as_text([c]) for c in out[key]]
+    if "translations" in out:  # {language: caption}
+      out["translations"] = {language: _as_text(text) for language, text in out["translations"].items()}
     if "label" in out:
       out["label"] = int(out["label"])
     if "questions" in out:
@@ -472,7 +484,8 @@ DEFAULT_SHAPES_DIR = os.path.join("data", "tfds")  # where `make demo` builds vl
 
 
 SHAPES_FIELDS = {"image": "image", "caption": "caption", "label": "label", "negative_captions": "negative_captions",
-                 "long_caption": "long_caption", "questions": "questions", "objects": "objects"}
+                 "long_caption": "long_caption", "questions": "questions", "objects": "objects",
+                 "translations": "translations"}
 
 
 def _shapes_regions(record: dict) -> dict:
@@ -497,6 +510,13 @@ def shapes_source(data_config, split: str, default_fields=SHAPES_FIELDS):
   source = TfdsSource(name, split, data_dir, fields)
   source.convert = _shapes_regions
   source.class_names, source.prompts = shapes.CLASS_NAMES, shapes.zero_shot_prompts
+  # Each language's zero-shot prompts (a function of the English class name) and captioning
+  # references, and which language a generated caption is in.
+  from vlmjax.data import shapes_languages
+  source.language_prompts = shapes_languages.zero_shot_prompts
+  source.reference_captions_in = lambda i, language: shapes_languages.reference_captions(
+      source.source[int(i)]["objects"], language)
+  source.detect_language = shapes_languages.detect_language
   # Captioning references: every caption the generator could have written for record i's scene.
   source.reference_captions = lambda i: shapes.reference_captions(source.source[int(i)]["objects"])
   # What is in record i's scene, by name ('red circle'), and every name an object can have.
@@ -572,4 +592,7 @@ def with_absolute_paths(config):
 
 
 def make_source(data_config, split: str):
-  return registry.get("dataset", data_config.name)(data_config, split)
+  """The split's source; its `caption_language` is the data config's (the language of its captions)."""
+  source = registry.get("dataset", data_config.name)(data_config, split)
+  source.caption_language = data_config.get("caption_language", "en")
+  return source

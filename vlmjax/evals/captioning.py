@@ -11,6 +11,10 @@
   k vocabulary pieces whose input embeddings are nearest (cosine) to the image's mean projected
   token (`image_code`) become the prompt, `BOS piece₁ … piece_k`, most similar first, and the LM
   reads no image token.
+  With `language` the prompt asks for that language (an `input.prompt` with '{language}') and the
+  references are the scene's captions in it (`source.reference_captions_in`, else the record's
+  translation); `language_fidelity` is the fraction of captions written in it
+  (`source.detect_language`, where the data has it: Centurio's measure).
 - `token_nll`: the teacher-forced per-token NLL, perplexity and next-token accuracy on a split's
   captions, with the training layout (image slots, prompt, masks).
 """
@@ -29,8 +33,8 @@ from vlmjax.objectives.ntp import token_cross_entropy
 
 
 def words(text: str) -> str:
-  """'Two objects: a Red circle.' -> 'two objects a red circle'."""
-  return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+  """'Two objects: a Red circle.' -> 'two objects a red circle'; letters of any script ('großer')."""
+  return " ".join(re.findall(r"[^\W_]+", text.lower()))
 
 
 def caption_metrics(references: list[list[str]], predictions: list[str]) -> dict:
@@ -77,11 +81,11 @@ class Captioning:
   def __init__(self, name: str, split: str = "test", num_examples: int = 500, max_new_tokens: int = 32,
                temperature: float = 0.0, top_k: int = 0, seed: int = 0, beam_size: int = 1,
                length_penalty: float = 0.0, min_length: int = 0, repetition_penalty: float = 1.0,
-               nearest_tokens: int = 0):
+               nearest_tokens: int = 0, language: str = ""):
     if nearest_tokens < 0:
       raise ValueError(f"nearest_tokens {nearest_tokens} must be >= 0 (0: the image tokens themselves)")
     self.name, self.split, self.num_examples = name, split, num_examples
-    self.nearest_tokens = nearest_tokens
+    self.nearest_tokens, self.language = nearest_tokens, language
     self.max_new_tokens, self.temperature, self.top_k, self.seed = max_new_tokens, temperature, top_k, seed
     self.decoding = decoding_options(f"evals.{name}", max_new_tokens, temperature, beam_size, length_penalty,
                                      min_length, repetition_penalty)
@@ -98,8 +102,14 @@ class Captioning:
     field = pipeline.caption_field(ctx.input_config)
     reference_fn = (getattr(source, "reference_captions", None) if field == "caption" else None) or (
         lambda i: [pipeline.caption_text(source[i], field)])
+    if self.language:
+      pipeline.check_languages([self.language], source, f"evals.{self.name}.language")
+      references_in = getattr(source, "reference_captions_in", None)
+      reference_fn = ((lambda i: references_in(i, self.language)) if references_in else
+                      lambda i: [pipeline.caption_in(source[i], self.language, getattr(source, "caption_language", "en"))])
+    prompt = pipeline.prompt_ids(ctx.tokenizer, ctx.input_config, self.language or None)
     prefix, kinds = generation_prefix(model.num_image_tokens(ctx.input_config.image_size),
-                                      pipeline.prompt_ids(ctx.tokenizer, ctx.input_config), ctx.tokenizer.bos_id,
+                                      prompt, ctx.tokenizer.bos_id,
                                       pipeline.prefix_attention(ctx.input_config))
     generate = make_generate(model, self.max_new_tokens, self.temperature, self.top_k, ctx.tokenizer.eos_id,
                              **self.decoding)
@@ -124,7 +134,11 @@ class Captioning:
     self.predictions, self.references = predictions, [reference_fn(i) for i in range(count)]
     metrics = caption_metrics(self.references, predictions)
     exact = np.mean([words(p) in {words(r) for r in refs} for p, refs in zip(predictions, self.references)])
-    return {**{f"{self.name}/{k}": v for k, v in metrics.items()}, f"{self.name}/exact_match": float(exact)}
+    out = {**{f"{self.name}/{k}": v for k, v in metrics.items()}, f"{self.name}/exact_match": float(exact)}
+    if self.language and hasattr(source, "detect_language"):
+      out[f"{self.name}/language_fidelity"] = float(np.mean([source.detect_language(p) == self.language
+                                                             for p in predictions]))
+    return out
 
   def nearest_token_prompts(self, ctx, prefixes, prefix_kinds):
     """-> fn(images [b, S, S, 3]) -> int32 [b, 1 + k]: BOS and the k pieces nearest each image's mean

@@ -8,12 +8,14 @@ image ranks texts by the mean over its tokens of each token's best match among t
 a text ranks images by the mean over its valid tokens of their best image token, as FILIP's loss
 scores them). A candidate tied with the right one does not push it down. Images are the first `num_examples` of the split (a
 CSV/JSONL image named on several rows is one image with those captions; a TFDS `captions` field is
-a list per image).
+a list per image). `language`: the captions in that language (the record's `translations`,
+`pipeline.caption_in`), the same images.
 """
 import jax
 import numpy as np
 
 from vlmjax import registry
+from vlmjax.data import pipeline
 from vlmjax.objectives.contrastive import filip_similarities
 
 SCORES = ("pooled", "tokens")
@@ -39,9 +41,15 @@ def recall_at_k(scores, ks=(1, 5, 10)) -> dict:
   return multi_caption_recall(scores, np.arange(len(scores)), ks)["image_to_text"]
 
 
-def caption_groups(source, limit: int = 0):
+def caption_groups(source, limit: int = 0, language: str = ""):
   """-> (record indices of the images [N], captions of each [N lists]): the source's own grouping
-  when it has one, else one caption per record."""
+  when it has one, else one caption per record; in `language`, each record's caption in it."""
+  if language:
+    indices = list(range(min(limit, len(source)) if limit > 0 else len(source)))
+    records = (source[i] for i in indices)
+    own = getattr(source, "caption_language", "en")
+    return indices, [[] if isinstance(r, pipeline.BadRecord) else [pipeline.caption_in(r, language, own)]
+                     for r in records]
   if hasattr(source, "caption_groups"):
     return source.caption_groups(limit)
   indices = list(range(min(limit, len(source)) if limit > 0 else len(source)))
@@ -62,14 +70,22 @@ def token_scores(image_tokens, text_tokens, text_mask, images_per_chunk: int = 3
 class Retrieval:
   """`score`: 'pooled' (cosine of the pooled embeddings) or 'tokens' (FILIP's late interaction)."""
 
-  def __init__(self, name: str, split: str = "test", num_examples: int = 1000, score: str = "pooled"):
+  def __init__(self, name: str, split: str = "test", num_examples: int = 1000, score: str = "pooled",
+               language: str = ""):
     if score not in SCORES:
       raise ValueError(f"evals.{name}.score must be one of {', '.join(SCORES)}, got '{score}'")
     self.name, self.split, self.num_examples, self.score = name, split, num_examples, score
+    self.language = language
     self.splits = (split,)
 
+  def check(self, source):
+    if self.language:
+      pipeline.check_languages([self.language], source, f"evals.{self.name}.language")
+
   def run(self, ctx) -> dict:
-    indices, groups = caption_groups(ctx.source(self.split), self.num_examples)
+    source = ctx.source(self.split)
+    self.check(source)
+    indices, groups = caption_groups(source, self.num_examples, self.language)
     _, batches = ctx.batches(self.split, indices=indices)
     images, kept = [], []
     embed_images = ctx.embedder.embed_image_tokens if self.score == "tokens" else ctx.embedder.embed_images

@@ -12,6 +12,11 @@ data's (a TFDS `ClassLabel`, a CSV's class names). Prompts: `prompts` (templates
 shipped set such as 'imagenet' (80) or 'imagenet_simple' (7), or 'vlmjax_shapes': the built-in
 dataset's caption-worded prompts, or 'descriptions': 30 descriptions of each class that add a size
 and a place, `classes.class_descriptions`), else the data's, else two generic ones.
+
+`language`: classify with the data's prompts in that language (a data source's `language_prompts`,
+a function language -> (class name -> prompts); vlmjax_shapes has 'en', 'de' and 'fr'), the
+multilingual zero-shot protocol of Babel-ImageNet: the same images and classes, the class names
+said in another language.
 """
 import numpy as np
 
@@ -48,8 +53,11 @@ def class_embeddings(embedder, tokenize, class_names, prompts) -> np.ndarray:
 @registry.register("evaluator", "zeroshot")
 class ZeroShot:
 
-  def __init__(self, name: str, split: str = "test", class_names=(), prompts=(), num_examples: int = 0):
-    self.name, self.split, self.num_examples = name, split, num_examples
+  def __init__(self, name: str, split: str = "test", class_names=(), prompts=(), num_examples: int = 0,
+               language: str = ""):
+    if language and prompts:
+      raise ValueError(f"evals.{name}: give 'prompts' or 'language' (the data's prompts in a language), not both")
+    self.name, self.split, self.num_examples, self.language = name, split, num_examples, language
     self.class_names = classes.class_names(class_names) if class_names else ()
     if isinstance(prompts, str) and prompts in PROMPT_FUNCTIONS:
       self.prompts = PROMPT_FUNCTIONS[prompts]
@@ -68,15 +76,28 @@ class ZeroShot:
     if not names:
       raise ValueError(f"evals.{self.name}: the data names no classes; set 'class_names' (a list or a shipped "
                        f"set: {', '.join(classes.CLASS_NAMES)}) or the data's class_names")
+    if self.language:
+      self.language_prompts(source)
     labels = getattr(source, "labels", None)
     if labels is not None and len(labels) and max(labels) >= len(names):
       raise ValueError(f"evals.{self.name}: the data has label {max(labels)} but {len(names)} class names")
     return names
 
+  def language_prompts(self, source):
+    """The data's prompt function in `self.language`; ValueError (one line) when it has none."""
+    languages = getattr(source, "language_prompts", None)
+    try:
+      return languages(self.language)
+    except (TypeError, ValueError) as e:
+      have = f": {e}" if languages else ": the data has prompts in one language only"
+      raise ValueError(f"evals.{self.name}.language '{self.language}'{have}") from None
+
   def run(self, ctx) -> dict:
     source, batches = ctx.batches(self.split, passthrough=("label",), limit=self.num_examples)
     class_names = self.check(source)
     prompts = self.prompts or getattr(source, "prompts", DEFAULT_PROMPTS)
+    if self.language:
+      prompts = self.language_prompts(source)
     class_embeds = self.class_embeddings(ctx, class_names, prompts)
     scores, labels = [], []
     for batch in batches:
