@@ -6,7 +6,8 @@ classes, the class names and captions in each language).
   python -m vlmjax.train --config configs/multilingual_clip.py:balanced --workdir workdirs/multilingual_balanced
 
 Default mix: English 80%, German 15%, French 5% (web data is mostly English; French plays a
-low-resource language). ':balanced' draws the three equally. Babel-ImageNet's claim: multilingual
+low-resource language). ':balanced' draws the three equally; ':english' trains on English only, with
+the same three-language tokenizer (what the mix itself costs English). Babel-ImageNet's claim: multilingual
 CLIP models classify worse in other languages than in English, and worse the less of a language
 they saw. configs/babel_language_tuning.py then tunes the text tower alone on one language.
 The vlmjax_shapes captions of each language: vlmjax/data/shapes_languages.py. Results: docs/results.md.
@@ -16,7 +17,8 @@ import os
 from vlmjax.config import load_file
 
 LANGUAGES = ("en", "de", "fr")
-MIXES = {"": dict(en=0.8, de=0.15, fr=0.05), "balanced": dict(en=1.0, de=1.0, fr=1.0)}
+MIXES = {"": dict(en=0.8, de=0.15, fr=0.05), "balanced": dict(en=1.0, de=1.0, fr=1.0),
+         "english": dict(en=1.0)}
 
 
 def per_language_evals(split: str = "test") -> dict:

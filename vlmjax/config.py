@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from vlmjax import batch_spec, registry
 from vlmjax.models.layers import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES
 from vlmjax.models.sizes import decode_variant
+from vlmjax.data.tokenizer import MODEL_TYPES
 
 # Sections whose keys are free-form: they are checked against the constructor they configure.
 OPEN_SECTIONS = ("model", "objectives", "evals", "data.fields", "data.files", "data.mixture", "init.also",
@@ -100,7 +101,8 @@ def base_config() -> ml_collections.ConfigDict:
                  # records with object regions (vlmjax.data.regions): at most this many per example
                  max_regions=4)
   # languages: the tokenizer learns every record's caption in each of these (() = those of input.languages)
-  c.tokenizer = dict(path="", vocab_size=1000, train_examples=20000, languages=())
+  # model_type: 'bpe' (sub-word pieces) or 'char' (one piece per character, vocab_size at most)
+  c.tokenizer = dict(path="", vocab_size=1000, train_examples=20000, languages=(), model_type="bpe")
 
   c.model = dict(name="dual_encoder", image=dict(variant="S/16"), text=dict(variant="S"), embed_dim=384)
   c.objectives = dict(clip=dict(weight=1.0))
@@ -408,8 +410,13 @@ def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
     _check_stack("model", model_kwargs)
     for tower, tower_cls in getattr(model_cls, "towers", {}).items():
       tower_cfg = dict(config.model.get(tower) or {})
+      if "kind" in tower_cfg:  # another registered tower (a dual encoder's 'text_tower', e.g. 'gru')
+        if f"{tower}_tower" not in registry.KINDS:
+          raise ConfigError(f"config: model.{tower}.kind: the {tower} tower has one kind; leave 'kind' out")
+        tower_cls = registry.get(f"{tower}_tower", tower_cfg.pop("kind"))
       try:
-        decode_variant(tower_cfg.pop("variant", "S"))
+        if getattr(tower_cls, "sized_by_variant", True) or "variant" in tower_cfg:
+          decode_variant(tower_cfg.pop("variant", "S"))
       except ValueError as e:
         raise ConfigError(f"config: model.{tower}.variant: {e}") from None
       _check_kwargs(f"model.{tower}", tower_cls, tower_cfg, provided=("vocab_size", "dtype"))
@@ -452,6 +459,9 @@ def validate(config, num_devices: int, batch_ways: int, process_count: int = 1):
   if config.batch_size % process_count:
     raise ConfigError(f"config: 'batch_size' {config.batch_size} is not divisible by the "
                       f"{process_count} processes")
+  if config.tokenizer.get("model_type", "bpe") not in MODEL_TYPES:
+    raise ConfigError(f"config: 'tokenizer.model_type' '{config.tokenizer.model_type}' is not one of "
+                      f"{', '.join(MODEL_TYPES)}")
   if config.tokenizer.path and not os.path.isfile(config.tokenizer.path):
     raise ConfigError(f"config: 'tokenizer.path' file '{config.tokenizer.path}' does not exist")
   if not 0.0 <= config.data.max_bad_fraction < 1.0:

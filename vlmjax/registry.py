@@ -1,5 +1,6 @@
 """Name -> model / objective / dataset / evaluator / preprocess (the example maker for a model type) /
-fit (params computed from the loaded ones before step 0: a closed-form fit, a weight mix).
+fit (params computed from the loaded ones before step 0: a closed-form fit, a weight mix) /
+text_tower (a dual encoder's `model.text.kind`).
 
 A config picks every piece by name, so the trainer wires things together without `if name == ...`
 ladders. Modules register themselves with `@register(kind, name)`; `get` imports the packages that
@@ -7,7 +8,7 @@ hold the registrations the first time it is called.
 """
 import importlib
 
-KINDS = ("model", "objective", "dataset", "evaluator", "preprocess", "fit")
+KINDS = ("model", "objective", "dataset", "evaluator", "preprocess", "fit", "text_tower")
 _ENTRIES = {kind: {} for kind in KINDS}
 _PACKAGES = ("vlmjax.models", "vlmjax.objectives", "vlmjax.data.sources", "vlmjax.data.columnar",
              "vlmjax.data.webdataset", "vlmjax.data.pipeline", "vlmjax.evals", "vlmjax.projector_fit",

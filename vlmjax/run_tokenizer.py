@@ -49,7 +49,7 @@ def get_tokenizer(config, run: RunDir, train_source) -> Tokenizer:
     texts = (pipeline.caption_in(r, language, caption_language) for r in good for language in languages)
   else:
     texts = (pipeline.tokenizer_text(r, field) for r in good)
-  tokenizer = Tokenizer.train(texts, config.tokenizer.vocab_size)
+  tokenizer = Tokenizer.train(texts, config.tokenizer.vocab_size, config.tokenizer.get("model_type", "bpe"))
   if jax.process_index() == 0:
     tokenizer.save(path)
   return tokenizer

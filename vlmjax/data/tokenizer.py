@@ -39,6 +39,7 @@ import tokenizers
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 FORMAT = "vlmjax.tokenizer"
+MODEL_TYPES = ("bpe", "char")  # what `Tokenizer.train` learns: sub-word pieces, or characters
 
 # Hugging Face's SiglipTokenizer (models/siglip/tokenization_siglip.py): `canonicalize_text` lower-cases (str.lower),
 # removes string.punctuation, collapses whitespace and strips; `</s>` is both EOS and padding; no BOS; truncation
@@ -241,12 +242,15 @@ class Tokenizer(SentencePieceTokenizer):
                            f"(got pad={self.sp.pad_id()}, bos={self.sp.bos_id()}, eos={self.sp.eos_id()})")
 
   @classmethod
-  def train(cls, texts, vocab_size: int) -> "Tokenizer":
-    """Trains a BPE SentencePiece model on `texts` (an iterable of strings)."""
+  def train(cls, texts, vocab_size: int, model_type: str = "bpe") -> "Tokenizer":
+    """Trains a SentencePiece model on `texts` (an iterable of strings): `model_type` 'bpe' (pieces
+    up to `vocab_size`) or 'char' (one piece per character of the texts, `vocab_size` at most)."""
+    if model_type not in MODEL_TYPES:
+      raise TokenizerError(f"tokenizer.model_type '{model_type}' is not one of {', '.join(MODEL_TYPES)}")
     proto = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=proto, vocab_size=vocab_size,
-        model_type="bpe", pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
+        model_type=model_type, pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
         hard_vocab_limit=False,  # a small, repetitive caption corpus may not support vocab_size
         character_coverage=1.0, num_threads=1, minloglevel=2, normalization_rule_name="nmt_nfkc_cf")
     return cls(proto.getvalue())

@@ -1,2 +1,3 @@
 """Evaluators: importing this package registers every evaluator by name."""
-from vlmjax.evals import captioning, compositional, linear_probe, objects, retrieval, vqa, zeroshot  # noqa: F401
+from vlmjax.evals import (  # noqa: F401
+    captioning, compositional, linear_probe, objects, retrieval, sentence_similarity, vqa, zeroshot)

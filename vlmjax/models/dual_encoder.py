@@ -61,7 +61,9 @@ class DualEncoder(nn.Module):
                 "multi_texts": "multi_text", "images_view2": "image_view2",
                 "texts_view2": "text_view2", "region_texts": "region_text",
                 "triplet_texts": "triplet_text"}  # call argument -> batch key
-  towers = {"image": ViT, "text": TextTransformer}   # config.model.<tower> -> its module, for validation
+  # config.model.<tower> -> its module, for validation; `model.text.kind` picks another text tower
+  # (registry 'text_tower', e.g. 'gru': vlmjax.models.text_rnn)
+  towers = {"image": ViT, "text": TextTransformer}
 
   def batch_fields(self, input_config, prompt_len: int = 0) -> tuple:
     """An image and its caption; objectives ask for more (hard negatives, second views, ...)."""
@@ -71,10 +73,12 @@ class DualEncoder(nn.Module):
   def setup(self):
     image = {**decode_variant(self.image.get("variant", "S/16")), **{
         k: v for k, v in self.image.items() if k != "variant"}}
-    text = {**decode_variant(self.text.get("variant", "S")), **{
-        k: v for k, v in self.text.items() if k != "variant"}}
+    text_cls = registry.get("text_tower", self.text.get("kind", "transformer"))
+    text = {k: v for k, v in self.text.items() if k not in ("variant", "kind")}
+    if text_cls.sized_by_variant:
+      text = {**decode_variant(self.text.get("variant", "S")), **text}
     self.image_tower = ViT(**image, dtype=self.dtype, name="image")
-    self.text_tower = TextTransformer(vocab_size=self.vocab_size, **text, dtype=self.dtype, name="text")
+    self.text_tower = text_cls(vocab_size=self.vocab_size, **text, dtype=self.dtype, name="text")
     self.image_proj = self.projection("image", self.image_head, image["width"])
     self.text_proj = self.projection("text", self.text_head, text["width"])
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init), ())

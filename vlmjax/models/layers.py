@@ -489,6 +489,8 @@ class Tower(nn.Module):
   output_layer: int = 0           # the block whose output the tower returns (0: the last; Transformer)
   dtype: jnp.dtype = jnp.float32
 
+  sized_by_variant = True  # `variant` ('S/16', 'B') gives width, depth, mlp_dim and num_heads
+
   def encoder(self) -> Transformer:
     return Transformer(
         self.depth, dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,

@@ -2,9 +2,11 @@
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vlmjax import registry
 from vlmjax.models import layers
 
 
+@registry.register("text_tower", "transformer")
 class TextTransformer(layers.Tower, kw_only=True):
   """tokens [B, T] int (0 = padding) -> (pooled [B, D], tokens [B, T, D], token_mask [B, T]).
 
