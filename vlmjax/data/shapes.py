@@ -27,6 +27,12 @@ Version 1.2.0 adds `translations`: the short caption in German and French (`shap
 written from the same objects and wording choices, so it draws nothing from the RNG and every
 field of version 1.1.0 stays bit-identical.
 
+Version 1.3.0 adds composed image retrieval triplets: each record's `edit` ({'kind', 'text'}: change
+an object's colour or shape, add an object or remove one: 'make the red circle blue.') and, for each
+split, a split `<split>_edited` whose record i is scene i after its edit, drawn anew (another
+background). The edits draw from their own RNG stream (`EDIT_STREAM`), so every field and split of
+version 1.2.0 stays bit-identical.
+
 The dataset is stored as array_record and is meant to be read through the
 random-access data source API, which does not need TensorFlow:
 
@@ -47,11 +53,19 @@ import hashlib
 import io
 import json
 import math
+import re
 
 from etils import epath
 import numpy as np
 from PIL import Image, ImageDraw
 import tensorflow_datasets as tfds
+
+if __name__ == '__main__':
+    # `python -m vlmjax.data.shapes`: run the package's module instead of this copy, or the builder
+    # would be defined (and registered with TFDS) twice once `shapes_languages` imports the package's.
+    import sys
+    from vlmjax.data import shapes as _package
+    sys.exit(_package.main())
 
 # ---------------------------------------------------------------------------
 # Vocabulary.
@@ -80,8 +94,11 @@ UNSEEN = frozenset({
 NEGATIVE_KINDS = ('attribute', 'relation', 'count')
 
 SPLITS = ('train', 'validation', 'test', 'test_unseen')
+# Version 1.3.0: record i of '<split>_edited' is record i of <split> after its `edit` (composed image
+# retrieval: the reference scene, the edit's text, the target scene).
+EDITED_SPLITS = tuple(f'{split}_edited' for split in SPLITS)
 # Part of the RNG seed, so the splits are independent streams.
-SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
+SPLIT_IDS = {name: i for i, name in enumerate(SPLITS + EDITED_SPLITS)}
 
 # Base RGB values, far apart from each other (the closest pair, red/orange,
 # differs by 100 in green); each object gets +-15 jitter per channel on top.
@@ -112,6 +129,9 @@ MAX_OBJECTS = 4
 QUESTION_TYPES = ('color', 'count', 'presence', 'position', 'relation')
 # The last element of a scene's question RNG seed, apart from the image's stream.
 QUESTION_STREAM = 1
+# What an `edit` (version 1.3.0) does to a scene, and the last element of its RNG seed.
+EDIT_KINDS = ('color', 'shape', 'add', 'remove')
+EDIT_STREAM = 2
 
 # ---------------------------------------------------------------------------
 # Scene sampling.
@@ -121,7 +141,7 @@ QUESTION_STREAM = 1
 def _allowed_pairs(split: str) -> list[tuple[str, str]]:
     """The (colour, shape) pairs objects of `split` may use."""
     all_pairs = [(c, s) for s in SHAPES for c in COLORS]
-    if split == 'test_unseen':
+    if split in ('test_unseen', 'test_unseen_edited'):
         return [p for p in all_pairs if p in UNSEEN]
     return [p for p in all_pairs if p not in UNSEEN]
 
@@ -496,14 +516,33 @@ def make_example(seed: int, split: str, index: int, image_size: int = 64) -> dic
     """Generates example `index` of `split`; a pure function of its arguments.
 
     Returns a dict with the builder's feature keys, except that `image` is a
-    uint8 numpy array (the builder PNG-encodes it).  Even indices are
-    single-object scenes and odd ones 2-4 objects (test_unseen: all single),
-    which gives an exact 50/50 mix.
+    uint8 numpy array (the builder PNG-encodes it).
     """
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
+    objects = _scene_objects(rng, split, index)
+    example = _describe_scene(rng, split, objects, image_size)
+    from vlmjax.data import shapes_languages  # it builds on this module's English grammar
+    return dict(
+        example,
+        questions=make_questions(seed, split, index, objects),
+        translations=shapes_languages.translations(objects, example.pop('template')),
+        edit=make_edit(seed, split, index, objects)[0],
+    )
+
+
+def _scene_objects(rng: np.random.Generator, split: str, index: int) -> list[dict]:
+    """The objects of scene `index`, drawn first from its RNG stream. Even indices are single-object
+    scenes and odd ones 2-4 objects (test_unseen: all single), which gives an exact 50/50 mix."""
     single = split == 'test_unseen' or index % 2 == 0
     num_objects = 1 if single else int(rng.integers(2, MAX_OBJECTS + 1))
-    objects = _sample_objects(rng, split, num_objects)
+    return _sample_objects(rng, split, num_objects)
+
+
+def _describe_scene(rng: np.random.Generator, split: str, objects: list[dict], image_size: int) -> dict:
+    """The image, texts and annotations of a scene of `objects`, drawn from `rng` after its objects;
+    'template' is the short caption's wording (which the translations follow)."""
+    num_objects = len(objects)
+    single = num_objects == 1
     image = render_scene(rng, objects, image_size)
 
     template = dict(
@@ -517,7 +556,6 @@ def make_example(seed: int, split: str, index: int, image_size: int = 64) -> dic
         _count_negative(rng, num_objects),
     ]
     label = CLASS_NAMES.index(_name(objects[0])) if single else -1
-    from vlmjax.data import shapes_languages  # it builds on this module's English grammar
     return dict(
         image=image,
         caption=_caption(objects, template),
@@ -526,8 +564,116 @@ def make_example(seed: int, split: str, index: int, image_size: int = 64) -> dic
         objects=objects,
         label=label,
         num_objects=num_objects,
-        questions=make_questions(seed, split, index, objects),
-        translations=shapes_languages.translations(objects, template),
+        template=template,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Edits (composed image retrieval).
+# ---------------------------------------------------------------------------
+
+
+def _free_position(rng, objects: list[dict], size: str):
+    """(x, y) for a new object of `size` clear of `objects` (as `_sample_objects` places them), or None."""
+    radius = SIZE_RADIUS[size]
+    for _ in range(100):
+        x, y = rng.uniform(radius, 1.0 - radius, size=2)
+        if all(math.hypot(x - o['x'], y - o['y']) >= MIN_SEPARATION * (radius + SIZE_RADIUS[o['size']])
+               for o in objects):
+            return float(x), float(y)
+    return None
+
+
+def make_edit(seed: int, split: str, index: int, objects: list[dict]) -> tuple[dict, list[dict]]:
+    """The edit of scene `index` of `split` and the scene it makes: ({'kind', 'text'}, edited objects).
+
+    kind (`EDIT_KINDS`): 'color' ('make the red circle blue.'), 'shape' ('turn the red circle into a
+    star.'), 'add' ('add a small green star.', at a free place) or 'remove' ('remove the red circle.',
+    scenes of 2+ objects). The edited scene keeps the other objects where they are, its (colour,
+    shape) pairs stay distinct and allowed in `split` (test_unseen scenes can only gain an object).
+    Drawn from the scene's own edit stream, so every other field stays as it was."""
+    rng = np.random.default_rng([seed, SPLIT_IDS[split], index, EDIT_STREAM])
+    allowed = set(_allowed_pairs(split))
+    present = {(o['color'], o['shape']) for o in objects}
+    for kind in [EDIT_KINDS[k] for k in rng.permutation(len(EDIT_KINDS))]:
+        i = int(rng.integers(len(objects)))
+        obj, edited = objects[i], [dict(o) for o in objects]
+        if kind == 'remove' and len(objects) > 1:
+            del edited[i]
+            return dict(kind=kind, text=f'remove the {_name(obj)}.'), edited
+        if kind in ('color', 'shape'):
+            key, values = (kind, COLORS) if kind == 'color' else (kind, SHAPES)
+            options = [v for v in values if v != obj[key] and (
+                (v, obj['shape']) if kind == 'color' else (obj['color'], v)) in allowed - present]
+            if options:
+                edited[i][key] = options[int(rng.integers(len(options)))]
+                text = (f"make the {_name(obj)} {edited[i]['color']}." if kind == 'color'
+                        else f"turn the {_name(obj)} into {_with_article(edited[i]['shape'])}.")
+                return dict(kind=kind, text=text), edited
+        if kind == 'add' and len(objects) < MAX_OBJECTS:
+            options = sorted(allowed - present)
+            for size in [SIZES[k] for k in rng.permutation(len(SIZES))]:
+                where = _free_position(rng, objects, size)
+                if where:
+                    color, shape = options[int(rng.integers(len(options)))]
+                    new = dict(shape=shape, color=color, size=size, x=where[0], y=where[1])
+                    return dict(kind=kind, text=f'add {_describe(new, True)}.'), edited + [new]
+    raise AssertionError(f'scene {index} of {split} allows no edit')  # every scene allows a colour or an add
+
+
+_OBJECT_PHRASE = re.compile(rf"\b(?:a|an) (?:(small|large) )?({'|'.join(COLORS)}) ({'|'.join(SHAPES)})\b")
+_EDIT_PATTERNS = {
+    'color': re.compile(rf"^make the ({'|'.join(COLORS)}) ({'|'.join(SHAPES)}) ({'|'.join(COLORS)})\.?$"),
+    'shape': re.compile(rf"^turn the ({'|'.join(COLORS)}) ({'|'.join(SHAPES)}) into an? ({'|'.join(SHAPES)})\.?$"),
+    'remove': re.compile(rf"^remove the ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})\.?$"),
+    'add': re.compile(rf"^add (?:a|an) (?:(small|large) )?({'|'.join(COLORS)}) ({'|'.join(SHAPES)})\.?$"),
+}
+
+
+def edit_caption(caption: str, edit_text: str) -> str:
+    """A caption of the scene an edit makes, from the caption of the scene before it: CIReVL's
+    language step (its LLM recomposes the caption), done by this dataset's grammar. The caption's
+    objects ('a small red circle') are read, the edit applied to the one it names (an object the
+    caption does not mention -- a captioner's miss -- is added as the edit describes it), and the
+    short caption written again (no position, no count). ValueError for an edit it cannot read."""
+    text = edit_text.strip().lower()
+    kind, match = next(((k, m) for k, p in _EDIT_PATTERNS.items() if (m := p.match(text))), (None, None))
+    if kind is None:
+        raise ValueError(f'edit_caption: cannot read the edit {edit_text!r}')
+    objects = [dict(size=size, color=color, shape=shape) for size, color, shape in
+               _OBJECT_PHRASE.findall(caption.lower())]
+    if kind == 'add':
+        objects.append(dict(size=match.group(1) or '', color=match.group(2), shape=match.group(3)))
+    else:
+        named = [o for o in objects if (o['color'], o['shape']) == match.group(1, 2)]
+        if kind == 'remove':
+            objects = [o for o in objects if o not in named] or objects
+        else:
+            if not named:
+                objects.append(dict(size='', color=match.group(1), shape=match.group(2)))
+                named = objects[-1:]
+            named[0]['color' if kind == 'color' else 'shape'] = match.group(3)
+    if not objects:
+        return caption
+    return _caption([dict(o, size=o['size'] or 'small') for o in objects],
+                    dict(with_size=[bool(o['size']) for o in objects], with_position=False, with_count=False))
+
+
+def make_edited_example(seed: int, split: str, index: int, image_size: int = 64) -> dict:
+    """Record `index` of `<split>_edited`: scene `index` of `split` after its edit, drawn anew (another
+    background and colour jitter) from the edited split's own stream, with every field a record has.
+    Its label is the class of a single-object result, -1 otherwise; its own edit is empty."""
+    objects = _scene_objects(np.random.default_rng([seed, SPLIT_IDS[split], index]), split, index)
+    _, edited = make_edit(seed, split, index, objects)
+    edited_split = f'{split}_edited'
+    rng = np.random.default_rng([seed, SPLIT_IDS[edited_split], index])
+    example = _describe_scene(rng, split, edited, image_size)
+    from vlmjax.data import shapes_languages
+    return dict(
+        example,
+        questions=make_questions(seed, edited_split, index, edited),
+        translations=shapes_languages.translations(edited, example.pop('template')),
+        edit=dict(kind='', text=''),
     )
 
 
@@ -636,12 +782,14 @@ class ShapesConfig(tfds.core.BuilderConfig):
 class VlmjaxShapes(tfds.core.GeneratorBasedBuilder):
     """Synthetic coloured-shapes scenes with captions and hard negatives."""
 
-    VERSION = tfds.core.Version('1.2.0')
-    SUPPORTED_VERSIONS = [tfds.core.Version('1.0.0'), tfds.core.Version('1.1.0')]
+    VERSION = tfds.core.Version('1.3.0')
+    SUPPORTED_VERSIONS = [tfds.core.Version(v) for v in ('1.0.0', '1.1.0', '1.2.0')]
     RELEASE_NOTES = {
         '1.0.0': 'Initial release.',
         '1.1.0': 'Adds `questions` (type, question, answer); every 1.0.0 field is unchanged.',
         '1.2.0': 'Adds `translations` (the caption in German and French); every 1.1.0 field is unchanged.',
+        '1.3.0': 'Adds `edit` (kind, text) and the <split>_edited splits (each record after its edit); '
+                 'every 1.2.0 field and split is unchanged.',
     }
     BUILDER_CONFIGS = [
         ShapesConfig(name='default', description='20k train images at 64x64.'),
@@ -680,12 +828,16 @@ class VlmjaxShapes(tfds.core.GeneratorBasedBuilder):
             'translations': tfds.features.FeaturesDict(
                 {language: tfds.features.Text() for language in shapes_languages.TRANSLATED}),
         }
+        edit = {} if self.version < '1.3.0' else {
+            'edit': tfds.features.FeaturesDict({'kind': tfds.features.Text(), 'text': tfds.features.Text()}),
+        }
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__,
             features=tfds.features.FeaturesDict({
                 **questions,
                 **translations,
+                **edit,
                 'image': tfds.features.Image(shape=(size, size, 3), encoding_format='png'),
                 'caption': tfds.features.Text(),
                 'long_caption': tfds.features.Text(),
@@ -710,20 +862,25 @@ class VlmjaxShapes(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Nothing to download.
-        return {
-            split: self._generate_examples(split, n)
-            for split, n in self.builder_config.split_sizes().items()
-        }
+        sizes = self.builder_config.split_sizes()
+        splits = {split: self._generate_examples(split, n) for split, n in sizes.items()}
+        if self.version >= '1.3.0':
+            splits.update({f'{split}_edited': self._generate_examples(split, n, edited=True)
+                           for split, n in sizes.items()})
+        return splits
 
-    def _generate_examples(self, split: str, num_examples: int):
+    def _generate_examples(self, split: str, num_examples: int, edited: bool = False):
         config = self.builder_config
+        make = make_edited_example if edited else make_example
         for index in range(num_examples):
-            example = make_example(config.seed, split, index, config.image_size)
+            example = make(config.seed, split, index, config.image_size)
             example['image'] = _png_bytes(example['image'])
             if self.version < '1.1.0':
                 del example['questions']
             if self.version < '1.2.0':
                 del example['translations']
+            if self.version < '1.3.0':
+                del example['edit']
             yield index, example
 
 

@@ -485,7 +485,7 @@ DEFAULT_SHAPES_DIR = os.path.join("data", "tfds")  # where `make demo` builds vl
 
 SHAPES_FIELDS = {"image": "image", "caption": "caption", "label": "label", "negative_captions": "negative_captions",
                  "long_caption": "long_caption", "questions": "questions", "objects": "objects",
-                 "translations": "translations"}
+                 "translations": "translations", "edit": "edit"}
 
 
 def _shapes_regions(record: dict) -> dict:
@@ -517,6 +517,8 @@ def shapes_source(data_config, split: str, default_fields=SHAPES_FIELDS):
   source.reference_captions_in = lambda i, language: shapes_languages.reference_captions(
       source.source[int(i)]["objects"], language)
   source.detect_language = shapes_languages.detect_language
+  # Composed image retrieval (version 1.3.0): record i's edit text; record i of '<split>_edited' is its target.
+  source.edit_of = lambda i: _as_text(source.source[int(i)]["edit"]["text"])
   # Captioning references: every caption the generator could have written for record i's scene.
   source.reference_captions = lambda i: shapes.reference_captions(source.source[int(i)]["objects"])
   # What is in record i's scene, by name ('red circle'), and every name an object can have.
