@@ -59,7 +59,7 @@ def test_vocabulary():
 
 
 def test_split_lengths_and_image(tiny_dirs, sources):
-    assert pathlib.Path(tiny_dirs[0]).name == '1.2.0'
+    assert pathlib.Path(tiny_dirs[0]).name == '1.3.0'
     for split, n in TINY_SIZES.items():
         assert len(sources[split]) == n
     image = sources['train'][0]['image']
@@ -184,6 +184,15 @@ def test_version_1_0_0_records_unchanged(sources):
 
 def test_version_1_1_0_records_unchanged(sources):
     assert _digest(sources, (*FIELDS_1_0_0, 'questions')) == TINY_1_1_0_DIGEST
+
+
+# The same over every 1.2.0 field, as version 1.2.0 wrote them: version 1.3.0 only adds `edit` and
+# the `<split>_edited` splits.
+TINY_1_2_0_DIGEST = '88be422f84c535cba146658fcd4848a5cf81f585fc43d68ee9f15b43abe8543e'
+
+
+def test_version_1_2_0_records_unchanged(sources):
+    assert _digest(sources, (*FIELDS_1_0_0, 'questions', 'translations')) == TINY_1_2_0_DIGEST
 
 
 def test_translations_are_in_every_record(sources):

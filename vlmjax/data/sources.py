@@ -495,6 +495,8 @@ def _shapes_regions(record: dict) -> dict:
   out = {k: v for k, v in record.items() if k != "objects"}
   from vlmjax.data import shapes
   out["regions"], out["triplets"] = shapes.regions_and_triplets(record["objects"])
+  if "edit" in out:
+    out["edit"] = {key: _as_text(value) for key, value in out["edit"].items()}
   return out
 
 
@@ -532,6 +534,33 @@ def shapes_vqa_source(data_config, split: str):
   """The built-in dataset as visual question answering: records without the caption, so a decoder
   trains on one of each scene's questions (`pipeline.Preprocess`), answering it."""
   return shapes_source(data_config, split, {k: v for k, v in SHAPES_FIELDS.items() if k != "caption"})
+
+
+class ComposedTriplets(SourceView):
+  """Composed image retrieval triplets as records: record i of `source` with its edit text as the
+  caption and the image of record i of `targets` (the scene after the edit) as `target_image`. A
+  target that is missing or unreadable makes the record a bad record (counted, skipped)."""
+
+  def __init__(self, source, targets):
+    super().__init__(source)
+    self.targets = targets
+
+  def __getitem__(self, index):
+    record = self.source[index]
+    if isinstance(record, BadRecord):
+      return record
+    target = self.targets[index] if int(index) < len(self.targets) else BadRecord("corrupt_image", "no target")
+    if isinstance(target, BadRecord):
+      return BadRecord("corrupt_image", f"the target of record {int(index)}: {target.detail or target.reason}")
+    return {**record, "caption": record["edit"]["text"], "target_image": target["image"]}
+
+
+@registry.register("dataset", "vlmjax_shapes_cir")
+def shapes_cir_source(data_config, split: str):
+  """The built-in dataset's composed-retrieval triplets (version 1.3.0) as training records: the
+  reference scene's image, its edit text as the caption, and the edited scene's image as
+  `target_image` (`ComposedTriplets`)."""
+  return ComposedTriplets(shapes_source(data_config, split), shapes_source(data_config, f"{split}_edited"))
 
 
 @registry.register("dataset", "tfds")

@@ -8,6 +8,8 @@ target among them, by cosine similarity to the query embedding, which `query` ch
 - 'image': the reference image's embedding alone (what the edit changes, it cannot see);
 - 'text': the edit text's embedding alone;
 - 'sum': the normalised sum of the two (the zero-shot baseline of the CIR papers);
+- 'composed': the model's composer (`model.composer`, SPRC: query tokens reading the reference
+  image and the text), trained on the train split's triplets (`objectives.composed_retrieval`);
 - 'edited_caption': CIReVL's pipeline with a perfect captioner: the reference's own caption edited by
   the dataset's grammar (`shapes.edit_caption`, standing for CIReVL's LLM), embedded as text;
 - 'generated_caption': CIReVL's pipeline, training-free: the reference captioned by the VLM in
@@ -19,7 +21,7 @@ import numpy as np
 from vlmjax import registry
 from vlmjax.evals.retrieval import recall_at_k
 
-QUERIES = ("image", "text", "sum", "edited_caption", "generated_caption")
+QUERIES = ("image", "text", "sum", "composed", "edited_caption", "generated_caption")
 
 
 def l2(x):
@@ -71,15 +73,17 @@ class ComposedRetrieval:
                        f"'{self.split}_edited' could be read; queries and targets would not line up")
     edits = [source.edit_of(i) for i in range(count)]
     out = {}
-    if self.query in ("image", "sum"):
+    if self.query in ("image", "sum", "composed"):
       images = []
       _, batches = ctx.batches(self.split, limit=count)
       for batch in batches:
-        images.append(ctx.embedder.embed_images(batch["image"]))
+        images.append(batch["image"] if self.query == "composed" else ctx.embedder.embed_images(batch["image"]))
       queries = np.concatenate(images)
       if len(queries) != count:
         raise ValueError(f"evals.{self.name}: only {len(queries)} of the first {count} records of "
                          f"'{self.split}' could be read")
+      if self.query == "composed":
+        queries = ctx.embedder.embed_composed(queries, ctx.tokenize(edits))
       if self.query == "sum":
         queries = l2(l2(queries) + l2(ctx.embedder.embed_texts(ctx.tokenize(edits))))
     elif self.query == "text":

@@ -74,7 +74,8 @@ class Embedder:
 
   `embed_images(images [N, S, S, 3]) -> [N, E]`, `embed_texts(tokens [N, T]) -> [N, E]`, float32;
   `embed_image_tokens` and `embed_text_tokens`: the projected, L2-normalised token embeddings (FILIP's
-  late interaction), [N, n, E] and ([N, T, E], mask [N, T]).
+  late interaction), [N, n, E] and ([N, T, E], mask [N, T]); `embed_composed(images, tokens)`: a
+  model with a composer's query for each image and text, [N, E] (composed image retrieval).
   """
 
   def __init__(self, model, params, mesh, batch_size: int, rules=sharding.DEFAULT_RULES):
@@ -90,19 +91,23 @@ class Embedder:
     self._text_tokens = jax.jit(
         lambda p, x: (lambda out: (l2(out["text_tokens"]), out["text_mask"]))(model.apply({"params": p}, texts=x)),
         out_shardings=replicated)
+    self._composed = jax.jit(
+        lambda p, x: model.apply({"params": p}, images=x[0], texts=x[1])["composed_embeds"], out_shardings=replicated)
 
   def use(self):
     """The context a jitted apply of the model is traced and run under: mesh and rules."""
     return sharding.use(self.mesh, self.rules)
 
   def run(self, fn, x):
-    """A jitted fn(params, batch) over x in fixed-size, sharded batches -> its outputs, concatenated."""
+    """A jitted fn(params, batch) over x (an array, or a tuple of arrays of one length) in fixed-size,
+    sharded batches -> its outputs, concatenated."""
     out = []
-    for start in range(0, len(x), self.batch_size):
-      chunk = x[start:start + self.batch_size]
-      batch = sharding.global_batch(sharding.padded(chunk, self.batch_size), self.mesh)
+    for start in range(0, len(jax.tree.leaves(x)[0]), self.batch_size):
+      chunk = jax.tree.map(lambda a: a[start:start + self.batch_size], x)
+      count = len(jax.tree.leaves(chunk)[0])
+      batch = jax.tree.map(lambda a: sharding.global_batch(sharding.padded(a, self.batch_size), self.mesh), chunk)
       with self.use():
-        out.append(jax.tree.map(lambda y: np.asarray(y)[:len(chunk)], fn(self.params, batch)))
+        out.append(jax.tree.map(lambda y: np.asarray(y)[:count], fn(self.params, batch)))
     if not out:
       return np.zeros((0, 0), np.float32)
     return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
@@ -118,6 +123,9 @@ class Embedder:
 
   def embed_text_tokens(self, tokens):
     return self.run(self._text_tokens, np.asarray(tokens, np.int32))
+
+  def embed_composed(self, images, tokens):
+    return self.run(self._composed, (np.asarray(images, np.float32), np.asarray(tokens, np.int32)))
 
 
 @dataclasses.dataclass

@@ -5,6 +5,7 @@ import numpy as np
 
 from vlmjax import batch_spec, registry
 from vlmjax.models import layers
+from vlmjax.models.composer import Composer
 from vlmjax.models.knowledge import KnowledgeEncoder
 from vlmjax.models.sizes import decode_variant
 from vlmjax.models.text import TextTransformer
@@ -36,6 +37,9 @@ class DualEncoder(nn.Module):
     scene graph) is given and `knowledge` (the keyword arguments of `KnowledgeEncoder`: width,
     depth, num_heads) is set: Structure-CLIP's knowledge embedding of the triplets, and of the
     same triplets with subject and object exchanged.
+  - `composed_embeds` [B, E] when `composer` (the keyword arguments of `Composer`: width, depth,
+    num_heads, num_queries) is set and both images and texts are given: SPRC's query from each
+    reference image and its modification text; `target_image_embeds` [B, E] for `target_images`.
 
   Either input may be None; its outputs are then absent.
 
@@ -55,12 +59,13 @@ class DualEncoder(nn.Module):
   local_logit_scale: bool = False  # a second temperature, for DreamLIP's grouping loss
   attribute_classes: tuple = ()  # classes per attribute kind of the attribute head (): none
   knowledge: dict | None = None  # a scene-graph knowledge encoder (Structure-CLIP): None = none
+  composer: dict | None = None  # a composed-query encoder (SPRC, composed image retrieval): None = none
   dtype: jnp.dtype = jnp.float32
 
   batch_keys = {"images": "image", "texts": "text", "negative_texts": "negative_text",
                 "multi_texts": "multi_text", "images_view2": "image_view2",
                 "texts_view2": "text_view2", "region_texts": "region_text",
-                "triplet_texts": "triplet_text"}  # call argument -> batch key
+                "triplet_texts": "triplet_text", "target_images": "target_image"}  # call argument -> batch key
   # config.model.<tower> -> its module, for validation; `model.text.kind` picks another text tower
   # (registry 'text_tower', e.g. 'gru': vlmjax.models.text_rnn)
   towers = {"image": ViT, "text": TextTransformer}
@@ -89,6 +94,8 @@ class DualEncoder(nn.Module):
     if self.knowledge:
       self.knowledge_encoder = KnowledgeEncoder(self.vocab_size, embed_dim=self.embed_dim, **self.knowledge,
                                                 dtype=self.dtype, name="knowledge")
+    if self.composer:
+      self.composer_encoder = Composer(embed_dim=self.embed_dim, **self.composer, dtype=self.dtype, name="composer")
     if self.attribute_classes:
       self.attribute_head = nn.Dense(sum(self.attribute_classes), dtype=self.dtype, name="attribute_head",
                                      kernel_init=layers.kernel_init(("embed", "proj")),
@@ -114,12 +121,13 @@ class DualEncoder(nn.Module):
     return l2_normalize(self.text_proj(pooled)).reshape(batch, k, -1)
 
   def __call__(self, images=None, texts=None, negative_texts=None, multi_texts=None, images_view2=None,
-               texts_view2=None, region_texts=None, triplet_texts=None, train: bool = False):
+               texts_view2=None, region_texts=None, triplet_texts=None, target_images=None, train: bool = False):
     out = {"logit_scale": self.logit_scale, "logit_bias": self.logit_bias}
     if self.local_logit_scale:
       out["logit_scale_local"] = self.logit_scale_local
     if images is not None:
       pooled, tokens = self.image_tower(images, train)
+      image_states = tokens
       out["image_features"] = pooled.astype(jnp.float32)
       out["image_embeds"] = l2_normalize(self.image_proj(pooled))
       out["image_tokens"] = self.image_proj(tokens).astype(jnp.float32)
@@ -127,10 +135,14 @@ class DualEncoder(nn.Module):
         out["attribute_logits"] = self.attribute_head(pooled).astype(jnp.float32)
     if texts is not None:
       pooled, tokens, mask = self.text_tower(texts, train)
+      if self.composer and images is not None:
+        out["composed_embeds"] = self.composer_encoder(tokens, mask, image_states)
       out["text_features"] = pooled.astype(jnp.float32)
       out["text_embeds"] = l2_normalize(self.text_proj(pooled))
       out["text_tokens"] = self.text_proj(tokens).astype(jnp.float32)
       out["text_mask"] = mask
+    if target_images is not None:
+      out["target_image_embeds"] = l2_normalize(self.image_proj(self.image_tower(target_images, train)[0]))
     if images_view2 is not None:
       out["image_embeds_view2"] = l2_normalize(self.image_proj(self.image_tower(images_view2, train)[0]))
     if texts_view2 is not None:  # the same tokens; only dropout makes this pass differ
