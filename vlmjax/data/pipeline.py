@@ -580,7 +580,8 @@ def embedding_caption_preprocess(base: Preprocess, config, tokenizer: Tokenizer,
 
 
 @registry.register("preprocess", "dual_encoder")
+@registry.register("preprocess", "fusion")
 def dual_encoder_preprocess(base: Preprocess, config, tokenizer: Tokenizer, model):
-  """A dual encoder trains on `Preprocess`'s examples as they are."""
+  """A dual encoder (or a fusion encoder) trains on `Preprocess`'s examples as they are."""
   del config, tokenizer, model
   return base

@@ -129,6 +129,10 @@ MAX_OBJECTS = 4
 QUESTION_TYPES = ('color', 'count', 'presence', 'position', 'relation')
 # The last element of a scene's question RNG seed, apart from the image's stream.
 QUESTION_STREAM = 1
+# Every answer a question can have, in a fixed order (a classifier's answer vocabulary).
+ANSWERS = (*COLORS, *NUMBER_WORDS[1:MAX_OBJECTS + 1], 'yes', 'no',
+           *(f'{row} {col}' if row != 'middle' and col != 'center' else (col if row == 'middle' else row)
+             for row in ('top', 'middle', 'bottom') for col in ('left', 'center', 'right')))
 # What an `edit` (version 1.3.0) does to a scene, and the last element of its RNG seed.
 EDIT_KINDS = ('color', 'shape', 'add', 'remove')
 EDIT_STREAM = 2

@@ -1,3 +1,4 @@
 """Training objectives: importing this package registers every objective by name."""
-from vlmjax.objectives import (alignment, assignment, composed, contrastive, dreamlip, identity, noise_adaptive,  # noqa: F401
-                               ntp, regions, regularizers, scene_graph, self_training)
+from vlmjax.objectives import (  # noqa: F401
+    alignment, assignment, composed, contrastive, dreamlip, fusion, identity, noise_adaptive, ntp, regions,
+    regularizers, scene_graph, self_training)
