@@ -73,12 +73,12 @@ def test_cir_evaluator(tiny_data_dir, tmp_path):
   one-line errors before training."""
   evals = {q: dict(type="cir", split="test", num_examples=64, query=q)
            for q in ("image", "text", "sum", "edited_caption")}
-  config = tiny_config(tiny_data_dir, total_steps=30, mesh=MESH, evals=evals)
+  config = tiny_config(tiny_data_dir, total_steps=2, mesh=MESH, evals=evals)
   results = train_lib.train(config, str(tmp_path / "run"))
   for q in evals:
     assert results[f"{q}/queries"] == 64
     assert results[f"{q}/R@1"] <= results[f"{q}/R@5"] <= results[f"{q}/R@10"]
-  with pytest.raises(ValueError, match=r"evals.c.query must be one of image, text, sum, edited_caption, "
+  with pytest.raises(ValueError, match=r"evals.c.query must be one of image, text, sum, composed, edited_caption, "
                      r"generated_caption, got 'both'"):
     train_lib.train(tiny_config(tiny_data_dir, mesh=MESH, evals=dict(c=dict(type="cir", query="both"))),
                     str(tmp_path / "a"))
@@ -95,7 +95,7 @@ def test_composer_trains_on_triplets(tiny_data_dir, tmp_path):
   """SPRC's composer: the triplet records carry the edit text and the target image; the composed
   retrieval loss trains (falls), and the `composed` query of the cir evaluator reads the composer."""
   from vlmjax.data import sources
-  config = tiny_config(tiny_data_dir, total_steps=12, mesh=MESH, **{
+  config = tiny_config(tiny_data_dir, total_steps=8, mesh=MESH, **{
       "data.name": "vlmjax_shapes_cir", "model.composer": dict(width=16, depth=1, num_heads=2, num_queries=2),
       "objectives": dict(composed_retrieval=dict(weight=1.0)), "optimizer.learning_rate": 3e-3,
       "evals": dict(cir=dict(type="cir", split="test", num_examples=32, query="composed",

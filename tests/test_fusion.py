@@ -87,14 +87,14 @@ def test_pipeline_makes_the_tasks(tiny_data_dir, tiny_tokenizer):
 
 
 def test_lxmert_run_and_evaluators(tiny_data_dir, tmp_path):
-  config = tiny_config(tiny_data_dir, total_steps=6, mesh=MESH, model=TINY,
+  config = tiny_config(tiny_data_dir, total_steps=2, mesh=MESH, model=TINY,
                        objectives=dict(lxmert=dict(weight=1.0)), evals=dict(
-                           itm=dict(type="itm", split="test", num_examples=32),
-                           qa=dict(type="fusion_qa", split="test", num_examples=16)))
+                           itm=dict(type="itm", split="test", num_examples=16),
+                           qa=dict(type="fusion_qa", split="test", num_examples=8)))
   results = train_lib.train(config, str(tmp_path / "run"))
   for kind in ("caption", "attribute", "relation", "count", "random"):
     assert 0.0 <= results[f"itm/{kind}"] <= 1.0
-  assert results["itm/examples"] == 32 and 0.0 <= results["qa/all"] <= 1.0 and "qa/color" in results
+  assert results["itm/examples"] == 16 and 0.0 <= results["qa/all"] <= 1.0 and "qa/color" in results
   from vlmjax.run import read_metrics
   metrics = [m for m in read_metrics(str(tmp_path / "run")) if "loss" in m]
   assert {"lxmert/mlm", "lxmert/itm", "lxmert/attributes", "lxmert/qa"} <= set(metrics[-1])

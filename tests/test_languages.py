@@ -30,17 +30,17 @@ ONE = dict(with_size=[True], with_position=True, with_count=False)
     (("purple", "triangle", "large", .5, .5), dict(ONE, with_position=False), "fr", "un grand triangle violet."),
 ])
 def test_one_object_grammar(obj, template, language, expected):
-  assert lang.caption(_objects(obj), template, language) == expected
+  assert shapes.caption_in(_objects(obj), template, language) == expected
 
 
 def test_several_objects_and_count():
   objects = _objects(("yellow", "cross", "small", .2, .2), ("green", "circle", "large", .8, .8),
                      ("red", "diamond", "small", .2, .8))
   template = dict(with_size=[False, True, False], with_position=False, with_count=True)
-  assert lang.caption(objects, template, "en") == "three objects: a yellow cross, a large green circle and a red diamond."
-  assert lang.caption(objects, template, "de") == \
+  assert shapes.caption_in(objects, template, "en") == "three objects: a yellow cross, a large green circle and a red diamond."
+  assert shapes.caption_in(objects, template, "de") == \
       "drei Objekte: ein gelbes Kreuz, ein großer grüner Kreis und eine rote Raute."
-  assert lang.caption(objects, template, "fr") == \
+  assert shapes.caption_in(objects, template, "fr") == \
       "trois objets : une croix jaune, un grand cercle vert et un losange rouge."
 
 
@@ -52,18 +52,18 @@ def test_records_translate_their_own_caption():
     assert set(example["translations"]) == set(lang.TRANSLATED)
     for language, text in example["translations"].items():
       for o in example["objects"]:
-        noun = {"de": lang._DE_NOUNS, "fr": lang._FR_NOUNS}[language][o["shape"]][0]
+        noun = lang.NOUNS[language][o["shape"]][0]
         assert noun in text, (text, o)
       assert text.count(",") == example["caption"].count(",")
 
 
 def test_prompts_per_language():
-  assert lang.zero_shot_prompts("en") is shapes.zero_shot_prompts
-  assert lang.zero_shot_prompts("de")("yellow star") == [
+  assert shapes.prompts_in("en") is shapes.zero_shot_prompts
+  assert shapes.prompts_in("de")("yellow star") == [
       "ein gelber Stern.", "ein kleiner gelber Stern.", "ein großer gelber Stern."]
   assert lang.class_name("green cross", "fr") == "croix verte"
   with pytest.raises(ValueError, match="no captions in language 'es'"):
-    lang.zero_shot_prompts("es")
+    shapes.prompts_in("es")
 
 
 def test_source_reads_translations(tiny_source):
@@ -118,7 +118,7 @@ def test_multilingual_run(tiny_data_dir, tmp_path):
   for language in ("en", "de", "fr"):
     evals[f"zeroshot_{language}"] = dict(type="zeroshot", split="test", language=language)
     evals[f"retrieval_{language}"] = dict(type="retrieval", split="test", num_examples=64, language=language)
-  config = tiny_config(tiny_data_dir, total_steps=4, evals=evals, mesh=MESH,
+  config = tiny_config(tiny_data_dir, total_steps=2, evals=evals, mesh=MESH,
                        **{"input.languages": dict(en=1.0, de=1.0, fr=1.0), "tokenizer.vocab_size": 160})
   results = train_lib.train(config, str(tmp_path / "run"))
   tokenizer = Tokenizer.load(str(tmp_path / "run" / "tokenizer.model"))
@@ -148,12 +148,12 @@ def test_language_prompts_share_one_layout(tiny_tokenizer):
 
 def test_reference_captions_per_language():
   example = shapes.make_example(0, "train", 5, 32)
-  assert lang.reference_captions(example["objects"], "en") == shapes.reference_captions(example["objects"])
+  assert shapes.reference_captions(example["objects"], "en") == shapes.reference_captions(example["objects"])
   for language, text in example["translations"].items():
-    references = lang.reference_captions(example["objects"], language)
+    references = shapes.reference_captions(example["objects"], language)
     assert text in references and len(references) == len(shapes.reference_captions(example["objects"]))
-    assert all(lang.detect_language(r) == language for r in references)
-  assert lang.detect_language(example["caption"]) == "en" and lang.detect_language("xyz") == ""
+    assert all(shapes.detect_language(r) == language for r in references)
+  assert shapes.detect_language(example["caption"]) == "en" and shapes.detect_language("xyz") == ""
 
 
 def test_multilingual_vlm(tiny_data_dir, tmp_path):
@@ -185,6 +185,6 @@ def test_multilingual_vlm(tiny_data_dir, tmp_path):
     prompt = tuple(int(t) for t in example["tokens"][n + 1:n + 1 + len(pipeline.prompt_ids(tokenizer, config.input))])
     caption = tokenizer.decode([example["tokens"][n + 1 + len(prompt):]])[0]
     language = {pipeline.prompt_ids(tokenizer, config.input, k): k for k in ("de", "en", "fr")}[prompt]
-    assert lang.detect_language(caption) == language
+    assert shapes.detect_language(caption) == language
     seen.add(language)
   assert seen == {"en", "fr"}  # German has weight 0: never drawn

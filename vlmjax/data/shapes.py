@@ -60,12 +60,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 import tensorflow_datasets as tfds
 
-if __name__ == '__main__':
-    # `python -m vlmjax.data.shapes`: run the package's module instead of this copy, or the builder
-    # would be defined (and registered with TFDS) twice once `shapes_languages` imports the package's.
-    import sys
-    from vlmjax.data import shapes as _package
-    sys.exit(_package.main())
+from vlmjax.data import shapes_languages
 
 # ---------------------------------------------------------------------------
 # Vocabulary.
@@ -525,11 +520,10 @@ def make_example(seed: int, split: str, index: int, image_size: int = 64) -> dic
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
     objects = _scene_objects(rng, split, index)
     example = _describe_scene(rng, split, objects, image_size)
-    from vlmjax.data import shapes_languages  # it builds on this module's English grammar
     return dict(
         example,
         questions=make_questions(seed, split, index, objects),
-        translations=shapes_languages.translations(objects, example.pop('template')),
+        translations=translations(objects, example.pop('template')),
         edit=make_edit(seed, split, index, objects)[0],
     )
 
@@ -672,11 +666,10 @@ def make_edited_example(seed: int, split: str, index: int, image_size: int = 64)
     edited_split = f'{split}_edited'
     rng = np.random.default_rng([seed, SPLIT_IDS[edited_split], index])
     example = _describe_scene(rng, split, edited, image_size)
-    from vlmjax.data import shapes_languages
     return dict(
         example,
         questions=make_questions(seed, edited_split, index, edited),
-        translations=shapes_languages.translations(edited, example.pop('template')),
+        translations=translations(edited, example.pop('template')),
         edit=dict(kind='', text=''),
     )
 
@@ -723,10 +716,11 @@ def regions_and_triplets(objects) -> tuple[list[dict], list[tuple]]:
     return regions, triplets
 
 
-def reference_captions(objects) -> list[str]:
+def reference_captions(objects, language: str = 'en') -> list[str]:
     """Every short caption the generator could have written for a scene (each choice of which
     objects name their size, of the position phrase for one object, of the count prefix for
-    several), for captioning metrics with multiple references as on COCO.
+    several), for captioning metrics with multiple references as on COCO; in `language`
+    (`LANGUAGES`), the translations of those.
 
     `objects`: a list of object dicts, or a TFDS-decoded record's `objects` (a dict of arrays with
     class-label ids for shape, colour and size).
@@ -738,10 +732,50 @@ def reference_captions(objects) -> list[str]:
         for flag in (False, True):
             template = dict(with_size=[bool(sizes >> i & 1) for i in range(len(objects))],
                             with_position=flag, with_count=flag)
-            caption = _caption(objects, template)
+            caption = caption_in(objects, template, language)
             if caption not in out:
                 out.append(caption)
     return out
+
+
+# ---------------------------------------------------------------------------
+# Languages (version 1.2.0): English here, German and French in `shapes_languages`.
+# ---------------------------------------------------------------------------
+
+LANGUAGES = ('en', *shapes_languages.TRANSLATED)
+
+
+def caption_in(objects: list[dict], template: dict, language: str) -> str:
+    """The short caption of `objects`, worded by `template`, in `language`."""
+    if language == 'en':
+        return _caption(objects, template)
+    cell = _grid_cell(objects[0]['x'], objects[0]['y']) if len(objects) == 1 else None
+    return shapes_languages.caption(objects, template, language, cell)
+
+
+def translations(objects: list[dict], template: dict) -> dict:
+    """{language: the short caption in it} for every language but English (the `translations` field)."""
+    return {language: caption_in(objects, template, language) for language in shapes_languages.TRANSLATED}
+
+
+def prompts_in(language: str):
+    """-> a function English class name -> its zero-shot prompts in `language`."""
+    if language == 'en':
+        return zero_shot_prompts
+    shapes_languages.check(language)
+    return lambda name: shapes_languages.prompts(name, language)
+
+
+_LEXICONS = {'en': {*SHAPES, *COLORS, *SIZES, *NUMBER_WORDS, 'a', 'an', 'and', 'objects', 'in', 'the', 'at', 'on',
+                    'top', 'bottom', 'left', 'right', 'center'},
+             **{language: shapes_languages.lexicon(language) for language in shapes_languages.TRANSLATED}}
+
+
+def detect_language(text: str) -> str:
+    """The language of `LANGUAGES` whose caption words cover most of `text`'s words; '' for none or a tie."""
+    words = shapes_languages.words(text)
+    hits = sorted(((sum(w in _LEXICONS[k] for w in words), k) for k in LANGUAGES), reverse=True)
+    return hits[0][1] if hits[0][0] > 0 and hits[0][0] > hits[1][0] else ''
 
 
 def zero_shot_prompts(class_name: str) -> list[str]:
@@ -827,8 +861,7 @@ class VlmjaxShapes(tfds.core.GeneratorBasedBuilder):
                 'answer': tfds.features.Text(),
             })),
         }
-        from vlmjax.data import shapes_languages
-        translations = {} if self.version < '1.2.0' else {
+        translation_features = {} if self.version < '1.2.0' else {
             'translations': tfds.features.FeaturesDict(
                 {language: tfds.features.Text() for language in shapes_languages.TRANSLATED}),
         }
@@ -840,7 +873,7 @@ class VlmjaxShapes(tfds.core.GeneratorBasedBuilder):
             description=__doc__,
             features=tfds.features.FeaturesDict({
                 **questions,
-                **translations,
+                **translation_features,
                 **edit,
                 'image': tfds.features.Image(shape=(size, size, 3), encoding_format='png'),
                 'caption': tfds.features.Text(),

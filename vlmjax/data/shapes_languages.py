@@ -3,7 +3,8 @@
 The short caption of every scene (`shapes._caption`) is written in each language of `TRANSLATED`
 from the same objects and the same template (which objects name their size, the position phrase of
 one object, the count prefix of several), so a translation says exactly what the English caption
-says. The two grammars differ from English where multilingual models have to learn something:
+says (`shapes.caption_in`). The two grammars differ from English where multilingual models have to
+learn something:
 
 - German: every noun has a gender (der Kreis, das Quadrat, die Raute); the article and each
   adjective before the noun agree with it ('ein großer roter Kreis', 'ein großes rotes Quadrat',
@@ -12,15 +13,12 @@ says. The two grammars differ from English where multilingual models have to lea
   gender ('un grand cercle rouge', 'une grande étoile rouge', 'une petite croix verte').
 
 Both use letters outside ASCII (ß, ü, é, à), which a tokenizer trained on the captions of all
-languages has to cover. The functions are deterministic: they draw nothing from the scene's RNG.
+languages has to cover. Everything here is deterministic: it draws nothing from a scene's RNG.
 """
+import itertools
 import re
 
-from vlmjax.data import shapes
-
-# The record's own caption is English; these are its `translations`.
 TRANSLATED = ('de', 'fr')
-LANGUAGES = ('en', *TRANSLATED)
 
 # German: noun and gender (m, n, f) per shape; adjective stems; endings after the indefinite article
 # in the nominative (mixed declension), which are also the endings without an article.
@@ -46,13 +44,15 @@ _FR_NUMBERS = ('zéro', 'un', 'deux', 'trois', 'quatre', 'cinq')
 _FR_ROWS = {'top': 'en haut', 'bottom': 'en bas'}
 _FR_COLUMNS = {'left': 'à gauche', 'right': 'à droite'}
 
-
-def _check(language: str):
-  if language not in LANGUAGES:
-    raise ValueError(f"vlmjax_shapes has no captions in language '{language}' (it has: {', '.join(LANGUAGES)})")
+NOUNS = {'de': _DE_NOUNS, 'fr': _FR_NOUNS}  # shape -> (noun, gender)
 
 
-def _noun_phrase(color: str, shape: str, size: str | None, language: str, article: bool = True) -> str:
+def check(language: str):
+  if language not in TRANSLATED:
+    raise ValueError(f"vlmjax_shapes has no captions in language '{language}' (it has: en, {', '.join(TRANSLATED)})")
+
+
+def noun_phrase(color: str, shape: str, size: str | None, language: str, article: bool = True) -> str:
   """'ein großer roter Kreis' / 'un grand cercle rouge'; without the article: 'roter Kreis'."""
   if language == 'de':
     noun, gender = _DE_NOUNS[shape]
@@ -65,25 +65,25 @@ def _noun_phrase(color: str, shape: str, size: str | None, language: str, articl
   return ' '.join(([_FR_ARTICLES[gender]] if article else []) + words)
 
 
-def _position(row: str, col: str, language: str) -> str:
-  """The grid cell of `shapes._grid_cell`: 'oben links', 'in der Mitte', 'en haut à gauche', 'au centre'."""
+def position(row: str, col: str, language: str) -> str:
+  """A 3x3 grid cell ('top'/'middle'/'bottom', 'left'/'center'/'right'): 'oben links', 'in der Mitte',
+  'en haut à gauche', 'au centre'."""
   if (row, col) == ('middle', 'center'):
     return 'in der Mitte' if language == 'de' else 'au centre'
   rows, columns = (_DE_ROWS, _DE_COLUMNS) if language == 'de' else (_FR_ROWS, _FR_COLUMNS)
   return ' '.join(p for p in (rows.get(row), columns.get(col)) if p)
 
 
-def caption(objects: list[dict], template: dict, language: str) -> str:
-  """The short caption of `objects` in `language`, worded by `template` as `shapes._caption` is."""
-  _check(language)
-  if language == 'en':
-    return shapes._caption(objects, template)  # pylint: disable=protected-access
-  parts = [_noun_phrase(o['color'], o['shape'], o['size'] if s else None, language)
+def caption(objects: list[dict], template: dict, language: str, cell: tuple | None = None) -> str:
+  """The short caption of `objects` in `language` (German or French), worded by `template` as
+  `shapes._caption` words the English; `cell`: the (row, col) of a single object's position phrase."""
+  check(language)
+  parts = [noun_phrase(o['color'], o['shape'], o['size'] if s else None, language)
            for o, s in zip(objects, template['with_size'])]
   if len(objects) == 1:
     text = parts[0]
     if template['with_position']:
-      text += ' ' + _position(*shapes._grid_cell(objects[0]['x'], objects[0]['y']), language)  # pylint: disable=protected-access
+      text += ' ' + position(*cell, language)
     return text + '.'
   listing = ', '.join(parts[:-1]) + (' und ' if language == 'de' else ' et ') + parts[-1]
   if template['with_count']:
@@ -93,76 +93,35 @@ def caption(objects: list[dict], template: dict, language: str) -> str:
   return listing + '.'
 
 
-def translations(objects: list[dict], template: dict) -> dict:
-  """{language: caption} for every language of `TRANSLATED`."""
-  return {language: caption(objects, template, language) for language in TRANSLATED}
-
-
 def class_name(name: str, language: str) -> str:
   """An English class name ('red circle') in `language`: 'roter Kreis', 'cercle rouge'."""
-  _check(language)
-  if language == 'en':
-    return name
+  check(language)
   color, shape = name.split(' ')
-  return _noun_phrase(color, shape, None, language, article=False)
+  return noun_phrase(color, shape, None, language, article=False)
 
 
-def zero_shot_prompts(language: str):
-  """-> a function English class name -> its prompts in `language`, worded as that language's
-  captions are (the class alone, small, large): the English set is `shapes.zero_shot_prompts`."""
-  _check(language)
-  if language == 'en':
-    return shapes.zero_shot_prompts
-
-  def prompts(name: str) -> list[str]:
-    color, shape = name.split(' ')
-    return [f'{_noun_phrase(color, shape, size, language)}.' for size in (None, 'small', 'large')]
-  return prompts
+def prompts(name: str, language: str) -> list[str]:
+  """The zero-shot prompts of an English class name in `language`, worded as that language's
+  captions are (the class alone, small, large): 'ein gelber Stern.', 'ein kleiner gelber Stern.', ..."""
+  check(language)
+  color, shape = name.split(' ')
+  return [f'{noun_phrase(color, shape, size, language)}.' for size in (None, 'small', 'large')]
 
 
-def reference_captions(objects, language: str) -> list[str]:
-  """Every short caption the generator could write for a scene in `language` (`shapes.reference_captions`'
-  wording choices). `objects`: object dicts or a TFDS-decoded record's `objects`."""
-  _check(language)
-  if isinstance(objects, dict):
-    objects = shapes._object_dicts(objects)  # pylint: disable=protected-access
-  out = []
-  for sizes in range(2 ** len(objects)):
-    for flag in (False, True):
-      template = dict(with_size=[bool(sizes >> i & 1) for i in range(len(objects))],
-                      with_position=flag, with_count=flag)
-      text = caption(objects, template, language)
-      if text not in out:
-        out.append(text)
-  return out
-
-
-def _words(text: str) -> list[str]:
+def words(text: str) -> list[str]:
+  """Lower-cased words of any script."""
   return re.findall(r"[^\W_]+", text.lower())
 
 
-def _lexicon() -> dict:
-  """language -> the words its captions use (those several languages share, such as 'orange', count
-  for each)."""
-  lexicon = {'en': {*shapes.SHAPES, *shapes.COLORS, *shapes.SIZES, *shapes.NUMBER_WORDS, 'a', 'an', 'and',
-                    'objects', 'in', 'the', 'at', 'on', 'top', 'bottom', 'left', 'right', 'center', 'middle'}}
-  for language in TRANSLATED:
-    texts = [caption([dict(color=c, shape=s, size=z, x=x, y=y)], dict(with_size=[True], with_position=True,
-                                                                       with_count=False), language)
-             for c in shapes.COLORS for s in shapes.SHAPES for z in shapes.SIZES
-             for x in (0.1, 0.5, 0.9) for y in (0.1, 0.5, 0.9)]
-    two = [dict(color='red', shape='circle', size='small', x=0.1, y=0.1)] * 2
-    texts += [caption(two[:1] * n, dict(with_size=[False] * n, with_position=False, with_count=True), language)
-              for n in range(2, shapes.MAX_OBJECTS + 1)]
-    lexicon[language] = {w for t in texts for w in _words(t)}
-  return lexicon
-
-
-_LEXICON = _lexicon()
-
-
-def detect_language(text: str) -> str:
-  """The language of `LANGUAGES` whose caption lexicon covers most of `text`'s words; '' for none or a tie."""
-  words = _words(text)
-  hits = sorted(((sum(w in _LEXICON[k] for w in words), k) for k in LANGUAGES), reverse=True)
-  return hits[0][1] if hits[0][0] > 0 and hits[0][0] > hits[1][0] else ''
+def lexicon(language: str) -> set:
+  """Every word `language`'s captions use."""
+  check(language)
+  one = dict(with_size=[True], with_position=True, with_count=False)
+  texts = [caption([dict(color=c, shape=s, size=z)], one, language, cell)
+           for c in _DE_COLORS for s in _DE_NOUNS for z in _DE_SIZES
+           for cell in itertools.product(('top', 'middle', 'bottom'), ('left', 'center', 'right'))]
+  numbers = _DE_NUMBERS if language == 'de' else _FR_NUMBERS
+  texts += [caption([dict(color='red', shape='circle', size='small')] * n,
+                    dict(with_size=[False] * n, with_position=False, with_count=True), language)
+            for n in range(2, len(numbers))]
+  return {w for t in texts for w in words(t)}

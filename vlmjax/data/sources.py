@@ -514,11 +514,10 @@ def shapes_source(data_config, split: str, default_fields=SHAPES_FIELDS):
   source.class_names, source.prompts = shapes.CLASS_NAMES, shapes.zero_shot_prompts
   # Each language's zero-shot prompts (a function of the English class name) and captioning
   # references, and which language a generated caption is in.
-  from vlmjax.data import shapes_languages
-  source.language_prompts = shapes_languages.zero_shot_prompts
-  source.reference_captions_in = lambda i, language: shapes_languages.reference_captions(
-      source.source[int(i)]["objects"], language)
-  source.detect_language = shapes_languages.detect_language
+  source.language_prompts = shapes.prompts_in
+  source.reference_captions_in = lambda i, language: shapes.reference_captions(source.source[int(i)]["objects"],
+                                                                               language)
+  source.detect_language = shapes.detect_language
   # Composed image retrieval (version 1.3.0): record i's edit text; record i of '<split>_edited' is its target.
   source.edit_of = lambda i: _as_text(source.source[int(i)]["edit"]["text"])
   # Captioning references: every caption the generator could have written for record i's scene.

@@ -16,6 +16,8 @@ target among them, by cosine similarity to the query embedding, which `query` ch
   `captioner` (a run or bundle), that caption edited the same way, embedded as text. Also reports
   the captioner's CIDEr on the references.
 """
+import dataclasses
+
 import numpy as np
 
 from vlmjax import registry
@@ -50,11 +52,12 @@ class ComposedRetrieval:
   def generated_captions(self, ctx, count: int) -> tuple[list[str], float]:
     """The captioner's captions of the first `count` reference images, and its CIDEr on them."""
     from vlmjax.evals.captioning import Captioning
-    from vlmjax.evals.common import EvalContext, Embedder
     from vlmjax.run import open_run
     loaded = open_run(self.captioner).load()
-    embedder = Embedder(loaded.model, loaded.params, loaded.experiment.mesh, ctx.batch_size, loaded.experiment.rules)
-    captioner_ctx = EvalContext(ctx.data_config, loaded.config.input, loaded.tokenizer, embedder, ctx.batch_size)
+    embedder = type(ctx.embedder)(loaded.model, loaded.params, loaded.experiment.mesh, ctx.batch_size,
+                                  loaded.experiment.rules)
+    captioner_ctx = dataclasses.replace(ctx, input_config=loaded.config.input, tokenizer=loaded.tokenizer,
+                                        embedder=embedder, progress="")
     captioning = Captioning(f"{self.name}_captioner", self.split, count, self.max_new_tokens)
     metrics = captioning.run(captioner_ctx)
     return captioning.predictions, metrics[f"{self.name}_captioner/CIDEr"]

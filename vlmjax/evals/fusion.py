@@ -11,11 +11,13 @@ import jax
 import numpy as np
 
 from vlmjax import registry
-from vlmjax.data import regions
 from vlmjax.data.shapes import ANSWERS, NEGATIVE_KINDS, QUESTION_TYPES
 from vlmjax.objectives.contrastive import NEGATIVE_TEXT
 
-FIELDS = (regions.REGION_BOXES, regions.REGION_VALID)
+
+def region_fields(model, input_config) -> tuple:
+  """The model's own batch fields beyond the image and the caption: its objects' boxes and validity."""
+  return tuple(f for f in model.batch_fields(input_config) if f.name.startswith("region_"))
 
 
 def _check_model(model, name: str, head: str):
@@ -38,7 +40,8 @@ class ImageTextMatching:
     logits_of = jax.jit(lambda p, x: model.apply({"params": p}, images=x[0], region_boxes=x[1], region_valid=x[2],
                                                  itm_texts=x[3])["itm_logits"])
     scores = {kind: [] for kind in ("caption", *NEGATIVE_KINDS, "random")}
-    _, batches = ctx.batches(self.split, limit=self.num_examples, fields=(*FIELDS, NEGATIVE_TEXT))
+    _, batches = ctx.batches(self.split, limit=self.num_examples,
+                             fields=(*region_fields(model, ctx.input_config), NEGATIVE_TEXT))
     for batch in batches:
       inputs = (np.asarray(batch["image"], np.float32), batch["region_boxes"], batch["region_valid"])
       texts = {"caption": batch["text"], "random": np.roll(batch["text"], 1, axis=0),
@@ -66,7 +69,7 @@ class FusionQuestionAnswering:
     _check_model(model, self.name, "answer")
     answer_of = jax.jit(lambda p, x: model.apply({"params": p}, images=x[0], region_boxes=x[1], region_valid=x[2],
                                                  question_texts=x[3])["answer_logits"].argmax(-1))
-    source, batches = ctx.batches(self.split, limit=self.num_examples, fields=FIELDS)
+    source, batches = ctx.batches(self.split, limit=self.num_examples, fields=region_fields(model, ctx.input_config))
     right = {kind: [] for kind in QUESTION_TYPES}
     for batch in batches:
       rows = [(k, q) for k, index in enumerate(batch["index"]) for q in source[int(index)]["questions"]]
