@@ -267,6 +267,8 @@ def test_a_suite_file_takes_an_argument():
   name, entries = load_suite(suite + ":likelihood")
   assert name == "vlm_captions_likelihood" and list(entries) == ["compositional"]
   assert sorted(load_suite(suite)[1]) == ["caption", "compositional"]
+  # An argument that is a path names one file, not a folder.
+  assert load_suite(str(REPO / "configs" / "evals" / "cir.py") + ":workdirs/vlm_ntp")[0] == "cir_workdirs_vlm_ntp"
   with pytest.raises(ValueError, match="unknown variant 'nope'"):
     load_suite(suite + ":nope")
 

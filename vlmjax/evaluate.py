@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -247,7 +248,9 @@ def load_suite(path: str):
   entries = config_lib.load_file(path, arg or None)
   if not entries or not all(hasattr(e, "get") for e in entries.values()):
     raise config_lib.ConfigError(f"evaluate: --suite '{path}' must return a ConfigDict of evaluator entries")
-  return os.path.splitext(os.path.basename(path))[0] + (f"_{arg}" if arg else ""), entries
+  # The argument may be a path ('cir.py:workdirs/vlm_ntp'): the name keeps it as one file name.
+  name = os.path.splitext(os.path.basename(path))[0]
+  return name + (f"_{re.sub(r'[^A-Za-z0-9._-]', '_', arg)}" if arg else ""), entries
 
 
 def suite_table(results: dict, planned: list[Planned]) -> str:

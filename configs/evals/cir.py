@@ -3,7 +3,7 @@ alone, the edit text alone, their sum, and CIReVL's caption-then-edit pipeline w
 with an argument, also CIReVL with the captions of that VLM run (training-free composed retrieval).
 
   python -m vlmjax.evaluate --workdir workdirs/clip --suite configs/evals/cir.py
-  python -m vlmjax.evaluate --workdir workdirs/clip --suite configs/evals/cir.py:workdirs/vlm_ntp
+  python -m vlmjax.evaluate --workdir workdirs/clip --suite configs/evals/cir.py:workdirs/vlm_ntp   # -> eval_results/cir_workdirs_vlm_ntp.json
 """
 import ml_collections
 
