@@ -19,7 +19,11 @@ from ml_collections import config_flags
 import pytest
 
 from conftest import REPO
+
 from vlmjax import config as config_lib, train
+
+# The full built-in dataset in the repo before any test ran (a fresh clone has none: no test may build it).
+DATA_WAS_THERE = (REPO / "data" / "tfds" / "vlmjax_shapes" / "default").exists()
 
 
 def documented_commands() -> list[tuple[str, list[str]]]:
@@ -96,8 +100,9 @@ def test_documented_training_command_dry_runs(args, tiny_data_dir, tiny_pairs, t
   config = parse(args)
   needs = []
   with config.unlocked():
-    for data in [config.data] + [entry.data for entry in (config.data.get("mixture") or {}).values()]:
-      if data.name.startswith("vlmjax_shapes"):  # the built-in data, shrunk (and kept out of the repo)
+    evals_data = [entry.data for entry in config.evals.values() if entry.get("data")]
+    for data in [config.data, *evals_data] + [entry.data for entry in (config.data.get("mixture") or {}).values()]:
+      if data.get("name", "").startswith("vlmjax_shapes"):  # the built-in data, shrunk (and kept out of the repo)
         data.data_dir, data.builder_config = tiny_data_dir, "tiny"
         # A subset, caption or label file a previous command wrote indexes the full dataset, not the tiny
         # one: when it is there it is set aside; when it is not, the run must name it.
@@ -122,3 +127,4 @@ def test_documented_training_command_dry_runs(args, tiny_data_dir, tiny_pairs, t
     assert "Nothing was written" in train.format_dry_run(report)
   assert not os.path.exists(workdir)
   assert os.listdir(tmp_path) == []
+  assert not (REPO / "data" / "tfds" / "vlmjax_shapes" / "default").exists() or DATA_WAS_THERE  # nothing built in the repo
