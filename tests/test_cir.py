@@ -99,7 +99,7 @@ def test_composer_trains_on_triplets(tiny_data_dir, tmp_path):
       "data.name": "vlmjax_shapes_cir", "model.composer": dict(width=16, depth=1, num_heads=2, num_queries=2),
       "objectives": dict(composed_retrieval=dict(weight=1.0)), "optimizer.learning_rate": 3e-3,
       "evals": dict(cir=dict(type="cir", split="test", num_examples=32, query="composed",
-                             data=dict(name="vlmjax_shapes")))})
+                             data=dict(name="vlmjax_shapes", data_dir=tiny_data_dir, builder_config="tiny")))})
   source = sources.make_source(config.data, "train")
   record = source[3]
   assert record["caption"] == shapes.make_example(0, "train", 3, 32)["edit"]["text"]
