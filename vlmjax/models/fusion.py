@@ -23,9 +23,23 @@ import jax.numpy as jnp
 from vlmjax import batch_spec, registry
 from vlmjax.data import regions
 from vlmjax.models import layers
+from vlmjax.models.dual_encoder import l2_normalize
 from vlmjax.models.sizes import decode_variant
 from vlmjax.models.vit import ViT
-from vlmjax.objectives.regions import region_embeddings
+
+
+def region_embeddings(image_tokens, boxes, valid):
+  """image_tokens [B, N, E] (projected, a square patch grid), boxes [B, K, 4] (x0, y0, x1, y1 in
+  [0, 1]), valid [B, K] -> [B, K, E]: the mean of the tokens inside each box, L2-normalised."""
+  grid = int(round(image_tokens.shape[1] ** 0.5))
+  if grid * grid != image_tokens.shape[1]:
+    raise ValueError(f"region embeddings need a square patch grid, got {image_tokens.shape[1]} image tokens")
+  weights = regions.token_weights(boxes, valid, grid)
+  pooled = jnp.einsum("bkn,bne->bke", weights, image_tokens.astype(jnp.float32))
+  # An invalid region pools nothing: a zero vector, whose norm has a NaN gradient. It is given the
+  # image's mean token instead (a loss masks it out; only its gradient must stay finite).
+  pooled = jnp.where(valid[..., None], pooled, image_tokens.astype(jnp.float32).mean(axis=1, keepdims=True))
+  return l2_normalize(pooled)
 
 
 def _dense(features: int, name: str, dtype, axes=("embed", "mlp")):
