@@ -56,6 +56,13 @@ def test_init_errors_name_the_key(tiny_data_dir, tmp_path, source_run):
   with pytest.raises(ConfigError, match="init.workdir: .* does not hold params matching"):
     train(tiny_config(tiny_data_dir, **ALL_DEVICES, **{"init.workdir": source_run, "init.params": "^image/",
                                         "model.image": wider}), str(tmp_path / "c"))
+  # A param the pattern matches that the source does not have (a new module under a loaded tower):
+  # named, never trained from a placeholder.
+  with pytest.raises(ConfigError, match="has no param 'image/encoder/blocks/message_attn/.*matching init.params"):
+    train(tiny_config(tiny_data_dir, **ALL_DEVICES, **{"init.workdir": source_run, "init.params": "^image/",
+                                        "model.image": dict(variant="mu/8", width=32, depth=1, mlp_dim=64,
+                                                            num_heads=2, pool="gap", frames=1)}),
+          str(tmp_path / "d"))
 
 
 def test_init_also_loads_each_tower_from_its_own_run(tiny_data_dir, tmp_path, source_run):

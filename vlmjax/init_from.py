@@ -84,6 +84,13 @@ def init_params_from(path: str, params, pattern: str, step: int | None = None, i
     if loaded is None:
       raise ValueError(f"init.workdir: {path} does not hold params matching '{pattern}' with this "
                        f"model's shapes ({str(e).splitlines()[0][:200]})") from None
+  # A param the pattern matches but the checkpoint lacks comes back unread: name it, rather than
+  # train from a placeholder (a new module's params under a loaded tower: narrow the pattern).
+  unread = [path for path, x in jax.tree_util.tree_leaves_with_path(loaded) if isinstance(x, jax.ShapeDtypeStruct)]
+  if unread:
+    name = "/".join(str(getattr(k, "key", k)) for k in unread[0])
+    raise ValueError(f"init.workdir: {path} has no param '{name}' (matching init.params '{pattern}'); leave it out "
+                     "of the pattern to start it fresh")
   return merge(params, loaded)
 
 
