@@ -79,7 +79,7 @@ def test_cir_evaluator(tiny_data_dir, tmp_path):
     assert results[f"{q}/queries"] == 64
     assert results[f"{q}/R@1"] <= results[f"{q}/R@5"] <= results[f"{q}/R@10"]
   with pytest.raises(ValueError, match=r"evals.c.query must be one of image, text, sum, composed, edited_caption, "
-                     r"generated_caption, got 'both'"):
+                     r"generated_caption, pseudo_sentence, pseudo_image, got 'both'"):
     train_lib.train(tiny_config(tiny_data_dir, mesh=MESH, evals=dict(c=dict(type="cir", query="both"))),
                     str(tmp_path / "a"))
   with pytest.raises(ValueError, match="'captioner' .* goes with query 'generated_caption'"):

@@ -99,7 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
                  # of its `translations`), e.g. dict(en=0.5, de=0.25, fr=0.25); {} = the caption as is
                  languages={},
                  # records with object regions (vlmjax.data.regions): at most this many per example
-                 max_regions=4)
+                 max_regions=4,
+                 # video models (`model.name='video_clip'`): frames per clip, the data's (0: images)
+                 num_frames=0)
   # languages: the tokenizer learns every record's caption in each of these (() = those of input.languages)
   # model_type: 'bpe' (sub-word pieces) or 'char' (one piece per character, vocab_size at most)
   c.tokenizer = dict(path="", vocab_size=1000, train_examples=20000, languages=(), model_type="bpe")

@@ -144,6 +144,15 @@ def decode_image(image) -> Image.Image:
   return image.convert("RGB")
 
 
+def filmstrip_frames(strip: np.ndarray) -> np.ndarray:
+  """A clip stored as its frames side by side, [S, T·S, C] -> [T, S, S, C] (square frames, the
+  strip's height). ValueError when the width is not a whole number of frames."""
+  height, width = strip.shape[:2]
+  if height == 0 or width % height:
+    raise ValueError(f"a filmstrip of {width}x{height} pixels is not a row of {height}x{height} frames")
+  return np.stack(np.split(strip, width // height, axis=1))
+
+
 def split_sentences(text: str) -> list[str]:
   """DreamLIP's split: on newlines, '</s>' and full stops; stripped, empty pieces dropped."""
   return [s.strip() for s in re.split(r"\n|</s>|[.]", text) if s.strip()]
@@ -581,6 +590,7 @@ def embedding_caption_preprocess(base: Preprocess, config, tokenizer: Tokenizer,
 
 @registry.register("preprocess", "dual_encoder")
 @registry.register("preprocess", "fusion")
+@registry.register("preprocess", "video_clip")
 def dual_encoder_preprocess(base: Preprocess, config, tokenizer: Tokenizer, model):
   """A dual encoder (or a fusion encoder) trains on `Preprocess`'s examples as they are."""
   del config, tokenizer, model

@@ -954,14 +954,19 @@ def build(data_dir: str, config: str = 'default', **overrides) -> str:
     return str(builder.data_dir)
 
 
+def build_command(argv, description: str, name: str, builder_configs, build_fn):
+    """The command line of a built-in dataset's module: --data_dir DIR [--config NAME] -> built."""
+    import argparse
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('--data_dir', default='data/tfds')
+    parser.add_argument('--config', default='default', choices=[c.name for c in builder_configs])
+    args = parser.parse_args(argv)
+    print(f'{name}/{args.config} is in {build_fn(args.data_dir, args.config)}')
+
+
 def main(argv=None):
     """python -m vlmjax.data.shapes --data_dir DIR [--config default|tiny]: build the dataset."""
-    import argparse
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument('--data_dir', default='data/tfds')
-    parser.add_argument('--config', default='default', choices=[c.name for c in VlmjaxShapes.BUILDER_CONFIGS])
-    args = parser.parse_args(argv)
-    print(f'vlmjax_shapes/{args.config} is in {build(args.data_dir, args.config)}')
+    build_command(argv, main.__doc__, 'vlmjax_shapes', VlmjaxShapes.BUILDER_CONFIGS, build)
 
 
 if __name__ == '__main__':

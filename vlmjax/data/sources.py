@@ -30,6 +30,7 @@ import json
 import os
 
 import numpy as np
+from PIL import Image
 
 from vlmjax import registry
 from vlmjax.data.pipeline import BadRecord
@@ -560,6 +561,47 @@ def shapes_cir_source(data_config, split: str):
   reference scene's image, its edit text as the caption, and the edited scene's image as
   `target_image` (`ComposedTriplets`)."""
   return ComposedTriplets(shapes_source(data_config, split), shapes_source(data_config, f"{split}_edited"))
+
+
+class VideoClips(SourceView):
+  """Clips stored as filmstrips (`image` [S, T·S, 3], the frames side by side): a record whose strip
+  is not exactly `num_frames` frames of `frame_size` pixels (a frame missing, or an unreadable
+  strip) is a bad record, counted and skipped as a corrupt image, never a clip of other length."""
+
+  def __init__(self, source, num_frames: int, frame_size: int):
+    super().__init__(source)
+    self.num_frames, self.frame_size = num_frames, frame_size
+
+  def __getitem__(self, index):
+    record = self.source[index]
+    if isinstance(record, BadRecord):
+      return record
+    image = record["image"]
+    try:  # an array's shape, or an encoded image's header (nothing decoded twice)
+      height, width = np.shape(image)[:2] if not isinstance(image, (bytes, bytearray)) else \
+          Image.open(io.BytesIO(image)).size[::-1]
+    except Exception as e:  # pylint: disable=broad-except  # PIL raises many types for bad bytes
+      return BadRecord("corrupt_image", f"clip {int(index)}: {type(e).__name__}: {e}")
+    if height != self.frame_size or width != self.num_frames * self.frame_size:
+      return BadRecord("corrupt_image", f"clip {int(index)} is a {width}x{height} strip, not {self.num_frames} "
+                                        f"frames of {self.frame_size}x{self.frame_size} (a missing frame)")
+    return record
+
+
+@registry.register("dataset", "vlmjax_shapes_video")
+def shapes_video_source(data_config, split: str):
+  """The built-in video dataset (`vlmjax.data.shapes_video`): clips as filmstrips with their captions;
+  `class_names` are '<colour> <shape> moving <direction>', `num_frames` and `frame_size` its clips'."""
+  from vlmjax.data import shapes_video  # registers the builder with TFDS
+  data_dir = data_config.get("data_dir") or DEFAULT_SHAPES_DIR
+  config = data_config.get("builder_config", "default")
+  shapes_video.build(data_dir, config)
+  clip = shapes_video.config_of(config)
+  source = TfdsSource(f"vlmjax_shapes_video/{config}", split, data_dir,
+                      {"image": "image", "caption": "caption", "label": "label",
+                       "negative_captions": "negative_captions"})
+  source.class_names, source.prompts = shapes_video.CLASS_NAMES, shapes_video.zero_shot_prompts
+  return VideoClips(source, clip.num_frames, clip.image_size)
 
 
 @registry.register("dataset", "tfds")

@@ -14,7 +14,11 @@ target among them, by cosine similarity to the query embedding, which `query` ch
   the dataset's grammar (`shapes.edit_caption`, standing for CIReVL's LLM), embedded as text;
 - 'generated_caption': CIReVL's pipeline, training-free: the reference captioned by the VLM in
   `captioner` (a run or bundle), that caption edited the same way, embedded as text. Also reports
-  the captioner's CIDEr on the references.
+  the captioner's CIDEr on the references;
+- 'pseudo_sentence': ISA's asymmetric query: the model's light student (`model.pseudo_words`) writes
+  the reference as pseudo-words, and the text tower embeds them followed by the edit's tokens
+  ('[s1..sK] make the red circle blue.'); the gallery stays the large image tower's;
+- 'pseudo_image': the pseudo-sentence alone, no edit (the student's analogue of 'image').
 """
 import dataclasses
 
@@ -23,7 +27,9 @@ import numpy as np
 from vlmjax import registry
 from vlmjax.evals.retrieval import recall_at_k
 
-QUERIES = ("image", "text", "sum", "composed", "edited_caption", "generated_caption")
+QUERIES = ("image", "text", "sum", "composed", "edited_caption", "generated_caption", "pseudo_sentence",
+           "pseudo_image")
+RAW_IMAGE_QUERIES = ("composed", "pseudo_sentence", "pseudo_image")  # the model reads the reference itself
 
 
 def l2(x):
@@ -63,6 +69,9 @@ class ComposedRetrieval:
     return captioning.predictions, metrics[f"{self.name}_captioner/CIDEr"]
 
   def run(self, ctx) -> dict:
+    if self.query.startswith("pseudo_") and not getattr(ctx.embedder.model, "pseudo_words", None):
+      raise ValueError(f"evals.{self.name}: query '{self.query}' needs the model's pseudo-word encoder: set "
+                       "model.pseudo_words")
     source, targets = ctx.source(self.split), ctx.source(f"{self.split}_edited")
     self.check(source)
     count = min(self.num_examples, len(source), len(targets)) if self.num_examples > 0 else len(targets)
@@ -76,17 +85,21 @@ class ComposedRetrieval:
                        f"'{self.split}_edited' could be read; queries and targets would not line up")
     edits = [source.edit_of(i) for i in range(count)]
     out = {}
-    if self.query in ("image", "sum", "composed"):
+    if self.query in ("image", "sum", *RAW_IMAGE_QUERIES):
       images = []
       _, batches = ctx.batches(self.split, limit=count)
       for batch in batches:
-        images.append(batch["image"] if self.query == "composed" else ctx.embedder.embed_images(batch["image"]))
+        images.append(batch["image"] if self.query in RAW_IMAGE_QUERIES else ctx.embedder.embed_images(batch["image"]))
       queries = np.concatenate(images)
       if len(queries) != count:
         raise ValueError(f"evals.{self.name}: only {len(queries)} of the first {count} records of "
                          f"'{self.split}' could be read")
       if self.query == "composed":
         queries = ctx.embedder.embed_composed(queries, ctx.tokenize(edits))
+      if self.query == "pseudo_sentence":
+        queries = ctx.embedder.embed_pseudo_composed(queries, ctx.tokenize(edits))
+      if self.query == "pseudo_image":
+        queries = ctx.embedder.embed_pseudo_sentences(queries)
       if self.query == "sum":
         queries = l2(l2(queries) + l2(ctx.embedder.embed_texts(ctx.tokenize(edits))))
     elif self.query == "text":

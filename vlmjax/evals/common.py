@@ -75,7 +75,9 @@ class Embedder:
   `embed_images(images [N, S, S, 3]) -> [N, E]`, `embed_texts(tokens [N, T]) -> [N, E]`, float32;
   `embed_image_tokens` and `embed_text_tokens`: the projected, L2-normalised token embeddings (FILIP's
   late interaction), [N, n, E] and ([N, T, E], mask [N, T]); `embed_composed(images, tokens)`: a
-  model with a composer's query for each image and text, [N, E] (composed image retrieval).
+  model with a composer's query for each image and text, [N, E] (composed image retrieval);
+  `embed_pseudo_sentences(images)` and `embed_pseudo_composed(images, tokens)`: a model with
+  pseudo-words (ISA), each image's pseudo-sentence alone and followed by the text, [N, E].
   """
 
   def __init__(self, model, params, mesh, batch_size: int, rules=sharding.DEFAULT_RULES):
@@ -93,6 +95,11 @@ class Embedder:
         out_shardings=replicated)
     self._composed = jax.jit(
         lambda p, x: model.apply({"params": p}, images=x[0], texts=x[1])["composed_embeds"], out_shardings=replicated)
+    self._pseudo_sentences = jax.jit(lambda p, x: model.apply({"params": p}, images=x)["pseudo_sentence_embeds"],
+                                     out_shardings=replicated)
+    self._pseudo_composed = jax.jit(
+        lambda p, x: model.apply({"params": p}, images=x[0], texts=x[1])["pseudo_composed_embeds"],
+        out_shardings=replicated)
 
   def use(self):
     """The context a jitted apply of the model is traced and run under: mesh and rules."""
@@ -126,6 +133,12 @@ class Embedder:
 
   def embed_composed(self, images, tokens):
     return self.run(self._composed, (np.asarray(images, np.float32), np.asarray(tokens, np.int32)))
+
+  def embed_pseudo_sentences(self, images):
+    return self.run(self._pseudo_sentences, np.asarray(images, np.float32))
+
+  def embed_pseudo_composed(self, images, tokens):
+    return self.run(self._pseudo_composed, (np.asarray(images, np.float32), np.asarray(tokens, np.int32)))
 
 
 @dataclasses.dataclass

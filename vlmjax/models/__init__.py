@@ -1,2 +1,2 @@
 """The model zoo: importing this package registers every model by name."""
-from vlmjax.models import close, decoder, dual_encoder, fusion, text_rnn, vlm  # noqa: F401
+from vlmjax.models import close, decoder, dual_encoder, fusion, text_rnn, video, vlm  # noqa: F401

@@ -7,6 +7,7 @@ from vlmjax import batch_spec, registry
 from vlmjax.models import layers
 from vlmjax.models.composer import Composer
 from vlmjax.models.knowledge import KnowledgeEncoder
+from vlmjax.models.pseudo_words import PseudoWordEncoder
 from vlmjax.models.sizes import decode_variant
 from vlmjax.models.text import TextTransformer
 from vlmjax.models.vit import ViT
@@ -40,6 +41,11 @@ class DualEncoder(nn.Module):
   - `composed_embeds` [B, E] when `composer` (the keyword arguments of `Composer`: width, depth,
     num_heads, num_queries) is set and both images and texts are given: SPRC's query from each
     reference image and its modification text; `target_image_embeds` [B, E] for `target_images`.
+  - `pseudo_sentence_embeds` [B, E] when `pseudo_words` (the keyword arguments of
+    `PseudoWordEncoder`: num_words, student, depth, num_heads) is set and images are given: ISA's
+    light student writes each image as K pseudo-words [B, K, Wt], and the text tower and its
+    projection embed them as a sentence; `pseudo_composed_embeds` [B, E] when texts are given too:
+    the pseudo-words followed by the text's tokens (the text cut to its first max_len − K tokens).
 
   Either input may be None; its outputs are then absent.
 
@@ -60,6 +66,7 @@ class DualEncoder(nn.Module):
   attribute_classes: tuple = ()  # classes per attribute kind of the attribute head (): none
   knowledge: dict | None = None  # a scene-graph knowledge encoder (Structure-CLIP): None = none
   composer: dict | None = None  # a composed-query encoder (SPRC, composed image retrieval): None = none
+  pseudo_words: dict | None = None  # a light image-to-pseudo-words student (ISA): None = none
   dtype: jnp.dtype = jnp.float32
 
   batch_keys = {"images": "image", "texts": "text", "negative_texts": "negative_text",
@@ -96,6 +103,12 @@ class DualEncoder(nn.Module):
                                                 dtype=self.dtype, name="knowledge")
     if self.composer:
       self.composer_encoder = Composer(embed_dim=self.embed_dim, **self.composer, dtype=self.dtype, name="composer")
+    if self.pseudo_words:
+      if text_cls is not TextTransformer:
+        raise ValueError(f"model.pseudo_words needs the transformer text tower, not model.text.kind "
+                         f"'{self.text.get('kind')}' (its words are put before the text's token embeddings)")
+      self.pseudo_word_encoder = PseudoWordEncoder(text["width"], **self.pseudo_words, dtype=self.dtype,
+                                                   name="pseudo_words")
     if self.attribute_classes:
       self.attribute_head = nn.Dense(sum(self.attribute_classes), dtype=self.dtype, name="attribute_head",
                                      kernel_init=layers.kernel_init(("embed", "proj")),
@@ -133,6 +146,13 @@ class DualEncoder(nn.Module):
       out["image_tokens"] = self.image_proj(tokens).astype(jnp.float32)
       if self.attribute_classes:
         out["attribute_logits"] = self.attribute_head(pooled).astype(jnp.float32)
+    if self.pseudo_words and images is not None:
+      words = self.pseudo_word_encoder(images, train)  # [B, K, Wt]
+      empty = jnp.zeros((words.shape[0], 0), jnp.int32)
+      out["pseudo_sentence_embeds"] = l2_normalize(self.text_proj(self.text_tower(empty, train, prefix=words)[0]))
+      if texts is not None:
+        room = texts[:, :self.text_tower.max_len - words.shape[1]]
+        out["pseudo_composed_embeds"] = l2_normalize(self.text_proj(self.text_tower(room, train, prefix=words)[0]))
     if texts is not None:
       pooled, tokens, mask = self.text_tower(texts, train)
       if self.composer and images is not None:

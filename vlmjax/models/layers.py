@@ -406,13 +406,14 @@ class MAPHead(nn.Module):
     return x[:, 0]
 
 
-def block_class(remat: str):
-  """Block, wrapped in `nn.remat` with the named policy unless 'none'."""
+def block_class(remat: str, block=None):
+  """`block` (default Block), wrapped in `nn.remat` with the named policy unless 'none'."""
+  block = block or Block
   if remat not in REMAT_POLICIES:
     raise ValueError(f"unknown remat policy '{remat}'; known: {', '.join(REMAT_POLICIES)}")
   if remat == "none":
-    return Block
-  return nn.remat(Block, policy=REMAT_POLICIES[remat], static_argnums=(4,))
+    return block
+  return nn.remat(block, policy=REMAT_POLICIES[remat], static_argnums=(4,))
 
 
 class Transformer(nn.Module):
@@ -438,12 +439,13 @@ class Transformer(nn.Module):
   final_norm: bool = True
   unroll: int = 1
   output_layer: int = 0  # 0: the last block's output
+  block_type: type | None = None  # a Block subclass built with `block` instead (None: Block)
 
   @nn.compact
   def __call__(self, x, mask=None, positions=None, deterministic=True, cache_index=None, context=None,
                context_mask=None):
     """`context` [B, S, D'], `context_mask` [B, S]: what blocks built with `cross_attention` attend to."""
-    block_cls = block_class(self.remat)
+    block_cls = block_class(self.remat, self.block_type)
     if not 0 <= self.output_layer <= self.depth:
       raise ValueError(f"output_layer: {self.output_layer} is not in 0..{self.depth} (0: the last layer)")
     keep = bool(self.output_layer)
@@ -491,10 +493,11 @@ class Tower(nn.Module):
 
   sized_by_variant = True  # `variant` ('S/16', 'B') gives width, depth, mlp_dim and num_heads
 
-  def encoder(self) -> Transformer:
+  def encoder(self, block_type=None, **block) -> Transformer:
+    """The stack; `block_type` a Block subclass to build instead of Block, `block` its own options."""
     return Transformer(
         self.depth, dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,
                          norm_eps=self.norm_eps, dropout=self.dropout, attention=self.attention,
-                         dtype=self.dtype),
+                         dtype=self.dtype, **block),
         scan=self.scan, remat=self.remat, unroll=self.unroll, output_layer=self.output_layer,
-        name="encoder")
+        block_type=block_type, name="encoder")

@@ -21,6 +21,11 @@ class TextTransformer(layers.Tower, kw_only=True):
   end-of-text token, and its id 0 is "!"), the text ends at the first `eos_id` of the row, as Hugging
   Face's CLIPTextModel pools: the tokens up to it are the text (`token_mask`), the rest padding. A row
   without one falls back to `tokens != 0`. -1: vlmjax's own tokenizers, padding is id 0.
+
+  `prefix` [B, K, D] (optional): embeddings placed before the tokens' embeddings, e.g. an image's
+  pseudo-words (ISA, vlmjax/models/pseudo_words.py). They take positions 0..K-1 and the tokens
+  K..K+T-1 (K + T <= max_len); the mask counts them as real tokens. The outputs then cover all K + T
+  positions: tokens [B, K+T, D], token_mask [B, K+T]. Without a prefix, nothing changes.
   """
   vocab_size: int
   max_len: int = 64
@@ -30,14 +35,16 @@ class TextTransformer(layers.Tower, kw_only=True):
   eos_id: int = -1
 
   @nn.compact
-  def __call__(self, tokens, train: bool = False):
+  def __call__(self, tokens, train: bool = False, prefix=None):
     if self.pool not in ("eos", "mean", "last"):
       raise ValueError(f"unknown text pool '{self.pool}'; known: eos, mean, last")
-    if tokens.shape[1] > self.max_len:
-      raise ValueError(f"text length {tokens.shape[1]} exceeds the text tower's max_len {self.max_len}")
-    if self.pool == "last" and tokens.shape[1] != self.max_len:
+    length = tokens.shape[1] + (0 if prefix is None else prefix.shape[1])
+    if length > self.max_len:
+      what = "text length" if prefix is None else f"prefix {prefix.shape[1]} + text length"
+      raise ValueError(f"{what} {length} exceeds the text tower's max_len {self.max_len}")
+    if self.pool == "last" and length != self.max_len:
       raise ValueError(f"text pool 'last' reads position max_len - 1 = {self.max_len - 1}; texts are "
-                       f"{tokens.shape[1]} long (pad them to max_len, input.max_text_len = model.text.max_len)")
+                       f"{length} long (pad them to max_len, input.max_text_len = model.text.max_len)")
     token_mask = tokens != 0
     if self.eos_id >= 0:
       is_eos = tokens == self.eos_id
@@ -50,11 +57,15 @@ class TextTransformer(layers.Tower, kw_only=True):
     pos = self.param("pos_embedding",
                      nn.with_logical_partitioning(nn.initializers.normal(0.01), (None, "length", "embed")),
                      (1, self.max_len, self.width))
-    x = (embed(tokens) + pos[:, :tokens.shape[1]]).astype(self.dtype)
+    x = embed(tokens)
+    if prefix is not None:  # pseudo-words first; they count as text
+      x = jnp.concatenate([prefix.astype(x.dtype), x], axis=1)
+      token_mask = jnp.concatenate([jnp.ones(prefix.shape[:2], bool), token_mask], axis=1)
+    x = (x + pos[:, :length]).astype(self.dtype)
     x = nn.Dropout(self.dropout)(x, not train)
     mask = token_mask[:, None, None, :] if self.mask_padding else None  # with it, padding keys are never attended
     if self.causal:
-      causal = nn.make_causal_mask(tokens, dtype=jnp.bool_)
+      causal = nn.make_causal_mask(token_mask, dtype=jnp.bool_)
       mask = causal if mask is None else mask & causal
     x = self.encoder()(x, mask, deterministic=not train)
     if self.pool == "eos":

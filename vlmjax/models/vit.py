@@ -118,6 +118,38 @@ class PatchConv(nn.Module):
     return y
 
 
+class FrameMessageBlock(layers.Block):
+  """X-CLIP's cross-frame communication block: a transformer block over each frame's tokens that
+  also reads one message per frame, exchanged between the frames of a clip first.
+
+  x [B·T, N, D] (the frames of B clips of `frames` frames, clip-major) -> [B·T, N, D]. Each frame's
+  message is a linear map of its mean token (X-CLIP maps the class token; this tower may pool
+  without one); the T messages of a clip attend to each other (pre-norm self-attention across
+  frames, the `Attention` every tower uses); each frame then runs the block (`layers.Block`: its
+  attention and MLP, the same params and names as an image block) on its N tokens with its message
+  appended, and the message's output is dropped. So an image tower's trained blocks are this
+  block's, and the messages are the only new params.
+  """
+  frames: int = 1
+
+  @nn.compact
+  def __call__(self, x, mask=None, positions=None, deterministic=True, cache_index=None, rank_queries=None,
+               context=None, context_mask=None):
+    rows, length, width = x.shape
+    if rows % self.frames:
+      raise ValueError(f"FrameMessageBlock: {rows} frames are not clips of {self.frames}")
+    message = nn.Dense(width, dtype=self.dtype, name="message_proj", kernel_init=layers.kernel_init(("embed", "mlp")),
+                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x.mean(axis=1))
+    message = message.reshape(rows // self.frames, self.frames, width)
+    h = layers.Norm(self.norm, "message_norm", self.norm_eps)(message).astype(self.dtype)
+    message = message + layers.Attention(self.num_heads, use_bias=self.use_bias, implementation=self.attention,
+                                         dtype=self.dtype, name="message_attn")(h)
+    x = jnp.concatenate([x, message.reshape(rows, 1, width).astype(x.dtype)], axis=1)
+    mask = None if mask is None else jnp.pad(mask, [(0, 0)] * (mask.ndim - 1) + [(0, 1)], constant_values=True)
+    return super().__call__(x, mask, positions, deterministic, cache_index, rank_queries, context,
+                            context_mask)[:, :length]
+
+
 class ViT(layers.Tower):
   """images [B, H, W, 3] float in [-1, 1] -> (pooled [B, D], tokens [B, N, D]).
 
@@ -130,12 +162,16 @@ class ViT(layers.Tower):
   as in CLIP) or 'sincos2d' (fixed, big_vision's default; it converges faster from scratch on small
   data since nothing about 2-D layout has to be learned). `pre_norm` is CLIP's LayerNorm before the
   transformer.
+
+  `frames` > 0: the images are the frames of clips of that many frames, clip-major ([B·T, H, W, 3]),
+  and every block exchanges messages across a clip's frames (`FrameMessageBlock`, X-CLIP); 0: images.
   """
   patch_size: int = 16
   pool: str = "gap"
   posemb: str = "learn"
   pre_norm: bool = False
   stem: str = "patch"
+  frames: int = 0
 
   def conv_stem(self, images):
     """[B, H, W, 3] -> [B, H/p, W/p, width]: stride-2 3×3 convs doubling channels up to `width`."""
@@ -184,7 +220,8 @@ class ViT(layers.Tower):
     if self.pre_norm:
       x = layers.Norm("layer", "pre_norm", self.norm_eps)(x).astype(self.dtype)
     x = nn.Dropout(self.dropout)(x, not train)
-    x = self.encoder()(x, deterministic=not train)
+    encoder = self.encoder(FrameMessageBlock, frames=self.frames) if self.frames else self.encoder()
+    x = encoder(x, deterministic=not train)
     if self.pool == "cls":
       return x[:, 0], x[:, 1:]
     if self.pool == "map":
