@@ -588,9 +588,33 @@ def embedding_caption_preprocess(base: Preprocess, config, tokenizer: Tokenizer,
   return dataclasses.replace(caption_preprocess(base, config, tokenizer, model), keep_text=True)
 
 
+@dataclasses.dataclass
+class WithoutKeys(grain.transforms.RandomMap):
+  """`base`'s examples without `keys` (what `base` rejects, a BadRecord, passed on unchanged)."""
+  base: Preprocess
+  keys: tuple = ()
+
+  def random_map(self, record, rng: np.random.Generator):
+    example = self.base.random_map(record, rng)
+    if isinstance(example, dict):
+      for key in self.keys:
+        example.pop(key, None)
+    return example
+
+  def map(self, record):  # evaluation: no randomness
+    return self.random_map(record, np.random.default_rng(0))
+
+
+@registry.register("preprocess", "video_clip")
+def video_preprocess(base: Preprocess, config, tokenizer: Tokenizer, model):
+  """A clip's example: `Preprocess`'s with its `video` field (the model's), without the filmstrip
+  squashed into one 'image', which no video model reads."""
+  del config, tokenizer, model
+  return WithoutKeys(base, ("image",))
+
+
 @registry.register("preprocess", "dual_encoder")
 @registry.register("preprocess", "fusion")
-@registry.register("preprocess", "video_clip")
 def dual_encoder_preprocess(base: Preprocess, config, tokenizer: Tokenizer, model):
   """A dual encoder (or a fusion encoder) trains on `Preprocess`'s examples as they are."""
   del config, tokenizer, model
