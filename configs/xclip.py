@@ -44,12 +44,17 @@ def get_config(arg=None):
   c.batch_size = 64
   # No crop: a clip's frames keep their place; one brightness shift per clip.
   c.input.update(num_frames=FRAMES, crop_min=1.0)
-  # Everything of the image CLIP; the message params are new.
-  c.init = dict(workdir=CLIP_WORKDIR, params="^(?!.*/message_)(image|text|logit_scale)")
+  # Everything of the image CLIP; the message params and the pooling head are new.
+  c.init = dict(workdir=CLIP_WORKDIR, params="^(?!.*/message_|image/map_head)(image|text|logit_scale)")
   c.model.name = "video_clip"
+  # Each frame pooled by attention (a learned probe, new params) rather than the image CLIP's mean
+  # of tokens: the probe's pick carries its position embedding, so a frame's embedding says where
+  # the object is, which a motion is made of.
+  c.model.image.pool = "map"
   if arg != "frame_average":
     c.model.image.frames = FRAMES
-    c.model.temporal = dict(depth=1, num_heads=4, num_frames=FRAMES)
+    # Frame positions at the scale of a frame's normalised features: order is all a direction is.
+    c.model.temporal = dict(depth=1, num_heads=4, num_frames=FRAMES, position_init=1.0)
   if arg in ("", "no_negatives"):
     c.model.prompts = dict(depth=1, num_heads=4, alpha_init=0.1)
   c.objectives = dict(video_text=dict(weight=1.0)) if arg == "no_negatives" else \

@@ -248,6 +248,8 @@ def test_x_clip_trains_sharded_on_8_devices_and_is_evaluated_zero_shot(tiny_vide
   for key in ("top1", "top5", "direction", "axis", "object"):
     assert 0.0 <= results[f"zeroshot/{key}"] <= 1.0
   assert results["zeroshot/axis"] >= results["zeroshot/direction"]  # a right direction has the right axis
+  assert -1.0 <= results["zeroshot/opposite_text_cosine"] <= 1.0
+  assert results["zeroshot/reverse_cosine"] < 1.0 - 1e-6  # the integration's positions see order
   losses = [json.loads(line)["loss"] for line in open(tmp_path / "run" / "metrics.jsonl") if '"loss"' in line]
   assert losses[-1] < losses[0]
 

@@ -64,17 +64,24 @@ VIDEO = batch_spec.Field("video", _video_shape, "float32", make=_video, draw=_dr
 
 class TemporalIntegration(nn.Module):
   """X-CLIP's multi-frame integration transformer: frames [B, T, E] -> clip [B, E], the mean of
-  `depth` blocks' outputs over the frames (with a learned position per frame) plus the mean frame."""
+  `depth` blocks' outputs over the frames (with a learned position per frame) plus the mean frame.
+
+  The blocks are the only place frame order enters (messages and means treat frames as a set), and
+  they read it from the positions after their LayerNorm, where a frame's features are of unit
+  scale: `position_init` is the positions' init std (X-CLIP's 0.02 leaves them a hundredth of a
+  frame's features, and order barely moves the output until they grow)."""
   num_frames: int
   depth: int = 1
   num_heads: int = 4
+  position_init: float = 0.02
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, frames):
     width = frames.shape[-1]
-    position = self.param("pos_embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02),
-                                                                        (None, "length", "embed")),
+    position = self.param("pos_embedding",
+                          nn.with_logical_partitioning(nn.initializers.normal(self.position_init),
+                                                       (None, "length", "embed")),
                           (1, self.num_frames, width))
     x = (frames + position).astype(self.dtype)
     x = layers.Transformer(self.depth, dict(num_heads=self.num_heads, mlp_dim=4 * width, dtype=self.dtype),
