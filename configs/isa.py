@@ -14,7 +14,9 @@ own cosine alignment; no caption and no triplet is read. Evaluated with the `cir
 text tower, the gallery the large image tower's embeddings (`pseudo_sentence`); also the
 pseudo-sentence alone (`pseudo_image`) and the zero-shot sum of the same towers (`sum`). ISA's
 claim: this asymmetric query beats the zero-shot sum, with a query encoder far smaller than the
-gallery's. Results: docs/results.md.
+gallery's. Not reproduced here: the pseudo-words carry the image (`pseudo_image` near the large
+tower's `image` query) but the frozen text tower composes them with an edit no better than the sum
+(docs/results.md).
 """
 import os
 

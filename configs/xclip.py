@@ -24,7 +24,8 @@ its row (`objectives.video_text_negatives`), at one budget:
 Zero-shot over the 120 classes '<colour> <shape> moving <direction>' on `test` (`video_zeroshot`),
 by part too: a clip and its reverse hold the same frames, so frame averaging can tell the axis of a
 motion but not its direction. X-CLIP's claim: exchanging information across frames, and prompts made
-from the video, beat treating a clip as a bag of images. Results: docs/results.md.
+from the video, beat treating a clip as a bag of images. Not reproduced at this budget: no variant
+learns direction (the model stays blind to frame order; docs/results.md has the diagnosis).
 """
 import os
 
