@@ -121,7 +121,8 @@ class PromptGenerator(nn.Module):
 @registry.register("model", "video_clip")
 class VideoCLIP(DualEncoder):
   """A dual encoder of clips and texts: the outputs of this module's docstring."""
-  temporal: dict | None = None  # TemporalIntegration's options (num_frames, depth, num_heads, position_init); None: frame averaging
+  # TemporalIntegration's options (num_frames, depth, num_heads, position_init); None: frame averaging
+  temporal: dict | None = None
   prompts: dict | None = None  # PromptGenerator's options (depth, num_heads, alpha_init); None: none
 
   batch_keys = {"videos": "video", "texts": "text", "negative_texts": "negative_text"}
