@@ -2,7 +2,7 @@
 
   python -m vlmjax.train --config configs/demo.py --workdir workdirs/demo
 
-`make demo` runs exactly this. Current result: 90.5% zero-shot top-1 on `test`, 40.5% on
+`make demo` runs exactly this. Current result: 90.8% zero-shot top-1 on `test`, 40.7% on
 `test_unseen` (docs/results.md).
 """
 from vlmjax.config import base_config
