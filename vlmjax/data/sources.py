@@ -2,7 +2,8 @@
 
 - `vlmjax_shapes`: the built-in dataset (built locally on first use, see `vlmjax.data.shapes`);
   `vlmjax_shapes_vqa`: the same scenes as visual question answering (no caption: a decoder answers
-  one of each scene's questions).
+  one of each scene's questions); `vlmjax_shapes_cir`, its composed-retrieval triplets;
+  `vlmjax_shapes_video`, clips of moving shapes stored as filmstrips (`VideoClips`).
 - `tfds`: any TFDS dataset prepared in `data_dir` (array_record), with `fields` mapping our record
   keys to its feature paths, e.g. `{'image': 'image', 'caption': 'captions/text'}`.
 - `csv` / `jsonl`: a file of `image_path,caption` rows (open_clip's convention), paths relative to
